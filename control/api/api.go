@@ -1,0 +1,278 @@
+// Package api holds the wire types and error codes of the wiremesh
+// coordination protocol, shared by the service (package control) and the
+// agent (package mesh). Everything here is plain JSON over HTTP.
+package api
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// MaxBodyBytes is the largest request body the service accepts.
+const MaxBodyBytes = 1 << 20
+
+// DefaultZone is the zone that always exists.
+const DefaultZone = "default"
+
+// Stable error codes carried in Error.Code. Clients match on these, never on
+// messages.
+const (
+	CodeBadRequest     = "bad_request"     // 400: malformed body, field or parameter
+	CodeInvalidPrefix  = "invalid_prefix"  // 400: a prefix that breaks the prefix rules
+	CodeInvalidKey     = "invalid_key"     // 400: a public key that is not 32 bytes of base64
+	CodeUnauthorized   = "unauthorized"    // 401: missing, wrong, expired or used credentials; bad proof
+	CodeForbidden      = "forbidden"       // 403: credentials valid but not for this resource
+	CodeNotFound       = "not_found"       // 404: unknown zone, device, token or prefix
+	CodeConflict       = "conflict"        // 409: the resource exists already (zone name, ...)
+	CodePrefixConflict = "prefix_conflict" // 409: a prefix overlaps another member's prefix or the zone's pools
+	CodeAddrInUse      = "addr_in_use"     // 409: a requested tunnel address is taken
+	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
+	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
+	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
+	CodeUnavailable    = "unavailable"     // 503: the service is shutting down
+)
+
+// StatusForCode returns the HTTP status that goes with an error code.
+func StatusForCode(code string) int {
+	switch code {
+	case CodeBadRequest, CodeInvalidPrefix, CodeInvalidKey:
+		return 400
+	case CodeUnauthorized:
+		return 401
+	case CodeForbidden:
+		return 403
+	case CodeNotFound:
+		return 404
+	case CodeConflict, CodePrefixConflict, CodeAddrInUse:
+		return 409
+	case CodeTooLarge:
+		return 413
+	case CodePoolExhausted:
+		return 507
+	case CodeUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Prefix and Owner are set on prefix_conflict: the existing prefix that
+	// overlaps and the hostname (or "tunnel pool") that holds it.
+	Prefix string `json:"prefix,omitempty"`
+	Owner  string `json:"owner,omitempty"`
+	// Status is the HTTP status the error arrived with (client side only).
+	Status int `json:"-"`
+}
+
+func (e *Error) Error() string {
+	return e.Code + ": " + e.Message
+}
+
+// Key is a Curve25519 key (WireGuard public key or service static key).
+// On the wire it is standard base64 with padding (44 characters).
+type Key [32]byte
+
+// ParseKey parses a base64 key, rejecting anything that does not decode to
+// exactly 32 bytes.
+func ParseKey(s string) (Key, error) {
+	var k Key
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return k, fmt.Errorf("key %q: not base64: %w", s, err)
+	}
+	if len(b) != 32 {
+		return k, fmt.Errorf("key %q: %d bytes, want 32", s, len(b))
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// IsZero reports whether k is all zeroes (unset).
+func (k Key) IsZero() bool { return k == Key{} }
+
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+func (k *Key) UnmarshalText(b []byte) error {
+	p, err := ParseKey(string(b))
+	if err != nil {
+		return err
+	}
+	*k = p
+	return nil
+}
+
+// Info is the answer of GET /v1/info. It needs no credentials.
+type Info struct {
+	Version string `json:"version"`
+	// PublicKey is the service's static X25519 key; registrations prove
+	// possession of the device key against it (see RegisterRequest).
+	PublicKey Key `json:"public_key"`
+	// STUNAddr is host:port of the STUN binding responder ("" if none). The
+	// host may be empty or unspecified, meaning "the host of the service URL".
+	STUNAddr string `json:"stun_addr,omitempty"`
+	// DefaultZone is the zone used when a request names none.
+	DefaultZone string `json:"default_zone"`
+	// MaxClockSkew is how far a registration timestamp may be from the
+	// service's clock.
+	MaxClockSkewSeconds int `json:"max_clock_skew_seconds"`
+}
+
+// RegisterRequest is the body of POST /v1/devices, authorized by a join
+// token (Authorization: Bearer TOKEN).
+//
+// Proof is HMAC-SHA256(k, r.SigningBytes()) with
+// k = HKDF-SHA256(secret = X25519(device private, service public),
+// salt = nil, info = ProofInfo), 32 bytes. See ProofKey and Sign in proof.go.
+type RegisterRequest struct {
+	PublicKey Key    `json:"public_key"`
+	Hostname  string `json:"hostname"`
+	// Zone may be empty: the join token's zone is used. If set it must
+	// equal the token's zone.
+	Zone string `json:"zone,omitempty"`
+	// ChildPrefixes are CIDR strings, validated by the service (invalid_prefix,
+	// prefix_conflict). Prefixes already held by this key are kept; these are added.
+	ChildPrefixes []string `json:"child_prefixes,omitempty"`
+	// Endpoints are the addresses other members may send WireGuard UDP to.
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	// RequestedIPv4 asks for a specific tunnel address; honoured when free
+	// (addr_in_use otherwise). Ignored when the key is already registered.
+	RequestedIPv4 netip.Addr `json:"requested_ipv4,omitzero"`
+	// Timestamp is Unix seconds; rejected when further than
+	// Info.MaxClockSkewSeconds from the service clock.
+	Timestamp int64 `json:"timestamp"`
+	// Nonce is random (hex, up to 64 characters), new for every attempt, so
+	// two registrations in the same second never carry the same proof.
+	Nonce string `json:"nonce,omitempty"`
+	// Proof is base64 of the 32-byte MAC.
+	Proof []byte `json:"proof"`
+}
+
+// RegisterResponse is the answer of POST /v1/devices (201 on a first
+// registration, 200 when the key was registered before).
+type RegisterResponse struct {
+	DeviceID      string         `json:"device_id"`
+	Zone          string         `json:"zone"`
+	Hostname      string         `json:"hostname"`
+	IPv4          netip.Addr     `json:"ipv4"`
+	IPv6          netip.Addr     `json:"ipv6"`
+	ZoneIPv4      netip.Prefix   `json:"zone_ipv4"`
+	ZoneIPv6      netip.Prefix   `json:"zone_ipv6"`
+	ChildPrefixes []netip.Prefix `json:"child_prefixes"`
+	// DeviceToken authorizes the device's own calls (watch, PATCH self,
+	// release). A new one is issued at every registration; older ones stay
+	// valid until the device is deleted.
+	DeviceToken string `json:"device_token"`
+}
+
+// UpdateSelfRequest is the body of PATCH /v1/devices/self. Nil fields are
+// left alone.
+type UpdateSelfRequest struct {
+	Hostname *string `json:"hostname,omitempty"`
+	// Endpoints, when non-nil, replaces the endpoint list.
+	Endpoints *[]netip.AddrPort `json:"endpoints,omitempty"`
+	// AddChildPrefixes are CIDR strings to add (same rules as registration).
+	AddChildPrefixes []string `json:"add_child_prefixes,omitempty"`
+}
+
+// Device is what GET /v1/devices/self, PATCH /v1/devices/self and the
+// admin device API return.
+type Device struct {
+	ID            string           `json:"id"`
+	Zone          string           `json:"zone"`
+	Hostname      string           `json:"hostname"`
+	PublicKey     Key              `json:"public_key"`
+	IPv4          netip.Addr       `json:"ipv4"`
+	IPv6          netip.Addr       `json:"ipv6"`
+	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
+	Endpoints     []netip.AddrPort `json:"endpoints"`
+	CreatedAt     time.Time        `json:"created_at"`
+	UpdatedAt     time.Time        `json:"updated_at"`
+}
+
+// Peer is a member as other members see it in the watch stream.
+type Peer struct {
+	ID            string           `json:"id"`
+	Hostname      string           `json:"hostname"`
+	PublicKey     Key              `json:"public_key"`
+	IPv4          netip.Addr       `json:"ipv4"`
+	IPv6          netip.Addr       `json:"ipv6"`
+	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
+	Endpoints     []netip.AddrPort `json:"endpoints"`
+}
+
+// Watch event types.
+const (
+	EventSnapshot  = "snapshot"  // Peers holds the whole zone at Revision
+	EventUpsert    = "upsert"    // Peer was added or changed at Revision
+	EventRemove    = "remove"    // Peer (ID and PublicKey set) left at Revision
+	EventHeartbeat = "heartbeat" // nothing changed; Revision is the latest
+)
+
+// WatchEvent is one line of the NDJSON stream of
+// GET /v1/zones/{zone}/watch?since=REV (device token).
+//
+// The stream starts with a snapshot (since absent, 0, or older than the
+// retained history) or with the upserts and removes after since, in revision
+// order; then one event per change, and heartbeats while idle. Revisions are
+// strictly increasing across change events. The device's own entry is
+// included; clients skip it.
+type WatchEvent struct {
+	Type     string `json:"type"`
+	Revision int64  `json:"revision"`
+	Peers    []Peer `json:"peers,omitempty"`
+	Peer     *Peer  `json:"peer,omitempty"`
+}
+
+// Zone is a separate mesh: its own tunnel pools and prefix space.
+type Zone struct {
+	Name           string       `json:"name"`
+	IPv4Pool       netip.Prefix `json:"ipv4_pool"`
+	IPv6Pool       netip.Prefix `json:"ipv6_pool"`
+	AllowExitNodes bool         `json:"allow_exit_nodes"`
+	CreatedAt      time.Time    `json:"created_at"`
+}
+
+// CreateZoneRequest is the body of POST /v1/zones (admin). Empty pools get
+// defaults: IPv4 100.64.0.0/16, IPv6 a ULA /64 derived from the name.
+type CreateZoneRequest struct {
+	Name           string `json:"name"`
+	IPv4Pool       string `json:"ipv4_pool,omitempty"`
+	IPv6Pool       string `json:"ipv6_pool,omitempty"`
+	AllowExitNodes bool   `json:"allow_exit_nodes,omitempty"`
+}
+
+// CreateTokenRequest is the body of POST /v1/tokens (admin).
+type CreateTokenRequest struct {
+	Zone     string `json:"zone"`
+	Reusable bool   `json:"reusable,omitempty"`
+	// ExpiresInSeconds, when > 0, makes the token expire that long after creation.
+	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+}
+
+// JoinToken describes a join token. Token (the secret) is only present in
+// the answer to its creation.
+type JoinToken struct {
+	ID        string    `json:"id"`
+	Token     string    `json:"token,omitempty"`
+	Zone      string    `json:"zone"`
+	Reusable  bool      `json:"reusable"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	UsedAt    time.Time `json:"used_at,omitzero"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// PrefixEntry is one allocated child prefix (admin API).
+type PrefixEntry struct {
+	Zone     string       `json:"zone"`
+	Prefix   netip.Prefix `json:"prefix"`
+	DeviceID string       `json:"device_id"`
+	Hostname string       `json:"hostname"`
+}
