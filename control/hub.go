@@ -1,0 +1,286 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
+)
+
+// subscriberBuffer is how many events a watcher may fall behind before it
+// is disconnected (it reconnects with since= and loses nothing).
+const subscriberBuffer = 256
+
+// errHubClosed is returned by subscribe after close.
+var errHubClosed = errors.New("watch hub closed")
+
+// hubEvent is one change, encoded once as its NDJSON line (with the
+// trailing newline). line is shared by every subscriber: never modify it.
+type hubEvent struct {
+	rev  int64
+	line []byte
+}
+
+// subscriber is one watch stream of a zone. The hub closes ch when the
+// subscriber is dropped (too slow, history compacted) or the hub closes.
+type subscriber struct {
+	zone *hubZone
+	ch   chan hubEvent
+	gone bool // guarded by zone.mu; ch is closed
+}
+
+// hubZone is the fan-out state of one zone.
+type hubZone struct {
+	name string
+
+	// mu guards the fields below and serializes reads of the zone's change
+	// log, so every change is read and encoded once.
+	mu      sync.Mutex
+	ready   bool  // lastRev is valid (there are subscribers)
+	lastRev int64 // every change <= lastRev was handed to all subscribers
+	subs    map[*subscriber]struct{}
+}
+
+// hub fans the store's change log out to watch streams. After a mutation
+// (update) and on a slow poll (so changes made through another replica
+// sharing the store are seen), it reads store.Changes(zone, lastRev),
+// encodes each change once and hands the same bytes to every subscriber of
+// the zone with a non-blocking send: cost per change is O(watchers).
+type hub struct {
+	store   store.Store
+	log     *slog.Logger
+	metrics *metrics
+	buf     int
+
+	ctx    context.Context // cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closed atomic.Bool
+	mu     sync.Mutex // guards zones; held before any hubZone.mu
+	zones  map[string]*hubZone
+
+	encodes atomic.Int64 // changes encoded (tests check encode-once)
+}
+
+func newHub(st store.Store, log *slog.Logger, m *metrics, poll time.Duration) *hub {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &hub{
+		store:   st,
+		log:     log,
+		metrics: m,
+		buf:     subscriberBuffer,
+		ctx:     ctx,
+		cancel:  cancel,
+		zones:   make(map[string]*hubZone),
+	}
+	if poll > 0 {
+		h.wg.Add(1)
+		go h.pollLoop(poll)
+	}
+	return h
+}
+
+func (h *hub) pollLoop(every time.Duration) {
+	defer h.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		names := make([]string, 0, len(h.zones))
+		for n := range h.zones {
+			names = append(names, n)
+		}
+		h.mu.Unlock()
+		for _, n := range names {
+			h.update(n)
+		}
+	}
+}
+
+// zone returns the state of a zone, creating it. Zones are never removed
+// (their number is bounded by the zones that exist).
+func (h *hub) zone(name string) *hubZone {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	z := h.zones[name]
+	if z == nil {
+		z = &hubZone{name: name, subs: make(map[*subscriber]struct{})}
+		h.zones[name] = z
+	}
+	return z
+}
+
+// subscribe registers a watcher of zone. Every change with a revision
+// above the store's revision at the time subscribe returns will be
+// delivered (or the subscriber dropped), so a caller that reads its backlog
+// after subscribing and skips live events at or below the backlog's
+// revision misses nothing and sees nothing twice.
+func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
+	z := h.zone(zone)
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if h.closed.Load() {
+		return nil, errHubClosed
+	}
+	if !z.ready {
+		rev, _, err := h.store.Snapshot(ctx, zone)
+		if err != nil {
+			return nil, err
+		}
+		z.lastRev, z.ready = rev, true
+	}
+	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf)}
+	z.subs[sub] = struct{}{}
+	h.metrics.watchers.Inc()
+	return sub, nil
+}
+
+// unsubscribe removes sub; safe to call after the hub dropped it.
+func (h *hub) unsubscribe(sub *subscriber) {
+	z := sub.zone
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	h.dropLocked(sub)
+}
+
+// dropLocked removes sub and closes its channel. z.mu must be held.
+func (h *hub) dropLocked(sub *subscriber) {
+	if sub.gone {
+		return
+	}
+	z := sub.zone
+	sub.gone = true
+	close(sub.ch)
+	delete(z.subs, sub)
+	h.metrics.watchers.Dec()
+	if len(z.subs) == 0 {
+		z.ready = false // re-read the revision when someone subscribes again
+	}
+}
+
+// update reads the zone's new changes and fans them out. Mutating handlers
+// call it after each change; the poll loop calls it for every zone.
+func (h *hub) update(zone string) {
+	if h.closed.Load() {
+		return
+	}
+	h.mu.Lock()
+	z := h.zones[zone]
+	h.mu.Unlock()
+	if z == nil {
+		return
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if !z.ready || len(z.subs) == 0 || h.closed.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
+	defer cancel()
+	changes, _, err := h.store.Changes(ctx, zone, z.lastRev)
+	if errors.Is(err, store.ErrCompacted) {
+		// History we still owed the watchers is gone: drop them all; they
+		// reconnect with since= and get a fresh snapshot.
+		h.log.Warn("watch history compacted; disconnecting watchers", "zone", zone, "since", z.lastRev)
+		for sub := range z.subs {
+			h.dropLocked(sub)
+		}
+		return
+	}
+	if err != nil {
+		if h.ctx.Err() == nil {
+			h.log.Error("reading change log failed", "zone", zone, "since", z.lastRev, "err", err)
+		}
+		return
+	}
+	for _, c := range changes {
+		if c.Rev <= z.lastRev {
+			continue
+		}
+		ev := hubEvent{rev: c.Rev, line: h.encode(c)}
+		for sub := range z.subs {
+			select {
+			case sub.ch <- ev:
+				h.metrics.fanout.Inc()
+			default:
+				h.log.Warn("watcher too slow; disconnecting", "zone", zone)
+				h.metrics.dropped.Inc()
+				h.dropLocked(sub)
+			}
+		}
+		z.lastRev = c.Rev
+	}
+}
+
+// encode turns a change into its NDJSON line, counting encodes.
+func (h *hub) encode(c store.Change) []byte {
+	h.encodes.Add(1)
+	h.metrics.encoded.Inc()
+	return encodeChange(c)
+}
+
+// encodeChange turns a change into its NDJSON line.
+func encodeChange(c store.Change) []byte {
+	ev := api.WatchEvent{Revision: c.Rev}
+	switch c.Kind {
+	case store.ChangeRemove:
+		ev.Type = api.EventRemove
+		ev.Peer = &api.Peer{
+			ID:            c.Device.ID,
+			Hostname:      c.Device.Hostname,
+			PublicKey:     c.Device.PublicKey,
+			IPv4:          c.Device.IPv4,
+			IPv6:          c.Device.IPv6,
+			ChildPrefixes: []netip.Prefix{},
+			Endpoints:     []netip.AddrPort{},
+		}
+	default:
+		ev.Type = api.EventUpsert
+		p := toPeer(c.Device)
+		ev.Peer = &p
+	}
+	return encodeLine(ev)
+}
+
+// encodeLine marshals an event and appends the newline.
+func encodeLine(ev api.WatchEvent) []byte {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		// Only netip and plain types: cannot fail.
+		panic("control: encoding watch event: " + err.Error())
+	}
+	return append(b, '\n')
+}
+
+// close drops every subscriber, refuses new ones and stops the poll loop.
+func (h *hub) close() {
+	h.closed.Store(true)
+	h.cancel()
+	h.mu.Lock()
+	zones := make([]*hubZone, 0, len(h.zones))
+	for _, z := range h.zones {
+		zones = append(zones, z)
+	}
+	h.mu.Unlock()
+	for _, z := range zones {
+		z.mu.Lock()
+		for sub := range z.subs {
+			h.dropLocked(sub)
+		}
+		z.mu.Unlock()
+	}
+	h.wg.Wait()
+}

@@ -1,0 +1,288 @@
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
+	"github.com/wiremesh/wiremesh/ipam"
+)
+
+// Limits on list fields of member requests.
+const (
+	maxPrefixesPerRequest  = 64
+	maxEndpointsPerRequest = 32
+	maxHostnameLen         = 63
+)
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	secret, _, err := api.ParseJoinToken(bearer(r))
+	if err != nil {
+		writeError(w, apiErr(api.CodeUnauthorized, "missing or malformed join token"))
+		return
+	}
+	tokHash := sha256.Sum256([]byte(secret))
+	tok, aerr := s.lookupJoinToken(ctx, tokHash)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+
+	body, aerr := readBody(w, r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	var req api.RegisterRequest
+	if aerr := decodeRegister(body, &req); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+
+	zoneName := req.Zone
+	if zoneName == "" {
+		zoneName = tok.Zone
+	}
+	zone, err := s.cfg.Store.Zone(ctx, zoneName)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", zoneName))
+		return
+	}
+	if err != nil {
+		writeError(w, s.storeErr(ctx, "register", err))
+		return
+	}
+	if zone.Name != tok.Zone {
+		writeError(w, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
+		return
+	}
+
+	hostname, aerr := checkHostname(req.Hostname)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	prefixes, aerr := checkPrefixes(zone, req.ChildPrefixes)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if aerr := checkEndpoints(req.Endpoints); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if req.RequestedIPv4.IsValid() && (!req.RequestedIPv4.Is4() || req.RequestedIPv4.Zone() != "") {
+		writeError(w, apiErr(api.CodeBadRequest, "requested_ipv4 %q is not an IPv4 address", req.RequestedIPv4))
+		return
+	}
+
+	now := s.cfg.Now()
+	ts := time.Unix(req.Timestamp, 0)
+	if d := now.Sub(ts); d > s.cfg.MaxClockSkew || d < -s.cfg.MaxClockSkew {
+		writeError(w, apiErr(api.CodeUnauthorized, "stale timestamp: %d is %s away from the service clock (max %s)",
+			req.Timestamp, d.Round(time.Second), s.cfg.MaxClockSkew))
+		return
+	}
+	if err := req.Verify(s.cfg.PrivateKey); err != nil {
+		writeError(w, apiErr(api.CodeUnauthorized, "registration proof does not verify for key %s", req.PublicKey))
+		return
+	}
+	switch err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); {
+	case errors.Is(err, errReplayed):
+		writeError(w, apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already"))
+		return
+	case err != nil:
+		writeError(w, apiErr(api.CodeUnavailable, "too many registrations in flight, retry later"))
+		return
+	}
+
+	devTok, err := randomToken(api.DeviceTokenPrefix)
+	if err != nil {
+		s.replay.remove(req.Proof)
+		writeError(w, apiErr(api.CodeInternal, "generating device token failed"))
+		return
+	}
+	d, created, err := s.cfg.Store.Register(ctx, store.RegisterParams{
+		Zone:            zone.Name,
+		JoinTokenHash:   tokHash,
+		DeviceTokenHash: sha256.Sum256([]byte(devTok)),
+		PublicKey:       req.PublicKey,
+		Hostname:        hostname,
+		Prefixes:        prefixes,
+		Endpoints:       req.Endpoints,
+		RequestedIPv4:   req.RequestedIPv4,
+		Now:             now.UTC(),
+	})
+	if err != nil {
+		s.replay.remove(req.Proof)
+		writeError(w, s.storeErr(ctx, "register", err))
+		return
+	}
+	s.metrics.registrations.WithLabelValues(map[bool]string{true: "created", false: "updated"}[created]).Inc()
+	s.log.InfoContext(ctx, "device registered", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname,
+		"ipv4", d.IPv4, "created", created)
+	s.hub.update(d.Zone)
+
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, api.RegisterResponse{
+		DeviceID:      d.ID,
+		Zone:          d.Zone,
+		Hostname:      d.Hostname,
+		IPv4:          d.IPv4,
+		IPv6:          d.IPv6,
+		ZoneIPv4:      zone.IPv4Pool,
+		ZoneIPv6:      zone.IPv6Pool,
+		ChildPrefixes: nonNil(d.Prefixes),
+		DeviceToken:   devTok,
+	})
+}
+
+// decodeRegister parses and checks the shape of a registration body (no
+// store access): known fields only, a non-zero 32-byte key, a 32-byte proof.
+func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
+	// A bad key is its own error code; find it before the generic decoder
+	// reports it as malformed JSON.
+	var probe struct {
+		PublicKey *string `json:"public_key"`
+	}
+	if aerr := decodeLoose(body, &probe); aerr != nil {
+		return aerr
+	}
+	if probe.PublicKey == nil {
+		return apiErr(api.CodeInvalidKey, "public_key is missing")
+	}
+	if k, err := api.ParseKey(*probe.PublicKey); err != nil {
+		return apiErr(api.CodeInvalidKey, "public_key: %v", err)
+	} else if k.IsZero() {
+		return apiErr(api.CodeInvalidKey, "public_key is all zeroes")
+	}
+	if aerr := decodeJSON(body, req); aerr != nil {
+		return aerr
+	}
+	if len(req.Proof) != 32 {
+		return apiErr(api.CodeUnauthorized, "registration proof must be 32 bytes, got %d", len(req.Proof))
+	}
+	if len(req.ChildPrefixes) > maxPrefixesPerRequest {
+		return apiErr(api.CodeBadRequest, "too many child prefixes: %d (max %d)", len(req.ChildPrefixes), maxPrefixesPerRequest)
+	}
+	if req.Zone != "" && !validZoneName(req.Zone) {
+		return apiErr(api.CodeBadRequest, "zone %q is not a valid zone name", req.Zone)
+	}
+	return nil
+}
+
+// lookupJoinToken finds a usable join token by hash. The store checks it
+// again inside the registration transaction; this early look-up gives the
+// zone (and its prefix policy) and refuses bad tokens before any work.
+func (s *Server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
+	toks, err := s.cfg.Store.JoinTokens(ctx, "")
+	if err != nil {
+		return store.JoinToken{}, s.storeErr(ctx, "register", err)
+	}
+	now := s.cfg.Now()
+	for _, t := range toks {
+		if t.Hash != hash {
+			continue
+		}
+		if !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) {
+			break
+		}
+		if !t.Reusable && !t.UsedAt.IsZero() {
+			break
+		}
+		return t, nil
+	}
+	return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")
+}
+
+// checkHostname trims and validates a hostname: 1–63 bytes of printable
+// characters without spaces (which become '-').
+func checkHostname(h string) (string, *api.Error) {
+	t := strings.TrimSpace(h)
+	if t == "" {
+		return "", apiErr(api.CodeBadRequest, "hostname is empty")
+	}
+	if !utf8.ValidString(t) || len(t) > maxHostnameLen {
+		return "", apiErr(api.CodeBadRequest, "hostname %q: must be 1 to %d bytes of UTF-8", h, maxHostnameLen)
+	}
+	var b strings.Builder
+	for _, r := range t {
+		switch {
+		case unicode.IsSpace(r):
+			b.WriteByte('-')
+		case !unicode.IsPrint(r):
+			return "", apiErr(api.CodeBadRequest, "hostname %q: contains a non-printable character", h)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String(), nil
+}
+
+// checkPrefixes parses child prefixes under the zone's policy, deduplicates
+// them, and refuses overlaps with the zone's tunnel pools or each other.
+func checkPrefixes(z store.Zone, in []string) ([]netip.Prefix, *api.Error) {
+	pol := ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := ipam.ParsePrefix(s, pol)
+		if err != nil {
+			return nil, apiErr(api.CodeInvalidPrefix, "child prefix: %v", err)
+		}
+		if slices.Contains(out, p) {
+			continue
+		}
+		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
+			// A default route (exit node, allowed by policy) covers the
+			// pools by definition; more specific routes win.
+			if pool.IsValid() && p.Bits() > 0 && ipam.Overlaps(p, pool) {
+				return nil, &api.Error{
+					Code:    api.CodePrefixConflict,
+					Message: "prefix " + p.String() + " overlaps the zone's tunnel pool " + pool.String(),
+					Prefix:  pool.String(),
+					Owner:   "tunnel pool",
+				}
+			}
+		}
+		for _, q := range out {
+			if ipam.Overlaps(p, q) {
+				return nil, apiErr(api.CodeInvalidPrefix, "child prefixes %q and %q overlap each other", s, q)
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func checkEndpoints(eps []netip.AddrPort) *api.Error {
+	if len(eps) > maxEndpointsPerRequest {
+		return apiErr(api.CodeBadRequest, "too many endpoints: %d (max %d)", len(eps), maxEndpointsPerRequest)
+	}
+	for _, e := range eps {
+		a := e.Addr()
+		if !e.IsValid() || e.Port() == 0 || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
+			return apiErr(api.CodeBadRequest, "endpoint %q is not a usable unicast address and port", e)
+		}
+	}
+	return nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

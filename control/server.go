@@ -1,0 +1,219 @@
+// Package control is the wiremesh coordination service: the HTTP API over a
+// [store.Store] (registration, self-service, admin), the watch fan-out that
+// keeps every member's peer list current, a STUN binding responder, TLS with
+// a self-signed certificate kept in the data directory, and [Start], which
+// runs all of it as one [Service] (what `wiremesh serve` runs).
+//
+// # Credentials
+//
+//   - join token (wmj_…): POST /v1/devices only.
+//   - device token (wmd_…): /v1/devices/self…, /v1/zones/{zone}/watch of the
+//     device's own zone.
+//   - admin token: every admin endpoint and GET /metrics.
+//
+// A credential of one kind never works where another is expected; wrong or
+// missing credentials give 401 unauthorized and change nothing.
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Store holds the state. Required. The Server does not close it.
+	Store store.Store
+	// PrivateKey is the service's static X25519 key; registrations prove
+	// possession of the device key against its public half. Required.
+	PrivateKey api.Key
+	// AdminToken authorizes the admin API and /metrics. Empty disables the
+	// admin API (every admin call gets 401).
+	AdminToken string
+	// STUNAddr is advertised in /v1/info ("" = no STUN).
+	STUNAddr string
+	// Fingerprint is the SHA-256 of the TLS certificate, embedded in join
+	// tokens. Nil for plain HTTP.
+	Fingerprint []byte
+	// Logger receives operational logs. Nil is quiet.
+	Logger *slog.Logger
+	// HeartbeatInterval is the idle interval between watch heartbeats.
+	// Zero means 15s.
+	HeartbeatInterval time.Duration
+	// MaxClockSkew bounds how far a registration timestamp may be from Now.
+	// Zero means 5m.
+	MaxClockSkew time.Duration
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+	// Version is reported in /v1/info. Empty means "dev".
+	Version string
+}
+
+const (
+	defaultHeartbeat = 15 * time.Second
+	defaultSkew      = 5 * time.Minute
+	// hubPollInterval is how often the hub re-reads the change log of the
+	// zones being watched, so changes made by another replica sharing the
+	// store are seen too.
+	hubPollInterval = time.Second
+)
+
+// Server is the coordination service's HTTP API over a store.Store.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	pub     api.Key
+	hub     *hub
+	metrics *metrics
+	replay  *replayCache
+	handler http.Handler
+
+	closeOnce sync.Once
+}
+
+// NewServer checks cfg and returns a Server. Close it to end watch streams
+// and background goroutines.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("control.NewServer: Config.Store is nil")
+	}
+	if cfg.PrivateKey.IsZero() {
+		return nil, errors.New("control.NewServer: Config.PrivateKey is zero")
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = defaultHeartbeat
+	}
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = defaultSkew
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     log,
+		pub:     api.PublicKey(cfg.PrivateKey),
+		metrics: newMetrics(),
+		replay:  newReplayCache(maxReplayEntries),
+	}
+	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the whole API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close ends every watch stream and stops background goroutines. It does
+// not close the store. Later calls return nil.
+func (s *Server) Close() error {
+	s.closeOnce.Do(s.hub.close)
+	return nil
+}
+
+// PublicKey returns the service's static public key.
+func (s *Server) PublicKey() api.Key { return s.pub }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(pattern string, fn http.HandlerFunc) {
+		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
+	}
+	h("GET /v1/info", s.handleInfo)
+
+	// Members.
+	h("POST /v1/devices", s.handleRegister)
+	h("GET /v1/devices/self", s.device(s.handleGetSelf))
+	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
+	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
+	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+
+	// Admin.
+	h("POST /v1/zones", s.admin(s.handleCreateZone))
+	h("GET /v1/zones", s.admin(s.handleListZones))
+	h("GET /v1/zones/{zone}", s.admin(s.handleGetZone))
+	h("POST /v1/tokens", s.admin(s.handleCreateToken))
+	h("GET /v1/tokens", s.admin(s.handleListTokens))
+	h("DELETE /v1/tokens/{id}", s.admin(s.handleDeleteToken))
+	h("GET /v1/devices", s.admin(s.handleListDevices))
+	h("GET /v1/devices/{id}", s.admin(s.handleGetDevice))
+	h("DELETE /v1/devices/{id}", s.admin(s.handleDeleteDevice))
+	h("GET /v1/prefixes", s.admin(s.handleListPrefixes))
+	h("DELETE /v1/zones/{zone}/prefixes/{prefix...}", s.admin(s.handleReleaseAdmin))
+
+	// Metrics: admin token required (they reveal zone activity).
+	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	h("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.Info{
+		Version:             s.cfg.Version,
+		PublicKey:           s.pub,
+		STUNAddr:            s.cfg.STUNAddr,
+		DefaultZone:         api.DefaultZone,
+		MaxClockSkewSeconds: int(s.cfg.MaxClockSkew / time.Second),
+	})
+}
+
+// CreateJoinToken creates a join token for zone and returns it in full
+// (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
+// expires. store.ErrNotFound (wrapped) if the zone does not exist.
+func (s *Server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
+	jt, err := s.createJoinToken(ctx, zone, reusable, ttl)
+	if err != nil {
+		return "", fmt.Errorf("control.CreateJoinToken %q: %w", zone, err)
+	}
+	return jt.Token, nil
+}
+
+func (s *Server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
+	secret, err := randomToken(api.JoinTokenPrefix)
+	if err != nil {
+		return api.JoinToken{}, err
+	}
+	id, err := randomToken("jt_")
+	if err != nil {
+		return api.JoinToken{}, err
+	}
+	now := s.cfg.Now().UTC().Truncate(time.Second)
+	t := store.JoinToken{
+		ID:        id[:3+12],
+		Hash:      sha256.Sum256([]byte(secret)),
+		Zone:      zone,
+		Reusable:  reusable,
+		CreatedAt: now,
+	}
+	if ttl > 0 {
+		t.ExpiresAt = now.Add(ttl)
+	}
+	if err := s.cfg.Store.CreateJoinToken(ctx, t); err != nil {
+		return api.JoinToken{}, err
+	}
+	out := toAPIToken(t)
+	out.Token = api.FormatJoinToken(secret, s.cfg.Fingerprint)
+	return out, nil
+}

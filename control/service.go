@@ -1,0 +1,268 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control/store"
+)
+
+// Options configures a Service. Only DataDir is required.
+type Options struct {
+	// DataDir holds the state: wiremesh.db, server.key (0600), admin.token
+	// (0600) and the self-signed tls.crt/tls.key. Created (0700) if missing.
+	DataDir string
+	// Listen is the TCP address of the API. Empty means ":8443".
+	Listen string
+	// STUNListen is the UDP address of the STUN responder. Empty means
+	// ":3478"; "off" disables STUN.
+	STUNListen string
+	// TLSCertFile and TLSKeyFile give a certificate to serve (both or
+	// neither). Neither means a self-signed certificate (ECDSA P-256)
+	// created on first start in DataDir and reused after.
+	TLSCertFile, TLSKeyFile string
+	// TLSHosts are extra names or addresses for the self-signed
+	// certificate, beyond localhost, 127.0.0.1, ::1 and the hostname. They
+	// only take effect when the certificate is created.
+	TLSHosts []string
+	// InsecureHTTP serves plain HTTP (behind a TLS-terminating proxy, or in
+	// tests). Join tokens then carry no fingerprint.
+	InsecureHTTP bool
+	// AdminToken is the admin credential. Empty means the one kept in
+	// DataDir/admin.token, generated on first start.
+	AdminToken string
+	// Logger receives operational logs. Nil is quiet.
+	Logger *slog.Logger
+	// HeartbeatInterval is the watch heartbeat interval. Zero means 15s.
+	HeartbeatInterval time.Duration
+	// Version is reported in /v1/info. Empty means "dev".
+	Version string
+}
+
+// Service is a running coordination service: API listener, STUN responder
+// and store. Create it with Start; stop it with Close.
+type Service struct {
+	log        *slog.Logger
+	store      store.Store
+	srv        *Server
+	http       *http.Server
+	addr       netip.AddrPort
+	stun       *STUNServer
+	fp         []byte
+	adminToken string
+	scheme     string
+	serveDone  chan struct{}
+
+	mu     sync.Mutex // guards closed
+	closed bool
+}
+
+// Start opens the state in o.DataDir, binds the listeners and serves until
+// Close. It returns once the service accepts connections.
+func Start(ctx context.Context, o Options) (_ *Service, err error) {
+	wrap := func(err error) error { return fmt.Errorf("control.Start: %w", err) }
+	if o.DataDir == "" {
+		return nil, wrap(errors.New("Options.DataDir is required"))
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return nil, wrap(errors.New("TLS certificate and key files must be given together"))
+	}
+	if o.InsecureHTTP && o.TLSCertFile != "" {
+		return nil, wrap(errors.New("InsecureHTTP and a TLS certificate are mutually exclusive"))
+	}
+	if o.Listen == "" {
+		o.Listen = ":8443"
+	}
+	if o.STUNListen == "" {
+		o.STUNListen = ":3478"
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, wrap(fmt.Errorf("data directory: %w", err))
+	}
+
+	key, err := loadOrCreateServerKey(o.DataDir)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	admin := o.AdminToken
+	if admin == "" {
+		if admin, err = loadOrCreateAdminToken(o.DataDir); err != nil {
+			return nil, wrap(err)
+		}
+	}
+	var tlsCfg *tls.Config
+	var fp []byte
+	if !o.InsecureHTTP {
+		var cert tls.Certificate
+		if o.TLSCertFile != "" {
+			cert, fp, err = loadKeyPair(o.TLSCertFile, o.TLSKeyFile)
+		} else {
+			var missing []string
+			cert, fp, missing, err = loadOrCreateSelfSigned(o.DataDir, o.TLSHosts)
+			if len(missing) > 0 {
+				log.Warn("the existing self-signed certificate does not cover some names; members pin its fingerprint, so it is kept",
+					"cert", filepath.Join(o.DataDir, TLSCertFile), "missing", missing)
+			}
+		}
+		if err != nil {
+			return nil, wrap(err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	}
+
+	st, err := store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log))
+	if err != nil {
+		return nil, wrap(err)
+	}
+	s := &Service{log: log, store: st, fp: fp, adminToken: admin, scheme: "http", serveDone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			if s.stun != nil {
+				s.stun.Close()
+			}
+			st.Close()
+		}
+	}()
+
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", o.Listen)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
+
+	stunAdvertised := ""
+	if o.STUNListen != "off" {
+		pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
+		if err != nil {
+			ln.Close()
+			return nil, wrap(fmt.Errorf("STUN: %w", err))
+		}
+		s.stun = NewSTUNServer(pc, log)
+		sa := s.stun.Addr()
+		if sa.Addr().IsUnspecified() {
+			stunAdvertised = ":" + strconv.Itoa(int(sa.Port()))
+		} else {
+			stunAdvertised = sa.String()
+		}
+	}
+
+	s.srv, err = NewServer(Config{
+		Store:             st,
+		PrivateKey:        key,
+		AdminToken:        admin,
+		STUNAddr:          stunAdvertised,
+		Fingerprint:       fp,
+		Logger:            log,
+		HeartbeatInterval: o.HeartbeatInterval,
+		Version:           o.Version,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, wrap(err)
+	}
+	s.http = &http.Server{
+		Handler:           s.srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+		s.scheme = "https"
+	}
+	go func() {
+		defer close(s.serveDone)
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("API listener failed", "err", err)
+		}
+	}()
+	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir)
+	return s, nil
+}
+
+// URL returns the base URL of the API, e.g. "https://127.0.0.1:8443"; an
+// unspecified listen host becomes 127.0.0.1.
+func (s *Service) URL() string {
+	a := s.addr.Addr().Unmap()
+	if a.IsUnspecified() {
+		a = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return s.scheme + "://" + netip.AddrPortFrom(a, s.addr.Port()).String()
+}
+
+// Addr returns the address the API listens on.
+func (s *Service) Addr() netip.AddrPort { return s.addr }
+
+// STUNAddr returns the address of the STUN responder (zero if disabled).
+func (s *Service) STUNAddr() netip.AddrPort {
+	if s.stun == nil {
+		return netip.AddrPort{}
+	}
+	return s.stun.Addr()
+}
+
+// Fingerprint returns the SHA-256 of the TLS certificate (nil with
+// InsecureHTTP).
+func (s *Service) Fingerprint() []byte { return s.fp }
+
+// AdminToken returns the admin token.
+func (s *Service) AdminToken() string { return s.adminToken }
+
+// Server returns the API server.
+func (s *Service) Server() *Server { return s.srv }
+
+// CreateJoinToken creates a join token; see Server.CreateJoinToken.
+func (s *Service) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
+	return s.srv.CreateJoinToken(ctx, zone, reusable, ttl)
+}
+
+// Close stops the service gracefully: watch streams end, the listeners
+// close, in-flight requests finish (up to 5s), then the store closes. A
+// second Close returns an error wrapping net.ErrClosed.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("control.Service.Close: %w", net.ErrClosed)
+	}
+	s.closed = true
+	s.mu.Unlock()
+
+	var errs []error
+	s.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.http.Shutdown(ctx); err != nil {
+		s.http.Close()
+	}
+	<-s.serveDone
+	if s.stun != nil {
+		if err := s.stun.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info("wiremesh service stopped")
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("control.Service.Close: %w", err)
+	}
+	return nil
+}

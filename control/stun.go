@@ -1,0 +1,109 @@
+package control
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/pion/stun/v3"
+)
+
+// STUNServer is an RFC 5389 binding responder: it answers every Binding
+// request with the sender's reflexive address (XOR-MAPPED-ADDRESS) and a
+// FINGERPRINT, and ignores everything else.
+type STUNServer struct {
+	conn net.PacketConn
+	log  *slog.Logger
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex // guards closed
+	closed bool
+}
+
+// NewSTUNServer serves STUN on conn until Close. It takes ownership of
+// conn. A nil logger is quiet.
+func NewSTUNServer(conn net.PacketConn, log *slog.Logger) *STUNServer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &STUNServer{conn: conn, log: log}
+	s.wg.Add(1)
+	go s.serve()
+	return s
+}
+
+// Addr returns the local address the responder listens on.
+func (s *STUNServer) Addr() netip.AddrPort {
+	if ua, ok := s.conn.LocalAddr().(*net.UDPAddr); ok {
+		return ua.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(s.conn.LocalAddr().String())
+	return ap
+}
+
+// Close stops the responder and closes its socket. A second Close returns
+// an error wrapping net.ErrClosed.
+func (s *STUNServer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return &net.OpError{Op: "close", Net: "udp", Err: net.ErrClosed}
+	}
+	s.closed = true
+	s.mu.Unlock()
+	err := s.conn.Close()
+	s.wg.Wait()
+	return err
+}
+
+func (s *STUNServer) serve() {
+	defer s.wg.Done()
+	buf := make([]byte, 2048)
+	req := new(stun.Message)
+	resp := new(stun.Message)
+	for {
+		n, from, err := s.conn.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return
+			}
+			s.log.Debug("stun: read failed", "err", err)
+			continue
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok || !stun.IsMessage(buf[:n]) {
+			continue
+		}
+		req.Reset()
+		req.Raw = append(req.Raw[:0], buf[:n]...)
+		if err := req.Decode(); err != nil || req.Type != stun.BindingRequest {
+			continue
+		}
+		if req.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(req) != nil {
+			continue
+		}
+		ap := ua.AddrPort()
+		resp.Reset()
+		err = resp.Build(
+			stun.NewTransactionIDSetter(req.TransactionID),
+			stun.BindingSuccess,
+			&stun.XORMappedAddress{IP: ap.Addr().Unmap().AsSlice(), Port: int(ap.Port())},
+			stun.Fingerprint,
+		)
+		if err != nil {
+			s.log.Debug("stun: building response failed", "err", err)
+			continue
+		}
+		if _, err := s.conn.WriteTo(resp.Raw, from); err != nil {
+			s.log.Debug("stun: write failed", "to", from, "err", err)
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package control
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
+)
+
+// watchWriteTimeout bounds one write to a watch stream; a client that does
+// not read for that long is disconnected.
+const watchWriteTimeout = 30 * time.Second
+
+func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Device) {
+	ctx := r.Context()
+	zone := r.PathValue("zone")
+	if zone != d.Zone {
+		// Never reveal whether another zone exists.
+		writeError(w, apiErr(api.CodeNotFound, "zone %q not found", zone))
+		return
+	}
+	var since int64
+	if q := r.URL.Query().Get("since"); q != "" {
+		v, err := strconv.ParseInt(q, 10, 64)
+		if err != nil || v < 0 {
+			writeError(w, apiErr(api.CodeBadRequest, "since %q: want a revision (non-negative integer)", q))
+			return
+		}
+		since = v
+	}
+
+	// Subscribe first, then read the backlog: live events at or below the
+	// backlog's revision are skipped, so nothing is lost or sent twice.
+	sub, err := s.hub.subscribe(ctx, zone)
+	if errors.Is(err, errHubClosed) {
+		writeError(w, apiErr(api.CodeUnavailable, "the service is shutting down"))
+		return
+	}
+	if err != nil {
+		writeError(w, s.storeErr(ctx, "watch", err))
+		return
+	}
+	defer s.hub.unsubscribe(sub)
+
+	var backlog [][]byte
+	var rev int64
+	snapshot := since == 0
+	if !snapshot {
+		changes, cur, err := s.cfg.Store.Changes(ctx, zone, since)
+		switch {
+		case errors.Is(err, store.ErrCompacted) || (err == nil && since > cur):
+			// History gone, or a revision this store never issued (the
+			// service's state was replaced): start over.
+			snapshot = true
+		case err != nil:
+			writeError(w, s.storeErr(ctx, "watch", err))
+			return
+		default:
+			rev = cur
+			for _, c := range changes {
+				backlog = append(backlog, encodeChange(c))
+			}
+		}
+	}
+	if snapshot {
+		r, devices, err := s.cfg.Store.Snapshot(ctx, zone)
+		if err != nil {
+			writeError(w, s.storeErr(ctx, "watch", err))
+			return
+		}
+		rev = r
+		peers := make([]api.Peer, 0, len(devices))
+		for _, d := range devices {
+			peers = append(peers, toPeer(d))
+		}
+		backlog = append(backlog, encodeLine(api.WatchEvent{Type: api.EventSnapshot, Revision: rev, Peers: peers}))
+	}
+
+	h := w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	send := func(lines ...[]byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		for _, l := range lines {
+			if _, err := w.Write(l); err != nil {
+				return false
+			}
+		}
+		return rc.Flush() == nil
+	}
+	if !send(backlog...) {
+		return
+	}
+	s.log.DebugContext(ctx, "watch started", "zone", zone, "device", d.ID, "since", since, "rev", rev, "snapshot", snapshot)
+
+	hb := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-sub.ch:
+			if !ok {
+				return // dropped (too slow, compacted) or shutting down
+			}
+			if ev.rev <= rev {
+				continue
+			}
+			rev = ev.rev
+			if !send(ev.line) {
+				return
+			}
+			hb.Reset(s.cfg.HeartbeatInterval)
+		case <-hb.C:
+			if !send(encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})) {
+				return
+			}
+		}
+	}
+}
