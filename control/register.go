@@ -188,21 +188,17 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 // again inside the registration transaction; this early look-up gives the
 // zone (and its prefix policy) and refuses bad tokens before any work.
 func (s *Server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
-	toks, err := s.cfg.Store.JoinTokens(ctx, "")
+	t, err := s.cfg.Store.JoinTokenByHash(ctx, hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")
+	}
 	if err != nil {
 		return store.JoinToken{}, s.storeErr(ctx, "register", err)
 	}
 	now := s.cfg.Now()
-	for _, t := range toks {
-		if t.Hash != hash {
-			continue
-		}
-		if !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) {
-			break
-		}
-		if !t.Reusable && !t.UsedAt.IsZero() {
-			break
-		}
+	expired := !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
+	used := !t.Reusable && !t.UsedAt.IsZero()
+	if !expired && !used {
 		return t, nil
 	}
 	return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")

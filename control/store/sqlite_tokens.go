@@ -105,6 +105,22 @@ func (s *SQLite) JoinTokens(ctx context.Context, zone string) ([]JoinToken, erro
 	return ts, err
 }
 
+// JoinTokenByHash returns the token whose secret hashes to h (an index
+// lookup), or ErrNotFound.
+func (s *SQLite) JoinTokenByHash(ctx context.Context, h [32]byte) (JoinToken, error) {
+	var t JoinToken
+	err := s.read(ctx, "join token by hash", func(tx *sql.Tx) error {
+		row := tx.QueryRowContext(ctx, `SELECT `+joinTokenCols+` FROM join_tokens WHERE hash = ?`, h[:])
+		var err error
+		t, err = scanJoinToken(row)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return err
+	})
+	return t, err
+}
+
 // DeleteJoinToken deletes a token by id or returns ErrNotFound. Devices
 // that joined with it stay.
 func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) error {

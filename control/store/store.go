@@ -136,6 +136,9 @@ type Store interface {
 	CreateJoinToken(ctx context.Context, t JoinToken) error
 	// JoinTokens lists the tokens of a zone ("" = all zones).
 	JoinTokens(ctx context.Context, zone string) ([]JoinToken, error)
+	// JoinTokenByHash returns the token whose secret hashes to h, or
+	// ErrNotFound. It does not check expiry or use.
+	JoinTokenByHash(ctx context.Context, h [32]byte) (JoinToken, error)
 	// DeleteJoinToken deletes a token by id or returns ErrNotFound.
 	DeleteJoinToken(ctx context.Context, id string) error
 

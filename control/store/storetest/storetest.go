@@ -255,6 +255,12 @@ func testJoinTokens(t *testing.T, e *Env) {
 	require.True(t, got[0].CreatedAt.Equal(Now))
 	_, err = e.S.JoinTokens(e.Ctx, "nope")
 	require.ErrorIs(t, err, store.ErrNotFound)
+	byHash, err := e.S.JoinTokenByHash(e.Ctx, Hash("b"))
+	require.NoError(t, err)
+	require.Equal(t, b.ID, byHash.ID)
+	require.Equal(t, "lab", byHash.Zone)
+	_, err = e.S.JoinTokenByHash(e.Ctx, Hash("unknown"))
+	require.ErrorIs(t, err, store.ErrNotFound)
 
 	require.NoError(t, e.S.DeleteJoinToken(e.Ctx, a.ID))
 	require.ErrorIs(t, e.S.DeleteJoinToken(e.Ctx, a.ID), store.ErrNotFound)
