@@ -1,0 +1,220 @@
+package udpbind
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// batchConn is the part of ipv4.PacketConn / ipv6.PacketConn we use.
+type batchConn interface {
+	ReadBatch(ms []ipv6.Message, flags int) (int, error)
+	WriteBatch(ms []ipv6.Message, flags int) (int, error)
+}
+
+// socket is one UDP socket of a Bind.
+type socket struct {
+	conn      *net.UDPConn
+	bc        batchConn
+	txOffload atomic.Bool // UDP_SEGMENT usable
+	rxOffload bool        // UDP_GRO enabled
+
+	// rx is used only by the socket's single receive goroutine
+	// (wireguard-go calls each ReceiveFunc from one goroutine).
+	rx struct {
+		msgs    []ipv6.Message
+		scratch []byte // one GRO read (up to 64 datagrams)
+		n       int    // bytes in scratch
+		off     int    // next datagram in scratch
+		seg     int    // datagram size in scratch (GRO segment size)
+		from    *Endpoint
+		last    *Endpoint // cache: peers rarely change address
+	}
+}
+
+func newSocket(c *net.UDPConn, v6 bool, batch int) *socket {
+	s := &socket{conn: c}
+	if v6 {
+		s.bc = ipv6.NewPacketConn(c)
+	} else {
+		s.bc = ipv4.NewPacketConn(c)
+	}
+	tx, rx := enableOffload(c)
+	s.txOffload.Store(tx)
+	s.rxOffload = rx
+	s.rx.msgs = make([]ipv6.Message, batch)
+	for i := range s.rx.msgs {
+		s.rx.msgs[i].Buffers = make(net.Buffers, 1)
+		s.rx.msgs[i].OOB = make([]byte, oobSize)
+	}
+	if rx {
+		s.rx.scratch = make([]byte, maxDatagram)
+	}
+	return s
+}
+
+// endpoint returns an Endpoint for addr, reusing the last one when equal.
+func (s *socket) endpoint(addr net.Addr) *Endpoint {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if l := s.rx.last; l != nil && l.ap == ap {
+		return l
+	}
+	s.rx.last = newEndpoint(ap)
+	return s.rx.last
+}
+
+// receive implements conn.ReceiveFunc.
+func (s *socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	if s.rxOffload {
+		return s.receiveGRO(bufs, sizes, eps)
+	}
+	msgs := s.rx.msgs[:min(len(bufs), len(s.rx.msgs))]
+	for i := range msgs {
+		msgs[i].Buffers[0] = bufs[i]
+		msgs[i].OOB = msgs[i].OOB[:cap(msgs[i].OOB)]
+	}
+	n, err := s.bc.ReadBatch(msgs, 0)
+	if err != nil {
+		return 0, wrapClosed(err)
+	}
+	k := 0
+	for i := 0; i < n; i++ {
+		ep := s.endpoint(msgs[i].Addr)
+		if ep == nil || msgs[i].N == 0 {
+			continue
+		}
+		if k != i {
+			copy(bufs[k], bufs[i][:msgs[i].N])
+		}
+		sizes[k], eps[k] = msgs[i].N, ep
+		k++
+	}
+	return k, nil
+}
+
+// receiveGRO reads one (possibly coalesced) datagram into scratch and splits
+// it into bufs; what does not fit is returned by the next call.
+func (s *socket) receiveGRO(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	r := &s.rx
+	if r.off >= r.n {
+		m := r.msgs[:1]
+		m[0].Buffers[0] = r.scratch
+		m[0].OOB = m[0].OOB[:cap(m[0].OOB)]
+		if _, err := s.bc.ReadBatch(m, 0); err != nil {
+			return 0, wrapClosed(err)
+		}
+		r.n, r.off = m[0].N, 0
+		r.seg = groSize(m[0].OOB[:m[0].NN])
+		if r.seg <= 0 {
+			r.seg = r.n
+		}
+		r.from = s.endpoint(m[0].Addr)
+		if r.from == nil {
+			r.n = 0
+			return 0, nil
+		}
+	}
+	k := 0
+	for k < len(bufs) && r.off < r.n {
+		end := min(r.off+r.seg, r.n)
+		sizes[k] = copy(bufs[k], r.scratch[r.off:end])
+		eps[k] = r.from
+		r.off = end
+		k++
+	}
+	return k, nil
+}
+
+// send writes bufs to e, coalescing runs of equal-sized datagrams into
+// UDP_SEGMENT messages when the kernel supports it.
+func (s *socket) send(bufs [][]byte, e *Endpoint, msgs []ipv6.Message) error {
+	for {
+		offload := s.txOffload.Load()
+		var n int
+		if offload {
+			n = coalesce(bufs, e, msgs)
+		} else {
+			for i, b := range bufs {
+				msgs[i].Buffers = append(msgs[i].Buffers[:0], b)
+				msgs[i].Addr = e.ua
+				msgs[i].OOB = msgs[i].OOB[:0]
+			}
+			n = len(bufs)
+		}
+		err := s.writeAll(msgs[:n])
+		if err != nil && offload && shouldDisableGSO(err) {
+			s.txOffload.Store(false)
+			continue
+		}
+		return wrapClosed(err)
+	}
+}
+
+func (s *socket) writeAll(msgs []ipv6.Message) error {
+	for len(msgs) > 0 {
+		n, err := s.bc.WriteBatch(msgs, 0)
+		if err != nil {
+			return err
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// coalesce packs bufs into msgs: each message carries a run of datagrams of
+// one size (the last of a run may be shorter) as an iovec list, sent as one
+// UDP_SEGMENT message: no copying, the kernel cuts it at the segment size.
+func coalesce(bufs [][]byte, e *Endpoint, msgs []ipv6.Message) int {
+	maxLen := maxDatagram - 20 - 8
+	if e.ap.Addr().Is6() {
+		maxLen = maxDatagram - 8
+	}
+	base, seg, total, closed := -1, 0, 0, false
+	for _, b := range bufs {
+		if base >= 0 && !closed && len(msgs[base].Buffers) < maxSegments && len(b) <= seg && total+len(b) <= maxLen {
+			msgs[base].Buffers = append(msgs[base].Buffers, b)
+			total += len(b)
+			closed = len(b) < seg // a short datagram ends the run
+			continue
+		}
+		if base >= 0 {
+			setSegment(&msgs[base], seg)
+		}
+		base++
+		msgs[base].Buffers = append(msgs[base].Buffers[:0], b)
+		msgs[base].Addr = e.ua
+		msgs[base].OOB = msgs[base].OOB[:0]
+		seg, total, closed = len(b), len(b), false
+	}
+	if base >= 0 {
+		setSegment(&msgs[base], seg)
+	}
+	return base + 1
+}
+
+func setSegment(m *ipv6.Message, seg int) {
+	if len(m.Buffers) > 1 {
+		putSegmentSize(&m.OOB, seg)
+	}
+}
+
+func wrapClosed(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		return net.ErrClosed
+	}
+	return err
+}
