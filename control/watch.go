@@ -63,6 +63,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			for _, c := range changes {
 				backlog = append(backlog, encodeChange(c))
 			}
+			// A heartbeat closes the backlog, so a resuming client knows at
+			// once that the stream is live even when it missed nothing.
+			backlog = append(backlog, encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev}))
 		}
 	}
 	if snapshot {

@@ -221,7 +221,8 @@ const (
 //
 // The stream starts with a snapshot (since absent, 0, or older than the
 // retained history) or with the upserts and removes after since, in revision
-// order; then one event per change, and heartbeats while idle. Revisions are
+// order followed by one heartbeat; then one event per change, and
+// heartbeats while idle. Revisions are
 // strictly increasing across change events. The device's own entry is
 // included; clients skip it.
 type WatchEvent struct {

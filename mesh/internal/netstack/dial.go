@@ -19,9 +19,11 @@ import (
 var ErrNotIPLiteral = errors.New("netstack: host is not an IP literal")
 
 func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
+	// The unspecified (zero) address binds a dual-stack IPv6 endpoint,
+	// which also accepts IPv4, as the stock netstack does.
 	a := ap.Addr().Unmap()
 	proto := ipv4.ProtocolNumber
-	if a.Is6() {
+	if a.Is6() || !a.IsValid() {
 		proto = ipv6.ProtocolNumber
 	}
 	var addr tcpip.Address

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control"
+	"github.com/wiremesh/wiremesh/control/adminclient"
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// adminFlags are the flags every admin command takes.
+type adminFlags struct {
+	server, token, dataDir, fingerprint string
+}
+
+func (a *adminFlags) register(fs *flag.FlagSet) {
+	server := os.Getenv("WIREMESH_SERVER")
+	if server == "" {
+		server = "https://127.0.0.1:8443"
+	}
+	fs.StringVar(&a.server, "server", server, "service URL (env WIREMESH_SERVER)")
+	fs.StringVar(&a.token, "admin-token", "", "admin token (default: env WIREMESH_ADMIN_TOKEN, else the admin.token file in --data-dir)")
+	fs.StringVar(&a.dataDir, "data-dir", defaultDataDir(), "the service's data directory when on the same machine: admin token and certificate to trust")
+	fs.StringVar(&a.fingerprint, "tls-fingerprint", "", "pin the service certificate by its SHA-256 (hex); default: the certificate in --data-dir, else the system roots")
+}
+
+// client builds the admin client from the flags.
+func (a *adminFlags) client() (*adminclient.Client, error) {
+	tok := a.token
+	if tok == "" {
+		tok = os.Getenv("WIREMESH_ADMIN_TOKEN")
+	}
+	if tok == "" && a.dataDir != "" {
+		b, err := os.ReadFile(filepath.Join(a.dataDir, control.AdminTokenFile))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("reading admin token: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		return nil, usageErr("no admin token: pass --admin-token, set WIREMESH_ADMIN_TOKEN, or run on the service's machine with --data-dir")
+	}
+	o := adminclient.Options{AdminToken: tok}
+	switch {
+	case a.fingerprint != "":
+		fp, err := adminclient.ParseFingerprint(a.fingerprint)
+		if err != nil {
+			return nil, usageErr("--tls-fingerprint: %v", err)
+		}
+		o.Fingerprint = fp
+	case strings.HasPrefix(a.server, "https://") && a.dataDir != "":
+		fp, err := adminclient.FingerprintFromCertFile(filepath.Join(a.dataDir, control.TLSCertFile))
+		if err == nil {
+			o.Fingerprint = fp
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("trusting the service certificate: %w", err)
+		}
+	}
+	c, err := adminclient.New(a.server, o)
+	if err != nil {
+		return nil, usageErr("--server: %v", err)
+	}
+	return c, nil
+}
+
+// adminCmd parses the common admin flags plus extra ones, checks the
+// number of positional arguments, and builds the client.
+func adminCmd(name, usage string, stderr io.Writer, args []string, nargs int, extra func(*flag.FlagSet)) (*adminclient.Client, []string, error) {
+	fs := newFlagSet(name, stderr, usage)
+	var a adminFlags
+	a.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(pos) != nargs {
+		fs.Usage()
+		return nil, nil, usageErr("%s: want %d argument(s), got %d", name, nargs, len(pos))
+	}
+	c, err := a.client()
+	return c, pos, err
+}
+
+func newTable(w io.Writer, header string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	return tw
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04")
+}
+
+func joinStrings[T fmt.Stringer](xs []T) string {
+	if len(xs) == 0 {
+		return "-"
+	}
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var v4, v6 string
+	var exits bool
+	c, pos, err := adminCmd("zone create", "zone create [flags] NAME", stderr, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&v4, "ipv4-pool", "", "tunnel IPv4 pool (default 100.64.0.0/16)")
+		fs.StringVar(&v6, "ipv6-pool", "", "tunnel IPv6 pool (default: a ULA /64 derived from the name)")
+		fs.BoolVar(&exits, "allow-exit-nodes", false, "allow members to advertise default routes (0.0.0.0/0, ::/0)")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits})
+	if err != nil {
+		return fmt.Errorf("zone create %q: %w", pos[0], err)
+	}
+	fmt.Fprintf(stdout, "zone %q created: tunnel pools %s and %s", z.Name, z.IPv4Pool, z.IPv6Pool)
+	if z.AllowExitNodes {
+		fmt.Fprint(stdout, ", exit nodes allowed")
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
+
+func runZoneList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, _, err := adminCmd("zone list", "zone list [flags]", stderr, args, 0, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	zs, err := c.Zones(ctx)
+	if err != nil {
+		return fmt.Errorf("zone list: %w", err)
+	}
+	tw := newTable(stdout, "NAME\tIPV4 POOL\tIPV6 POOL\tEXIT NODES\tCREATED")
+	for _, z := range zs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", z.Name, z.IPv4Pool, z.IPv6Pool, z.AllowExitNodes, fmtTime(z.CreatedAt))
+	}
+	return tw.Flush()
+}
+
+func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var zone string
+	var reusable bool
+	var expires time.Duration
+	c, _, err := adminCmd("token create", "token create [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&zone, "zone", api.DefaultZone, "zone the token joins")
+		fs.BoolVar(&reusable, "reusable", false, "the token may be used by many machines (default: single use)")
+		fs.DurationVar(&expires, "expires", 0, "lifetime, e.g. 24h (default: never expires)")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if expires < 0 || (expires > 0 && expires < time.Second) {
+		return usageErr("token create: --expires %s: want 0 (never) or at least 1s", expires)
+	}
+	jt, err := c.CreateToken(ctx, api.CreateTokenRequest{Zone: zone, Reusable: reusable, ExpiresInSeconds: int64(expires / time.Second)})
+	if err != nil {
+		return fmt.Errorf("token create --zone %q: %w", zone, err)
+	}
+	fmt.Fprintln(stdout, jt.Token)
+	return nil
+}
+
+func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var zone string
+	c, _, err := adminCmd("token list", "token list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ts, err := c.Tokens(ctx, zone)
+	if err != nil {
+		return fmt.Errorf("token list: %w", err)
+	}
+	tw := newTable(stdout, "ID\tZONE\tREUSABLE\tEXPIRES\tUSED\tCREATED")
+	for _, t := range ts {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", t.ID, t.Zone, t.Reusable, fmtTime(t.ExpiresAt), fmtTime(t.UsedAt), fmtTime(t.CreatedAt))
+	}
+	return tw.Flush()
+}
+
+func runTokenDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, pos, err := adminCmd("token delete", "token delete [flags] ID", stderr, args, 1, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.DeleteToken(ctx, pos[0]); err != nil {
+		return fmt.Errorf("token delete %q: %w", pos[0], err)
+	}
+	fmt.Fprintf(stdout, "token %s deleted\n", pos[0])
+	return nil
+}
+
+func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var zone string
+	c, _, err := adminCmd("device list", "device list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ds, err := c.Devices(ctx, zone)
+	if err != nil {
+		return fmt.Errorf("device list: %w", err)
+	}
+	tw := newTable(stdout, "ID\tZONE\tHOSTNAME\tIPV4\tIPV6\tPREFIXES\tENDPOINTS\tUPDATED")
+	for _, d := range ds {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Zone, d.Hostname, d.IPv4, d.IPv6,
+			joinStrings(d.ChildPrefixes), joinStrings(d.Endpoints), fmtTime(d.UpdatedAt))
+	}
+	return tw.Flush()
+}
+
+func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, pos, err := adminCmd("device delete", "device delete [flags] ID", stderr, args, 1, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.DeleteDevice(ctx, pos[0]); err != nil {
+		return fmt.Errorf("device delete %q: %w", pos[0], err)
+	}
+	fmt.Fprintf(stdout, "device %s deleted; its addresses and prefixes are free\n", pos[0])
+	return nil
+}
+
+func runPrefixList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var zone string
+	c, _, err := adminCmd("prefix list", "prefix list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ps, err := c.Prefixes(ctx, zone)
+	if err != nil {
+		return fmt.Errorf("prefix list: %w", err)
+	}
+	tw := newTable(stdout, "ZONE\tPREFIX\tDEVICE\tHOSTNAME")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Zone, p.Prefix, p.DeviceID, p.Hostname)
+	}
+	return tw.Flush()
+}
+
+func runPrefixRelease(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var zone string
+	c, pos, err := adminCmd("prefix release", "prefix release [flags] PREFIX", stderr, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&zone, "zone", api.DefaultZone, "zone of the prefix")
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := netip.ParsePrefix(pos[0])
+	if err != nil || p != p.Masked() {
+		return usageErr("prefix release: %q is not a canonical CIDR prefix", pos[0])
+	}
+	if err := c.ReleasePrefix(ctx, zone, p); err != nil {
+		return fmt.Errorf("prefix release %s --zone %q: %w", p, zone, err)
+	}
+	fmt.Fprintf(stdout, "prefix %s released in zone %q\n", p, zone)
+	return nil
+}

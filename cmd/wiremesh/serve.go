@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control"
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// defaultDataDir is where `wiremesh serve` keeps its state, and where the
+// admin commands look for the admin token and certificate:
+// $WIREMESH_DATA_DIR, else $XDG_STATE_HOME/wiremesh, else
+// ~/.local/state/wiremesh.
+func defaultDataDir() string {
+	if d := os.Getenv("WIREMESH_DATA_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "wiremesh")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "wiremesh")
+	}
+	return "wiremesh-data"
+}
+
+// serveJoinTokenTTL is the lifetime of the reusable join token printed at
+// start-up.
+const serveJoinTokenTTL = 24 * time.Hour
+
+// runServe implements `wiremesh serve`.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr, "serve [flags]")
+	dataDir := fs.String("data-dir", defaultDataDir(), "state directory: database, keys, admin token, self-signed certificate (env WIREMESH_DATA_DIR)")
+	listen := fs.String("listen", ":8443", "API listen address (TCP)")
+	stunListen := fs.String("stun-listen", ":3478", `STUN listen address (UDP); "off" disables STUN`)
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM); default: a self-signed certificate kept in the data dir")
+	tlsKey := fs.String("tls-key", "", "TLS key file (PEM), with --tls-cert")
+	insecure := fs.Bool("insecure-http", false, "serve plain HTTP (behind a TLS-terminating proxy, or for tests)")
+	var hosts stringList
+	fs.Var(&hosts, "tls-host", "extra name or address for the self-signed certificate (repeatable; only when it is first created)")
+	verbose := fs.Bool("v", false, "debug logs")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageErr("serve: unexpected arguments %q", pos)
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usageErr("serve: --tls-cert and --tls-key go together")
+	}
+	if *insecure && *tlsCert != "" {
+		return usageErr("serve: --insecure-http and --tls-cert are mutually exclusive")
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
+	svc, err := control.Start(ctx, control.Options{
+		DataDir:      *dataDir,
+		Listen:       *listen,
+		STUNListen:   *stunListen,
+		TLSCertFile:  *tlsCert,
+		TLSKeyFile:   *tlsKey,
+		TLSHosts:     hosts,
+		InsecureHTTP: *insecure,
+		AdminToken:   adminEnv,
+		Logger:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	tok, err := svc.CreateJoinToken(ctx, api.DefaultZone, true, serveJoinTokenTTL)
+	if err != nil {
+		svc.Close()
+		return fmt.Errorf("serve: creating a join token: %w", err)
+	}
+
+	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
+	if sa := svc.STUNAddr(); sa.IsValid() {
+		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+	}
+	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
+	if adminEnv != "" {
+		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
+	} else {
+		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
+	}
+	if fp := svc.Fingerprint(); fp != nil {
+		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
+		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
+
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "stopping")
+	if err := svc.Close(); err != nil {
+		return fmt.Errorf("serve: stopping: %w", err)
+	}
+	return nil
+}
+
+// joinURL is the URL other machines use: the listen address, or when it is
+// unspecified this machine's first global unicast IPv4 address (the URL's
+// host is not what members trust: they pin the certificate fingerprint).
+func joinURL(svc *control.Service) string {
+	scheme := "https"
+	if svc.Fingerprint() == nil {
+		scheme = "http"
+	}
+	a := svc.Addr()
+	if !a.Addr().IsUnspecified() {
+		return svc.URL()
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return svc.URL()
+	}
+	for _, ia := range addrs {
+		ipn, ok := ia.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if ok && ip.Unmap().Is4() && ip.IsGlobalUnicast() {
+			return scheme + "://" + netip.AddrPortFrom(ip.Unmap(), a.Port()).String()
+		}
+	}
+	return svc.URL()
+}

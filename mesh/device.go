@@ -1,0 +1,294 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
+	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
+)
+
+// holdDelay is how long a node holds back towards a new peer marked Hold
+// (see shouldHold): the peer is configured without its endpoint, so this
+// side cannot initiate a handshake (not even for application traffic), and
+// without persistent keepalive. The peer initiates; this side answers and
+// learns the endpoint from that. When both sides initiate at the same
+// moment instead, the initiations cross, each side drops the other's answer
+// and both wait for WireGuard's 5s retry. After holdDelay the endpoint and
+// keepalive are set anyway (the peer may be unable to reach this side, e.g.
+// behind NAT), except that an endpoint learnt from a completed handshake is
+// kept.
+const holdDelay = 3 * time.Second
+
+// wgDevice is a wireguard-go device over a gVisor netstack. Its
+// configuration goes through the device's UAPI text protocol, which stays
+// internal: callers use applyPeers and stats.
+type wgDevice struct {
+	dev  *device.Device
+	tnet *netstack.Net
+	port uint16
+	pub  api.Key
+	log  *slog.Logger
+
+	// mu guards the fields below and serializes configuration.
+	mu      sync.Mutex
+	closed  bool
+	want    map[api.Key]wgPeer    // as asked by the last applyPeers
+	applied map[api.Key]wgPeer    // as last written to the device
+	pending map[api.Key]time.Time // new peers held back until then (see holdDelay)
+	timer   *time.Timer           // re-syncs when a hold ends
+}
+
+// newWGDevice creates the netstack with addrs, the WireGuard device with
+// the private key, and brings it up listening on UDP port (0 = random).
+func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger *slog.Logger) (*wgDevice, error) {
+	tnet, err := netstack.New(netstack.Config{Addrs: addrs, MTU: mtu, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	dev := device.NewDevice(tnet, udpbind.New(netstack.DefaultBatchSize), wgLogger(logger))
+	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
+	if err := dev.IpcSet(cfg); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure device: %w", err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("bring device up on UDP port %d: %w", port, err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &wgDevice{
+		log:     logger,
+		dev:     dev,
+		tnet:    tnet,
+		pub:     api.PublicKey(priv),
+		want:    map[api.Key]wgPeer{},
+		applied: map[api.Key]wgPeer{},
+		pending: map[api.Key]time.Time{},
+	}
+	st, err := d.stats()
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	d.port = st.listenPort
+	return d, nil
+}
+
+// close stops the device, its bind (UDP sockets) and the netstack.
+// Idempotent.
+func (d *wgDevice) close() {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.closed = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.mu.Unlock()
+	d.dev.Close()
+}
+
+// applyPeers makes the device's peers equal to want with the fewest
+// changes (see diffPeers). Peers that did not change are not touched, so
+// their sessions survive.
+func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("configure peers: %w", net.ErrClosed)
+	}
+	d.want = maps.Clone(want)
+	return d.syncLocked(time.Now())
+}
+
+// syncLocked writes d.want, minus what is held back from new peers (see
+// holdDelay), to the device, and arms the timer for the next hold to end.
+func (d *wgDevice) syncLocked(now time.Time) error {
+	eff := make(map[api.Key]wgPeer, len(d.want))
+	have := maps.Clone(d.applied)
+	var next time.Time
+	var stats *devStats
+	for k, w := range d.want {
+		_, known := d.applied[k]
+		due, held := d.pending[k]
+		if !held && !known && w.Hold && w.Endpoint.IsValid() {
+			due, held = now.Add(holdDelay), true
+			d.pending[k] = due
+		}
+		switch {
+		case held && now.Before(due):
+			w.Endpoint, w.Keepalive = netip.AddrPort{}, 0
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+		case held:
+			delete(d.pending, k)
+			if stats == nil {
+				st, err := d.stats()
+				if err != nil {
+					return err
+				}
+				stats = &st
+			}
+			if h, ok := have[k]; ok && !stats.peers[k].lastHandshake.IsZero() {
+				// Keep the endpoint the handshake taught the device.
+				h.Endpoint = w.Endpoint
+				have[k] = h
+			}
+		}
+		eff[k] = w
+	}
+	for k := range d.pending {
+		if _, ok := d.want[k]; !ok {
+			delete(d.pending, k)
+		}
+	}
+	if !next.IsZero() {
+		if d.timer == nil {
+			d.timer = time.AfterFunc(next.Sub(now), d.onTimer)
+		} else {
+			d.timer.Reset(next.Sub(now))
+		}
+	}
+	cfg := diffPeers(have, eff)
+	if cfg == "" {
+		d.applied = eff
+		return nil
+	}
+	if err := d.dev.IpcSet(cfg); err != nil {
+		// The device may be half-configured: forget what we believe so that
+		// the next apply rewrites every peer in full.
+		d.applied = map[api.Key]wgPeer{}
+		return fmt.Errorf("configure peers: %w", err)
+	}
+	d.applied = eff
+	return nil
+}
+
+func (d *wgDevice) onTimer() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	if err := d.syncLocked(time.Now()); err != nil {
+		d.log.Warn("mesh: configuring held-back peers", "err", err)
+	}
+}
+
+// devStats is the device's runtime state, parsed from UAPI "get".
+type devStats struct {
+	listenPort uint16
+	peers      map[api.Key]peerStats
+}
+
+type peerStats struct {
+	endpoint      netip.AddrPort
+	lastHandshake time.Time
+	rxBytes       uint64
+	txBytes       uint64
+}
+
+func (d *wgDevice) stats() (devStats, error) {
+	s, err := d.dev.IpcGet()
+	if err != nil {
+		return devStats{}, fmt.Errorf("read device state: %w", err)
+	}
+	return parseStats(s)
+}
+
+// parseStats parses the UAPI "get" output.
+func parseStats(s string) (devStats, error) {
+	st := devStats{peers: map[api.Key]peerStats{}}
+	var cur *peerStats
+	var curKey api.Key
+	var sec, nsec int64
+	flush := func() {
+		if cur != nil {
+			if sec != 0 || nsec != 0 {
+				cur.lastHandshake = time.Unix(sec, nsec)
+			}
+			st.peers[curKey] = *cur
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		var err error
+		switch k {
+		case "listen_port":
+			var p uint64
+			p, err = strconv.ParseUint(v, 10, 16)
+			st.listenPort = uint16(p)
+		case "public_key":
+			flush()
+			var b []byte
+			b, err = hex.DecodeString(v)
+			if err == nil && len(b) != 32 {
+				err = fmt.Errorf("%d bytes", len(b))
+			}
+			copy(curKey[:], b)
+			cur, sec, nsec = &peerStats{}, 0, 0
+		case "endpoint":
+			if cur != nil {
+				cur.endpoint, err = netip.ParseAddrPort(v)
+			}
+		case "last_handshake_time_sec":
+			sec, err = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, err = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			if cur != nil {
+				cur.rxBytes, err = strconv.ParseUint(v, 10, 64)
+			}
+		case "tx_bytes":
+			if cur != nil {
+				cur.txBytes, err = strconv.ParseUint(v, 10, 64)
+			}
+		}
+		if err != nil {
+			return devStats{}, fmt.Errorf("device state: line %q: %w", sc.Text(), err)
+		}
+	}
+	flush()
+	return st, nil
+}
+
+// wgLogger routes wireguard-go's logs to slog at debug level (errors at
+// warn).
+func wgLogger(l *slog.Logger) *device.Logger {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug("wireguard: " + fmt.Sprintf(format, args...))
+			}
+		},
+		Errorf: func(format string, args ...any) {
+			l.Warn("wireguard: " + fmt.Sprintf(format, args...))
+		},
+	}
+}

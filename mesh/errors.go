@@ -1,0 +1,89 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// ErrKernelModeUnsupported is returned by Join with WithMode(Kernel).
+var ErrKernelModeUnsupported = errors.New("kernel mode not implemented yet: use userspace mode")
+
+// ErrNoRoute is matched (errors.Is) by every *NoRouteError.
+var ErrNoRoute = errors.New("no route in the mesh")
+
+// NoRouteError is returned by Dial, Ping and friends when the destination
+// is neither a tunnel address of the zone nor inside a peer's addresses or
+// child prefixes. Nothing is sent, and there is no fallback to the host
+// network.
+type NoRouteError struct {
+	Addr netip.Addr
+}
+
+func (e *NoRouteError) Error() string {
+	return fmt.Sprintf("no route to %s in the mesh: not a tunnel address of the zone nor inside any peer's prefixes", e.Addr)
+}
+
+// Is makes errors.Is(err, ErrNoRoute) true.
+func (e *NoRouteError) Is(target error) bool { return target == ErrNoRoute }
+
+// codeSentinel is an error matching service errors (*api.Error) by code.
+type codeSentinel struct {
+	code string
+	msg  string
+}
+
+func (s *codeSentinel) Error() string { return s.msg }
+
+// Sentinels matching the service's error codes: errors.Is(err,
+// ErrPrefixConflict) holds for an error from Join carrying code
+// prefix_conflict. errors.As(err, &apiErr) with apiErr *api.Error gives the
+// details (Prefix and Owner for a conflict).
+var (
+	ErrPrefixConflict error = &codeSentinel{api.CodePrefixConflict, "prefix conflicts with another member's prefix or the zone's pools"}
+	ErrInvalidPrefix  error = &codeSentinel{api.CodeInvalidPrefix, "invalid prefix"}
+	ErrUnauthorized   error = &codeSentinel{api.CodeUnauthorized, "the service refused the credentials"}
+)
+
+// serviceError wraps an *api.Error so that it matches the code sentinels.
+type serviceError struct {
+	op  string
+	err *api.Error
+}
+
+func (e *serviceError) Error() string {
+	msg := e.op + ": " + e.err.Error()
+	if e.err.Code == api.CodePrefixConflict && e.err.Owner != "" {
+		msg += fmt.Sprintf(" (prefix %s held by %s)", e.err.Prefix, e.err.Owner)
+	}
+	return msg
+}
+
+func (e *serviceError) Unwrap() error { return e.err }
+
+func (e *serviceError) Is(target error) bool {
+	s, ok := target.(*codeSentinel)
+	return ok && s.code == e.err.Code
+}
+
+// wrapService returns err wrapped so that codes match the sentinels, with
+// op prefixed. Non-service errors are wrapped with %w.
+func wrapService(op string, err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return &serviceError{op: op, err: ae}
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// isTransient reports whether err means "the service could not be reached
+// or is failing" (network error, 5xx) rather than a refusal (4xx).
+func isTransient(err error) bool {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae.Status >= 500 || ae.Status == 0 && (ae.Code == api.CodeInternal || ae.Code == api.CodeUnavailable)
+	}
+	return true
+}

@@ -1,0 +1,197 @@
+package mesh
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// Mode selects how a node carries packets.
+type Mode int
+
+const (
+	// Userspace runs WireGuard and a gVisor TCP/IP stack inside the process:
+	// no root, no TUN device, no inbound port needed. The node's addresses
+	// are only reachable through Node.Dial, Node.Listen and friends.
+	Userspace Mode = iota
+	// Kernel drives a TUN device and the host routing table (root, Linux).
+	// Not implemented yet: Join returns ErrKernelModeUnsupported.
+	Kernel
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Userspace:
+		return "userspace"
+	case Kernel:
+		return "kernel"
+	default:
+		return fmt.Sprintf("Mode(%d)", int(m))
+	}
+}
+
+// DefaultMTU is the tunnel MTU used when WithMTU is not given.
+const DefaultMTU = 1420
+
+// PersistentKeepalive is the keepalive interval towards peers that have an
+// endpoint, so that a node behind NAT keeps its path open.
+const PersistentKeepalive = 25 * time.Second
+
+// An Option configures Join.
+type Option func(*config)
+
+type config struct {
+	token         string
+	zone          string
+	stateDir      string
+	hostname      string
+	listenPort    uint16
+	logger        *slog.Logger
+	mode          Mode
+	insecureHTTP  bool
+	endpoints     []netip.AddrPort
+	mtu           int
+	childPrefixes []netip.Prefix
+	backoffMin    time.Duration
+	backoffMax    time.Duration
+	errs          []error
+}
+
+func newConfig(opts []Option) (*config, error) {
+	c := &config{
+		mtu:        DefaultMTU,
+		backoffMin: 500 * time.Millisecond,
+		backoffMax: 30 * time.Second,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	if len(c.errs) > 0 {
+		return nil, c.errs[0]
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// WithToken sets the join token ("wmj_..."), as printed by
+// `wiremesh token create`. When the token carries the service's certificate
+// fingerprint, the node pins it. Without a token, Join can only restart from
+// a state directory holding a previous registration.
+func WithToken(token string) Option {
+	return func(c *config) { c.token = token }
+}
+
+// WithZone names the zone (mesh) to join. Empty (the default) means the zone
+// the join token is bound to.
+func WithZone(zone string) Option {
+	return func(c *config) { c.zone = zone }
+}
+
+// WithStateDir keeps the node's private key (created once, mode 0600) and
+// its last registration and peer list in dir, so that a restarted node keeps
+// its identity and addresses and can start while the service is down.
+// Without it (the default) the key lives in memory and dies with the node.
+func WithStateDir(dir string) Option {
+	return func(c *config) { c.stateDir = dir }
+}
+
+// WithHostname sets the name other members see. Default: os.Hostname().
+func WithHostname(name string) Option {
+	return func(c *config) { c.hostname = name }
+}
+
+// WithListenPort sets the WireGuard UDP port. 0 (the default) reuses the
+// port saved in the state directory when there is one, else picks a free
+// port.
+func WithListenPort(port uint16) Option {
+	return func(c *config) { c.listenPort = port }
+}
+
+// WithLogger sets the node's logger. nil (the default) is quiet.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// WithMode selects Userspace (the default) or Kernel.
+func WithMode(m Mode) Option {
+	return func(c *config) {
+		if m != Userspace && m != Kernel {
+			c.errs = append(c.errs, fmt.Errorf("WithMode(%d): unknown mode", int(m)))
+			return
+		}
+		c.mode = m
+	}
+}
+
+// WithInsecureHTTP allows a plain http:// service URL on a non-loopback
+// host (behind a TLS-terminating proxy, or in a lab). Loopback http:// URLs
+// are always accepted.
+func WithInsecureHTTP() Option {
+	return func(c *config) { c.insecureHTTP = true }
+}
+
+// WithEndpoints advertises these addresses for WireGuard UDP instead of the
+// auto-detected one (the local address used to reach the service, with the
+// listen port). Use it behind port forwarding or with a public address.
+func WithEndpoints(eps ...netip.AddrPort) Option {
+	return func(c *config) {
+		for _, ep := range eps {
+			if !ep.IsValid() || ep.Port() == 0 || ep.Addr().IsUnspecified() {
+				c.errs = append(c.errs, fmt.Errorf("WithEndpoints: invalid endpoint %q", ep.String()))
+				return
+			}
+			c.endpoints = append(c.endpoints, netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port()))
+		}
+	}
+}
+
+// WithMTU sets the tunnel MTU. Default DefaultMTU (1420).
+func WithMTU(mtu int) Option {
+	return func(c *config) {
+		if mtu < 1280 || mtu > 65535 {
+			c.errs = append(c.errs, fmt.Errorf("WithMTU(%d): want 1280..65535", mtu))
+			return
+		}
+		c.mtu = mtu
+	}
+}
+
+// WithChildPrefix advertises a prefix behind this node (a container
+// network, a lab subnet): it is sent in the registration, allocated to the
+// node by the service (unique in the zone, kept across restarts) and
+// reported by Node.Prefixes, and every other member routes it to this node.
+//
+// Forwarding the traffic that arrives for it to the host network (the
+// unprivileged router of userspace mode) is not implemented yet; until then
+// such packets are dropped by the node's netstack. Dialing a peer's child
+// prefix already works: it is routed through the owning peer.
+func WithChildPrefix(p netip.Prefix) Option {
+	return func(c *config) {
+		if !p.IsValid() {
+			c.errs = append(c.errs, fmt.Errorf("WithChildPrefix: invalid prefix %q", p.String()))
+			return
+		}
+		if p != p.Masked() {
+			c.errs = append(c.errs, fmt.Errorf("WithChildPrefix(%q): host bits set, want %q: %w", p.String(), p.Masked().String(), ErrInvalidPrefix))
+			return
+		}
+		c.childPrefixes = append(c.childPrefixes, p)
+	}
+}
+
+// WithReconnectBackoff bounds the exponential backoff (with jitter) between
+// attempts to reach the service after it went away. Defaults: 500ms, 30s.
+func WithReconnectBackoff(min, max time.Duration) Option {
+	return func(c *config) {
+		if min <= 0 || max < min {
+			c.errs = append(c.errs, fmt.Errorf("WithReconnectBackoff(%v, %v): want 0 < min <= max", min, max))
+			return
+		}
+		c.backoffMin, c.backoffMax = min, max
+	}
+}

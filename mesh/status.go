@@ -1,0 +1,127 @@
+package mesh
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// Peer is another member of the zone, as the service describes it.
+type Peer struct {
+	ID        string
+	Hostname  string
+	PublicKey api.Key
+	// Addrs are the peer's tunnel addresses (IPv4, then IPv6).
+	Addrs []netip.Addr
+	// Prefixes are the child prefixes routed to the peer.
+	Prefixes []netip.Prefix
+	// Endpoints are the UDP addresses the peer advertises.
+	Endpoints []netip.AddrPort
+}
+
+func publicPeer(p api.Peer) Peer {
+	out := Peer{
+		ID:        p.ID,
+		Hostname:  p.Hostname,
+		PublicKey: p.PublicKey,
+		Prefixes:  canonPrefixes(p.ChildPrefixes),
+		Endpoints: slices.Clone(p.Endpoints),
+	}
+	if p.IPv4.IsValid() {
+		out.Addrs = append(out.Addrs, p.IPv4)
+	}
+	if p.IPv6.IsValid() {
+		out.Addrs = append(out.Addrs, p.IPv6)
+	}
+	return out
+}
+
+// Status is a snapshot of a node's state.
+type Status struct {
+	Self  SelfStatus
+	Peers []PeerStatus // sorted by hostname
+	// ControlConnected reports whether the node is in sync with the service
+	// right now.
+	ControlConnected bool
+	// Revision is the last zone revision applied.
+	Revision int64
+	// EventsDropped counts events Watch readers were too slow to take.
+	EventsDropped uint64
+}
+
+// SelfStatus describes the node itself.
+type SelfStatus struct {
+	DeviceID   string
+	Hostname   string
+	Zone       string
+	PublicKey  api.Key
+	Addrs      []netip.Addr
+	Prefixes   []netip.Prefix
+	ZoneIPv4   netip.Prefix
+	ZoneIPv6   netip.Prefix
+	ListenPort uint16
+	Endpoints  []netip.AddrPort
+	Mode       Mode
+}
+
+// PeerStatus is a peer with its WireGuard state.
+type PeerStatus struct {
+	Hostname  string
+	PublicKey api.Key
+	Addrs     []netip.Addr
+	Prefixes  []netip.Prefix
+	// Endpoint is where the node sends the peer's packets now: the
+	// advertised endpoint, or the address the peer last sent from (roaming).
+	// Zero when unknown (the peer must initiate).
+	Endpoint netip.AddrPort
+	// LastHandshake is the time of the last completed handshake; zero if
+	// none yet.
+	LastHandshake time.Time
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// Status returns the node's state: itself, and each peer with the
+// WireGuard device's view of it.
+func (n *Node) Status() Status {
+	var ds devStats
+	if !n.isClosed() {
+		ds, _ = n.dev.stats() // on error: peers without runtime stats
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := Status{
+		Self: SelfStatus{
+			DeviceID:   n.self.deviceID,
+			Hostname:   n.self.hostname,
+			Zone:       n.self.zone,
+			PublicKey:  n.pub,
+			Addrs:      []netip.Addr{n.self.ipv4},
+			Prefixes:   slices.Clone(n.self.prefixes),
+			ZoneIPv4:   n.self.zone4,
+			ZoneIPv6:   n.self.zone6,
+			ListenPort: n.dev.port,
+			Endpoints:  slices.Clone(n.self.endpoints),
+			Mode:       n.cfg.mode,
+		},
+		ControlConnected: n.connected,
+		Revision:         n.revision,
+		EventsDropped:    n.events.dropped.Load(),
+	}
+	if n.self.ipv6.IsValid() {
+		st.Self.Addrs = append(st.Self.Addrs, n.self.ipv6)
+	}
+	for _, k := range sortedPeerKeys(n.peers) {
+		p := publicPeer(n.peers[k])
+		ps := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
+		if s, ok := ds.peers[k]; ok {
+			ps.Endpoint = s.endpoint
+			ps.LastHandshake = s.lastHandshake
+			ps.RxBytes, ps.TxBytes = s.rxBytes, s.txBytes
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
