@@ -14,7 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
@@ -33,12 +35,14 @@ import (
 // kept.
 const holdDelay = 3 * time.Second
 
-// wgDevice is a wireguard-go device over a gVisor netstack. Its
-// configuration goes through the device's UAPI text protocol, which stays
-// internal: callers use applyPeers and stats.
+// wgDevice is a wireguard-go device over a gVisor netstack (userspace
+// mode) or a TUN device (kernel mode). Its configuration goes through the
+// device's UAPI text protocol, which stays internal: callers use
+// applyPeers and stats.
 type wgDevice struct {
 	dev  *device.Device
-	tnet *netstack.Net
+	tnet *netstack.Net // userspace mode; nil in kernel mode
+	kern kernelPlane   // kernel mode; nil in userspace mode
 	port uint16
 	pub  api.Key
 	log  *slog.Logger
@@ -59,7 +63,19 @@ func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger 
 	if err != nil {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
-	dev := device.NewDevice(tnet, udpbind.New(netstack.DefaultBatchSize), wgLogger(logger))
+	d, err := startDevice(tnet, udpbind.New(netstack.DefaultBatchSize), priv, port, logger)
+	if err != nil {
+		return nil, err
+	}
+	d.tnet = tnet
+	return d, nil
+}
+
+// startDevice creates the WireGuard device over tdev and bind with the
+// private key and brings it up listening on UDP port (0 = random). On
+// error tdev is closed.
+func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
+	dev := device.NewDevice(tdev, bind, wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
 		dev.Close()
@@ -75,7 +91,6 @@ func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger 
 	d := &wgDevice{
 		log:     logger,
 		dev:     dev,
-		tnet:    tnet,
 		pub:     api.PublicKey(priv),
 		want:    map[api.Key]wgPeer{},
 		applied: map[api.Key]wgPeer{},
@@ -104,19 +119,32 @@ func (d *wgDevice) close() {
 	}
 	d.mu.Unlock()
 	d.dev.Close()
+	if d.kern != nil {
+		if err := d.kern.close(); err != nil {
+			d.log.Warn("mesh: removing the interface's routes and rules", "err", err)
+		}
+	}
 }
 
 // applyPeers makes the device's peers equal to want with the fewest
 // changes (see diffPeers). Peers that did not change are not touched, so
 // their sessions survive.
+//
+// In kernel mode it then routes the peers' allowed IPs through the TUN
+// device (see kernelPlane.setPeers).
 func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
+		d.mu.Unlock()
 		return fmt.Errorf("configure peers: %w", net.ErrClosed)
 	}
 	d.want = maps.Clone(want)
-	return d.syncLocked(time.Now())
+	err := d.syncLocked(time.Now())
+	d.mu.Unlock()
+	if d.kern != nil {
+		d.kern.setPeers(want)
+	}
+	return err
 }
 
 // syncLocked writes d.want, minus what is held back from new peers (see

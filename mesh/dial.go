@@ -57,9 +57,12 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 			continue
 		}
 		var c net.Conn
-		if proto == "tcp" {
+		switch {
+		case n.dev.kern != nil:
+			c, err = n.dev.kern.dial(ctx, proto, ap)
+		case proto == "tcp":
 			c, err = n.dev.tnet.DialContextTCPAddrPort(ctx, ap)
-		} else {
+		default:
 			c, err = n.dev.tnet.DialUDPAddrPort(netip.AddrPort{}, ap)
 		}
 		if err == nil {
@@ -81,7 +84,12 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	l, err := n.dev.tnet.ListenTCPAddrPort(ap)
+	var l net.Listener
+	if n.dev.kern != nil {
+		l, err = n.dev.kern.listen(ap)
+	} else {
+		l, err = n.dev.tnet.ListenTCPAddrPort(ap)
+	}
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}
@@ -95,7 +103,12 @@ func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	c, err := n.dev.tnet.ListenUDPAddrPort(ap)
+	var c net.PacketConn
+	if n.dev.kern != nil {
+		c, err = n.dev.kern.listenPacket(ap)
+	} else {
+		c, err = n.dev.tnet.ListenUDPAddrPort(ap)
+	}
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}

@@ -25,6 +25,21 @@
 // else fails with [ErrNoRoute] — there is never a fallback to the host
 // network.
 //
+// # Kernel mode
+//
+// WithMode(Kernel) (Linux, root) makes the node a host-level member: a TUN
+// device (WithInterfaceName, default "wg0") driven by wireguard-go carries
+// the tunnel addresses, the zone's pools and every peer's child prefixes
+// are routed through it and kept in step as peers come, change and go, and
+// a node with child prefixes turns on IP forwarding and installs nftables
+// rules accepting only mesh <-> child-prefix traffic (WithMasquerade adds
+// source NAT). A peer prefix overlapping a network directly connected on
+// the host is not routed; [Status].SkippedRoutes and the log say why.
+// Node.Dial, Listen and Ping then use the host network stack, with the same
+// refusal of destinations outside the mesh. Close removes the interface and
+// every route and rule the node added; a node started after a crash removes
+// the leftovers of its own first.
+//
 // # When the service goes away
 //
 // The data plane keeps working with the last known peers. The node

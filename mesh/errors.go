@@ -8,8 +8,9 @@ import (
 	"github.com/wiremesh/wiremesh/control/api"
 )
 
-// ErrKernelModeUnsupported is returned by Join with WithMode(Kernel).
-var ErrKernelModeUnsupported = errors.New("kernel mode not implemented yet: use userspace mode")
+// ErrKernelModeUnsupported is returned by Join with WithMode(Kernel) on a
+// platform without kernel mode (anything but Linux).
+var ErrKernelModeUnsupported = errors.New("kernel mode: not supported on this platform (Linux only): use userspace mode")
 
 // ErrNoRoute is matched (errors.Is) by every *NoRouteError.
 var ErrNoRoute = errors.New("no route in the mesh")

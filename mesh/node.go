@@ -63,6 +63,12 @@ type Node struct {
 	synced    bool // a snapshot was applied in this run
 	connected bool
 	saved     savedState // what is written to the state directory
+	// wantPrefixes are the child prefixes asked for at registration:
+	// WithChildPrefix and AdvertisePrefix, minus ReleasePrefix.
+	wantPrefixes []netip.Prefix
+
+	fwd      *forwarder // userspace mode: serves the child prefixes (forward.go)
+	prefixMu sync.Mutex // serializes AdvertisePrefix and ReleasePrefix
 }
 
 // selfInfo is what the service told the node about itself.
@@ -102,7 +108,9 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		return nil, err
 	}
 	if cfg.mode == Kernel {
-		return nil, ErrKernelModeUnsupported
+		if err := kernelPreflight(cfg); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.hostname == "" {
 		if cfg.hostname, err = os.Hostname(); err != nil {
@@ -149,12 +157,17 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		state:     sd,
 		peers:     map[api.Key]api.Peer{},
 		firstSync: make(chan struct{}),
+
+		wantPrefixes: canonPrefixes(cfg.childPrefixes),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			n.cancel()
 			client.Close()
+			if n.fwd != nil {
+				n.fwd.close()
+			}
 			if n.dev != nil {
 				n.dev.close()
 			}
@@ -204,8 +217,18 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	if n.self.ipv6.IsValid() {
 		addrs = append(addrs, n.self.ipv6)
 	}
-	if n.dev, err = newWGDevice(priv, addrs, port, cfg.mtu, n.log); err != nil {
+	if cfg.mode == Kernel {
+		n.dev, err = n.newKernelDevice(port)
+	} else {
+		n.dev, err = newWGDevice(priv, addrs, port, cfg.mtu, n.log)
+	}
+	if err != nil {
 		return nil, err
+	}
+	if n.dev.tnet != nil {
+		if err := n.startForwarding(); err != nil {
+			return nil, err
+		}
 	}
 	if needRegister {
 		// Work right away with the last known peers.
@@ -259,7 +282,7 @@ func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse,
 		Zone:      n.cfg.zone,
 		Endpoints: n.endpointsFor(ctx, port),
 	}
-	for _, p := range n.cfg.childPrefixes {
+	for _, p := range n.wantedPrefixes() {
 		req.ChildPrefixes = append(req.ChildPrefixes, p.String())
 	}
 	resp, err := n.client.Register(ctx, n.priv, req)
@@ -301,7 +324,7 @@ func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
 		n.self.hostname = n.cfg.hostname
 	}
 	n.self.zone4, n.self.zone6 = r.ZoneIPv4, r.ZoneIPv6
-	n.self.prefixes = canonPrefixes(r.ChildPrefixes)
+	n.setPrefixesLocked(canonPrefixes(r.ChildPrefixes))
 	n.saved.URL = n.url
 	n.saved.DeviceToken = n.client.DeviceToken()
 	n.saved.ListenPort = port
@@ -319,7 +342,7 @@ func (n *Node) adoptSaved(s *savedState, port uint16) {
 		ipv6:      s.IPv6,
 		zone4:     s.ZoneIPv4,
 		zone6:     s.ZoneIPv6,
-		prefixes:  canonPrefixes(append(slices.Clone(s.ChildPrefixes), n.cfg.childPrefixes...)),
+		prefixes:  canonPrefixes(append(slices.Clone(s.ChildPrefixes), n.wantPrefixes...)),
 		endpoints: s.Endpoints,
 	}
 	n.peers = peerMap(s.Peers, n.pub)
@@ -339,7 +362,7 @@ func (n *Node) resumeWithDeviceToken(ctx context.Context, s *savedState, port ui
 	}
 	eps := n.endpointsFor(ctx, port)
 	req := api.UpdateSelfRequest{Hostname: &n.cfg.hostname, Endpoints: &eps}
-	for _, p := range n.cfg.childPrefixes {
+	for _, p := range n.wantedPrefixes() {
 		req.AddChildPrefixes = append(req.AddChildPrefixes, p.String())
 	}
 	if d, err = n.client.UpdateSelf(ctx, req); err != nil {
@@ -349,7 +372,7 @@ func (n *Node) resumeWithDeviceToken(ctx context.Context, s *savedState, port ui
 	n.mu.Lock()
 	n.self.deviceID, n.self.hostname = d.ID, d.Hostname
 	n.self.ipv4, n.self.ipv6 = d.IPv4, d.IPv6
-	n.self.prefixes = canonPrefixes(d.ChildPrefixes)
+	n.setPrefixesLocked(canonPrefixes(d.ChildPrefixes))
 	n.self.endpoints = d.Endpoints
 	n.mu.Unlock()
 	return nil
@@ -442,6 +465,9 @@ func (n *Node) Close() error {
 	n.events.close()
 	n.HTTPClient() // creates the transport if needed, so the read below is safe
 	n.httpTransport.CloseIdleConnections()
+	if n.fwd != nil {
+		n.fwd.close()
+	}
 	n.dev.close()
 	n.log.Debug("mesh: closed")
 	return nil

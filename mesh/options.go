@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -15,8 +16,12 @@ const (
 	// no root, no TUN device, no inbound port needed. The node's addresses
 	// are only reachable through Node.Dial, Node.Listen and friends.
 	Userspace Mode = iota
-	// Kernel drives a TUN device and the host routing table (root, Linux).
-	// Not implemented yet: Join returns ErrKernelModeUnsupported.
+	// Kernel drives a TUN device (see WithInterfaceName) with wireguard-go
+	// and programs the host: tunnel addresses on the device, routes for the
+	// zone's pools and every peer's child prefixes through it, and on a
+	// router IP forwarding plus nftables rules for its child prefixes. Node.Dial,
+	// Listen and Ping use the host network stack. Linux only, and it needs
+	// root (CAP_NET_ADMIN); elsewhere Join returns ErrKernelModeUnsupported.
 	Kernel
 )
 
@@ -53,6 +58,9 @@ type config struct {
 	endpoints     []netip.AddrPort
 	mtu           int
 	childPrefixes []netip.Prefix
+	handlers      []prefixRoute // WithPrefixHandler
+	ifname        string        // kernel mode: the TUN device
+	masquerade    bool          // kernel mode router: masquerade into child prefixes
 	backoffMin    time.Duration
 	backoffMax    time.Duration
 	errs          []error
@@ -61,6 +69,7 @@ type config struct {
 func newConfig(opts []Option) (*config, error) {
 	c := &config{
 		mtu:        DefaultMTU,
+		ifname:     DefaultInterfaceName,
 		backoffMin: 500 * time.Millisecond,
 		backoffMax: 30 * time.Second,
 	}
@@ -166,10 +175,17 @@ func WithMTU(mtu int) Option {
 // node by the service (unique in the zone, kept across restarts) and
 // reported by Node.Prefixes, and every other member routes it to this node.
 //
-// Forwarding the traffic that arrives for it to the host network (the
-// unprivileged router of userspace mode) is not implemented yet; until then
-// such packets are dropped by the node's netstack. Dialing a peer's child
-// prefix already works: it is routed through the owning peer.
+// A userspace node forwards the TCP and UDP that peers send to addresses
+// in its child prefixes to the host network with ordinary sockets (an
+// unprivileged router: no root needed), and answers ICMP echo for them
+// only when the host reaches them; WithPrefixHandler serves a prefix in
+// the program instead. See ForwardDialTimeout for the details. The option
+// may be repeated; Node.AdvertisePrefix and Node.ReleasePrefix change the
+// prefixes at run time.
+//
+// A prefix that overlaps another member's makes Join fail with an error
+// matching ErrPrefixConflict; one the service refuses (loopback,
+// link-local, ...) with ErrInvalidPrefix.
 func WithChildPrefix(p netip.Prefix) Option {
 	return func(c *config) {
 		if !p.IsValid() {
@@ -182,6 +198,32 @@ func WithChildPrefix(p netip.Prefix) Option {
 		}
 		c.childPrefixes = append(c.childPrefixes, p)
 	}
+}
+
+// DefaultInterfaceName is the TUN device of a kernel-mode node when
+// WithInterfaceName is not given.
+const DefaultInterfaceName = "wg0"
+
+// WithInterfaceName names the TUN device of a kernel-mode node (default
+// DefaultInterfaceName, "wg0"): 1 to 15 characters without '/', ':' or
+// white space. Userspace nodes have no device and ignore it.
+func WithInterfaceName(name string) Option {
+	return func(c *config) {
+		if name == "" || len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00") {
+			c.errs = append(c.errs, fmt.Errorf("WithInterfaceName(%q): want 1-15 characters without '/', ':' or spaces", name))
+			return
+		}
+		c.ifname = name
+	}
+}
+
+// WithMasquerade makes a kernel-mode router rewrite the source of traffic
+// it forwards from the mesh into its child prefixes to its own address on
+// the outgoing interface, for networks whose hosts do not route the mesh
+// back through the router (a LAN whose gateway is elsewhere). Userspace
+// routers always forward with the host's own sockets and ignore it.
+func WithMasquerade() Option {
+	return func(c *config) { c.masquerade = true }
 }
 
 // WithReconnectBackoff bounds the exponential backoff (with jitter) between

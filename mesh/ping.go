@@ -58,6 +58,9 @@ func (n *Node) ping(ctx context.Context, addr netip.Addr) (time.Duration, error)
 		ctx, cancel = context.WithTimeout(ctx, DefaultPingTimeout)
 		defer cancel()
 	}
+	if n.dev.kern != nil {
+		return n.dev.kern.ping(ctx, local, addr)
+	}
 	seq0, err := rand.Int(rand.Reader, big.NewInt(1<<16))
 	if err != nil {
 		return 0, err

@@ -49,6 +49,10 @@ type Status struct {
 	Revision int64
 	// EventsDropped counts events Watch readers were too slow to take.
 	EventsDropped uint64
+	// SkippedRoutes lists, in kernel mode, the peers' prefixes that are
+	// not routed through the TUN device and why (a prefix overlapping a
+	// network directly connected on this host). Dial and Ping refuse them.
+	SkippedRoutes []SkippedRoute
 }
 
 // SelfStatus describes the node itself.
@@ -64,6 +68,8 @@ type SelfStatus struct {
 	ListenPort uint16
 	Endpoints  []netip.AddrPort
 	Mode       Mode
+	// Interface is the TUN device in kernel mode; "" in userspace mode.
+	Interface string
 }
 
 // PeerStatus is a peer with its WireGuard state.
@@ -87,8 +93,13 @@ type PeerStatus struct {
 // WireGuard device's view of it.
 func (n *Node) Status() Status {
 	var ds devStats
+	var ifname string
+	var skipped []SkippedRoute
 	if !n.isClosed() {
 		ds, _ = n.dev.stats() // on error: peers without runtime stats
+	}
+	if n.dev.kern != nil {
+		ifname, skipped = n.dev.kern.status()
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -105,7 +116,9 @@ func (n *Node) Status() Status {
 			ListenPort: n.dev.port,
 			Endpoints:  slices.Clone(n.self.endpoints),
 			Mode:       n.cfg.mode,
+			Interface:  ifname,
 		},
+		SkippedRoutes:    skipped,
 		ControlConnected: n.connected,
 		Revision:         n.revision,
 		EventsDropped:    n.events.dropped.Load(),

@@ -209,7 +209,7 @@ func (n *Node) updateSelf(ps []api.Peer) {
 		if p.Hostname != "" {
 			n.self.hostname = p.Hostname
 		}
-		n.self.prefixes = canonPrefixes(p.ChildPrefixes)
+		n.setPrefixesLocked(canonPrefixes(p.ChildPrefixes))
 		n.mu.Unlock()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,87 +18,141 @@ import (
 	"github.com/wiremesh/wiremesh/mesh"
 )
 
-const joinUsage = `usage: wiremesh join [flags] URL
+const joinUsage = `usage: wiremesh [join] [flags] URL
 
-Joins the mesh coordinated by the service at URL and stays a member until
-interrupted (SIGINT/SIGTERM).
+Joins the mesh coordinated by the service at URL as a member (a spoke) and
+stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
+default: a TUN device (--interface, default wg0) with the tunnel addresses
+and routes to the zone and every member's child prefixes; it needs root.
+--userspace runs without root or TUN device (reachable only through the
+mesh library). On exit the interface and everything the agent added are
+removed; the registration stays (see 'wiremesh device delete').
 
 flags:
 `
 
-// runJoin implements `wiremesh join`.
+// agentFlags are the flags of `wiremesh join` and `wiremesh router`.
+type agentFlags struct {
+	token, stateDir, zone, hostname, ifname, socket string
+	listenPort                                      uint
+	userspace, insecureHTTP, masquerade, verbose    bool
+	childPrefixes                                   stringList
+	docker                                          dockerFlag
+}
+
+func (a *agentFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&a.token, "token", "", "join token (default $WIREMESH_TOKEN)")
+	fs.StringVar(&a.stateDir, "state-dir", "", "directory keeping the node's key and last peer list (default: none, ephemeral identity)")
+	fs.StringVar(&a.zone, "zone", "", "zone to join (default: the join token's zone)")
+	fs.StringVar(&a.hostname, "hostname", "", "name other members see (default: the host name)")
+	fs.UintVar(&a.listenPort, "listen-port", 0, "WireGuard UDP port (default: saved or random)")
+	fs.BoolVar(&a.userspace, "userspace", false, "run in userspace mode (no root, no TUN device)")
+	fs.StringVar(&a.ifname, "interface", mesh.DefaultInterfaceName, "kernel mode: name of the TUN device")
+	fs.BoolVar(&a.masquerade, "masquerade", false, "kernel-mode router: masquerade traffic forwarded from the mesh into the child prefixes")
+	fs.StringVar(&a.socket, "socket", "", "status socket for 'wiremesh status' (default "+defaultSocketPath("IFACE")+")")
+	fs.BoolVar(&a.insecureHTTP, "insecure-http", false, "allow a plain http:// service URL on a non-loopback host")
+	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
+	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
+	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
+}
+
+// runJoin implements `wiremesh join` (and `wiremesh URL`): a spoke.
 func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("join", flag.ContinueOnError)
+	return runAgent(ctx, "join", joinUsage, args, stdout, stderr)
+}
+
+// runAgent runs a member until ctx ends or a signal arrives.
+func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	token := fs.String("token", "", "join token (default $WIREMESH_TOKEN)")
-	stateDir := fs.String("state-dir", "", "directory keeping the node's key and last peer list (default: none, ephemeral identity)")
-	zone := fs.String("zone", "", "zone to join (default: the join token's zone)")
-	hostname := fs.String("hostname", "", "name other members see (default: the host name)")
-	listenPort := fs.Uint("listen-port", 0, "WireGuard UDP port (default: saved or random)")
-	userspace := fs.Bool("userspace", false, "run in userspace mode (no root, no TUN device)")
-	insecureHTTP := fs.Bool("insecure-http", false, "allow a plain http:// service URL on a non-loopback host")
-	verbose := fs.Bool("v", false, "verbose logs on stderr")
+	var a agentFlags
+	a.register(fs)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, joinUsage)
+		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{fmt.Errorf("%s: %w", name, err)}
 	}
 	if len(pos) != 1 {
 		fs.Usage()
-		return fmt.Errorf("join: want exactly one service URL, got %d arguments", len(pos))
+		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
 	}
 	url := pos[0]
-	if *listenPort > 65535 {
-		return fmt.Errorf("join: --listen-port %d: want 0..65535", *listenPort)
+	opts, err := a.options(name, stderr)
+	if err != nil {
+		return err
 	}
-	if !*userspace {
-		return errors.New("join: kernel mode (TUN device, host routes) is not available yet: pass --userspace to join in userspace mode")
+	if name == "router" && len(a.childPrefixes) == 0 {
+		fs.Usage()
+		return usageErr("router: at least one --child-prefix=CIDR is needed (a spoke is 'wiremesh URL')")
 	}
-	if *token == "" {
-		*token = os.Getenv("WIREMESH_TOKEN")
+	if !a.userspace && os.Geteuid() != 0 {
+		return fmt.Errorf("%s: kernel mode (TUN device %q, host routes) needs root: run with sudo, or pass --userspace", name, a.ifname)
+	}
+	sock := a.socket
+	if sock == "" {
+		sock = defaultSocketPath(a.ifname)
+	}
+	if statusSocketLive(sock) {
+		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := []mesh.Option{
-		mesh.WithMode(mesh.Userspace),
-		mesh.WithToken(*token),
-		mesh.WithZone(*zone),
-		mesh.WithStateDir(*stateDir),
-		mesh.WithHostname(*hostname),
-		mesh.WithListenPort(uint16(*listenPort)),
-	}
-	if *insecureHTTP {
-		opts = append(opts, mesh.WithInsecureHTTP())
-	}
-	if *verbose {
-		opts = append(opts, mesh.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-	}
-
 	fmt.Fprintf(stdout, "registering with %s ...\n", url)
 	n, err := mesh.Join(ctx, url, opts...)
 	if err != nil {
-		return joinError(url, err)
+		return joinError(name, url, err)
 	}
 	defer n.Close()
+	if name == "router" && !a.userspace {
+		du, err := dockerRules(a.docker, a.ifname, n.Prefixes(), stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if du != nil {
+			defer du.Close()
+		}
+	}
 
 	st := n.Status()
-	fmt.Fprintf(stdout, "joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
+	// One write per line: readers (and tests) see whole lines.
+	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
 	if addrs := n.Addrs(); len(addrs) > 1 {
-		fmt.Fprintf(stdout, " and %s", addrs[1])
+		line += fmt.Sprintf(" and %s", addrs[1])
 	}
-	fmt.Fprintf(stdout, ", WireGuard port %d\n", st.Self.ListenPort)
+	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
+	if st.Self.Interface != "" {
+		line += ", interface " + st.Self.Interface
+	} else {
+		line += ", userspace mode"
+	}
+	fmt.Fprintln(stdout, line)
+	if ps := n.Prefixes(); len(ps) > 0 {
+		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
+	}
 	if !st.ControlConnected {
 		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
 	}
+	srv, err := serveStatus(sock, n.Status)
+	if err != nil {
+		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
+	} else {
+		defer srv.Close()
+	}
+
 	events := n.Watch(ctx)
 	for _, p := range st.Peers {
 		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
 	}
+	printSkipped(stdout, nil, st.SkippedRoutes)
+	skipped := st.SkippedRoutes
 	for ev := range events {
 		switch ev.Type {
 		case mesh.PeerAdded:
@@ -111,38 +166,108 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		case mesh.ControlRestored:
 			fmt.Fprintf(stdout, "connected to the service\n")
 		}
+		now := n.Status().SkippedRoutes
+		printSkipped(stdout, skipped, now)
+		skipped = now
 	}
 	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
+	if srv != nil {
+		srv.Close()
+	}
 	if err := n.Close(); err != nil {
-		return fmt.Errorf("join: close: %w", err)
+		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
 }
 
+// options turns the flags into mesh options.
+func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, error) {
+	if a.listenPort > 65535 {
+		return nil, usageErr("%s: --listen-port %d: want 0..65535", name, a.listenPort)
+	}
+	if a.token == "" {
+		a.token = os.Getenv("WIREMESH_TOKEN")
+	}
+	opts := []mesh.Option{
+		mesh.WithToken(a.token),
+		mesh.WithZone(a.zone),
+		mesh.WithStateDir(a.stateDir),
+		mesh.WithHostname(a.hostname),
+		mesh.WithListenPort(uint16(a.listenPort)),
+		mesh.WithMode(mesh.Kernel),
+		mesh.WithInterfaceName(a.ifname),
+	}
+	if a.userspace {
+		opts = append(opts, mesh.WithMode(mesh.Userspace))
+	}
+	if a.masquerade {
+		opts = append(opts, mesh.WithMasquerade())
+	}
+	for _, s := range a.childPrefixes {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, usageErr("%s: --child-prefix %q: not a CIDR prefix such as 172.24.0.0/24", name, s)
+		}
+		if p != p.Masked() {
+			return nil, usageErr("%s: --child-prefix %q: host bits set, did you mean %s?", name, s, p.Masked())
+		}
+		opts = append(opts, mesh.WithChildPrefix(p))
+	}
+	if a.insecureHTTP {
+		opts = append(opts, mesh.WithInsecureHTTP())
+	}
+	level := slog.LevelInfo
+	if a.verbose {
+		level = slog.LevelDebug
+	}
+	opts = append(opts, mesh.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))))
+	return opts, nil
+}
+
+// printSkipped reports routes that became skipped or routed again.
+func printSkipped(w io.Writer, before, now []mesh.SkippedRoute) {
+	was := map[netip.Prefix]bool{}
+	for _, s := range before {
+		was[s.Prefix] = true
+	}
+	is := map[netip.Prefix]bool{}
+	for _, s := range now {
+		is[s.Prefix] = true
+		if !was[s.Prefix] {
+			fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
+		}
+	}
+	for _, s := range before {
+		if !is[s.Prefix] {
+			fmt.Fprintf(w, "routed again: %s\n", s.Prefix)
+		}
+	}
+}
+
 // joinError turns a Join error into an actionable message.
-func joinError(url string, err error) error {
+func joinError(name, url string, err error) error {
 	var ae *api.Error
 	switch {
 	case errors.Is(err, mesh.ErrKernelModeUnsupported):
-		return fmt.Errorf("join: %w", err)
+		return fmt.Errorf("%s: %w (pass --userspace)", name, err)
 	case errors.Is(err, mesh.ErrUnauthorized):
-		return fmt.Errorf("join: the service refused the join token: create a new one with `wiremesh token create` (%w)", err)
+		return fmt.Errorf("%s: the service refused the join token: create a new one with `wiremesh token create` (%w)", name, err)
 	case errors.Is(err, mesh.ErrPrefixConflict) && errors.As(err, &ae):
 		owner := ae.Owner
 		if owner == "" {
 			owner = "another member"
 		}
-		return fmt.Errorf("join: prefix %s is already held by %s: choose another prefix or release it with `wiremesh prefix release` (%w)", ae.Prefix, owner, err)
+		return fmt.Errorf("%s: prefix %s is already held by %s: choose another prefix or release it with `wiremesh prefix release` (%w)", name, ae.Prefix, owner, err)
 	case errors.As(err, &ae):
-		return fmt.Errorf("join: the service at %s refused the registration: %w", url, err)
+		return fmt.Errorf("%s: the service at %s refused the registration: %w", name, url, err)
 	case errors.Is(err, context.Canceled):
-		return fmt.Errorf("join: interrupted: %w", err)
+		return fmt.Errorf("%s: interrupted: %w", name, err)
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
-			return fmt.Errorf("join: cannot reach the service at %s: %w", url, err)
+			return fmt.Errorf("%s: cannot reach the service at %s: %w", name, url, err)
 		}
-		return fmt.Errorf("join %s: %w", url, err)
+		return fmt.Errorf("%s %s: %w", name, url, err)
 	}
 }
 

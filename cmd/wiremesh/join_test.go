@@ -3,6 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -39,14 +44,37 @@ func TestJoinCommand(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	sock := filepath.Join(t.TempDir(), "s.sock")
 	var out, errOut joinOutput
 	done := make(chan error, 1)
 	go func() {
-		done <- runJoin(ctx, []string{"--userspace", "--token", s.Token, "--hostname", "cli", "--state-dir", t.TempDir(), s.URL}, &out, &errOut)
+		done <- runJoin(ctx, []string{"--userspace", "--token", s.Token, "--hostname", "cli", "--state-dir", t.TempDir(), "--socket", sock, s.URL}, &out, &errOut)
 	}()
 	meshtest.WaitFor(t, "joined", func() bool { return strings.Contains(out.String(), "joined zone \"default\" as \"cli\"") })
 	require.Contains(t, out.String(), "registering with "+s.URL)
+	require.Contains(t, out.String(), "userspace mode")
 	require.Contains(t, out.String(), "peer up: first "+first.Addr().String())
+
+	// wiremesh status reads the agent's socket.
+	var stOut bytes.Buffer
+	meshtest.WaitFor(t, "status socket", func() bool { return statusSocketLive(sock) })
+	require.NoError(t, runStatus(ctx, []string{"--socket", sock}, &stOut, &errOut))
+	require.Contains(t, stOut.String(), `cli in zone "default", userspace mode`)
+	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +127\.0\.0\.1:\d+ +`, stOut.String())
+	stOut.Reset()
+	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
+	var st mesh.Status
+	require.NoError(t, json.Unmarshal(stOut.Bytes(), &st))
+	require.Equal(t, "cli", st.Self.Hostname)
+	require.Len(t, st.Peers, 1)
+	require.Equal(t, first.Addr(), st.Peers[0].Addrs[0])
+	fi, err := os.Stat(sock)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	// A second agent on the same socket refuses to start.
+	err = runJoin(ctx, []string{"--userspace", "--token", s.Token, "--socket", sock, s.URL}, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "another agent is running")
 
 	late := meshtest.Join(t, s, mesh.WithHostname("late"))
 	meshtest.WaitFor(t, "late peer", func() bool { return strings.Contains(out.String(), "peer up: late "+late.Addr().String()) })
@@ -57,6 +85,10 @@ func TestJoinCommand(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("join did not stop on cancel")
 	}
+	_, err = os.Stat(sock)
+	require.ErrorIs(t, err, os.ErrNotExist, "status socket removed")
+	err = runStatus(context.Background(), []string{"--socket", sock}, &stOut, &errOut)
+	require.ErrorContains(t, err, "no agent is running")
 }
 
 func TestJoinCommandErrors(t *testing.T) {
@@ -75,10 +107,60 @@ func TestJoinCommandErrors(t *testing.T) {
 	require.ErrorContains(t, err, "want exactly one service URL")
 }
 
-func TestJoinNeedsUserspace(t *testing.T) {
+func TestJoinKernelModeNeedsRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("running as root: kernel mode is available (the e2e package covers it in namespaces)")
+	}
 	var out, errOut bytes.Buffer
 	err := runJoin(context.Background(), []string{"https://127.0.0.1:1"}, &out, &errOut)
+	require.ErrorContains(t, err, "needs root")
 	require.ErrorContains(t, err, "--userspace")
+}
+
+func TestRouterUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no prefix", []string{"--userspace", "http://127.0.0.1:1"}, "at least one --child-prefix"},
+		{"bad prefix", []string{"--userspace", "--child-prefix", "nonsense", "http://127.0.0.1:1"}, `--child-prefix "nonsense": not a CIDR`},
+		{"host bits", []string{"--userspace", "--child-prefix", "172.24.0.1/24", "http://127.0.0.1:1"}, "did you mean 172.24.0.0/24"},
+		{"bad interface", []string{"--interface", "a/b", "--child-prefix", "172.24.0.0/24", "http://127.0.0.1:1"}, "WithInterfaceName"},
+		{"no URL", []string{"--child-prefix", "172.24.0.0/24"}, "want exactly one service URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := runRouter(context.Background(), tt.args, &out, &errOut)
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestPrintStatus(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := mesh.Status{
+		Self: mesh.SelfStatus{Hostname: "node1", Zone: "default", Interface: "wg0", ListenPort: 51820,
+			Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.1")}, Prefixes: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")}},
+		ControlConnected: true,
+		Revision:         7,
+		Peers: []mesh.PeerStatus{{
+			Hostname: "node2", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.2")},
+			Prefixes:      []netip.Prefix{netip.MustParsePrefix("172.28.0.0/24")},
+			Endpoint:      netip.MustParseAddrPort("192.0.2.12:51820"),
+			LastHandshake: now.Add(-12 * time.Second), RxBytes: 1536, TxBytes: 10,
+		}},
+		SkippedRoutes: []mesh.SkippedRoute{{Prefix: netip.MustParsePrefix("10.88.0.0/24"), Reason: "overlaps 10.88.0.0/24 directly connected on eth1"}},
+	}
+	var b bytes.Buffer
+	require.NoError(t, printStatus(&b, st, now))
+	out := b.String()
+	require.Contains(t, out, `node1 in zone "default", interface wg0, WireGuard port 51820`)
+	require.Contains(t, out, "prefixes:  172.24.0.0/24")
+	require.Contains(t, out, "service:   connected (revision 7)")
+	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +192\.0\.2\.12:51820 +12s ago +1\.5 KiB +10 B$`, out)
+	require.Contains(t, out, "not routed: 10.88.0.0/24: overlaps 10.88.0.0/24 directly connected on eth1")
 }
 
 func TestJoinUnreachable(t *testing.T) {

@@ -4,12 +4,8 @@ package netstack
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,10 +13,11 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
 
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack/nsbench"
 	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 )
 
-// Commands (the numbers in the package report come from these):
+// Commands (results and how to read them: docs/PERFORMANCE.md):
 //
 //	go test -run '^$' -bench BenchmarkTCPThroughput -benchtime 3x -count 3 ./mesh/internal/netstack/
 //	go test -run '^$' -bench BenchmarkIdleHeap -benchtime 1x ./mesh/internal/netstack/
@@ -35,93 +32,21 @@ const (
 	tuningBytes = 48 << 20
 )
 
-// cpuTime returns the process's user+system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func rawRate(b *testing.B) nsbench.Result { return nsbench.Raw(b, rawBytes) }
 
-// lastCPU is the CPU time per MiB of the last streamTCP call: unlike the
-// rate it hardly depends on how busy the (shared) machine is.
-var lastCPU float64
+func stockRate(b *testing.B) nsbench.Result { return nsbench.Stock(b, stockBytes, DefaultMTU) }
 
-// streamTCP sends size bytes over c to the accepting side of ln and returns
-// the rate in MB/s (10^6 bytes), timed from the first write until the
-// receiver has read everything.
-func streamTCP(tb testing.TB, dial func() (net.Conn, error), ln net.Listener, size int) float64 {
-	tb.Helper()
-	got := make(chan error, 1)
-	go func() {
-		s, err := ln.Accept()
-		if err != nil {
-			got <- err
-			return
-		}
-		defer s.Close()
-		// 64 KiB reads on every leg (io.Discard's ReadFrom would use 8 KiB).
-		n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, s, make([]byte, 64<<10))
-		if err == nil && n != int64(size) {
-			err = fmt.Errorf("received %d of %d bytes", n, size)
-		}
-		got <- err
-	}()
-	c, err := dial()
-	require.NoError(tb, err)
-	buf := make([]byte, 64<<10)
-	start, startCPU := time.Now(), cpuTime()
-	for left := size; left > 0; {
-		k := min(left, len(buf))
-		_, err := c.Write(buf[:k])
-		require.NoError(tb, err)
-		left -= k
-	}
-	require.NoError(tb, c.Close())
-	require.NoError(tb, <-got)
-	lastCPU = float64(cpuTime()-startCPU) / float64(time.Millisecond) / float64(size>>20)
-	return float64(size) / time.Since(start).Seconds() / 1e6
-}
-
-func rawRate(b *testing.B) float64 {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	defer ln.Close()
-	return streamTCP(b, func() (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }, ln, rawBytes)
-}
-
-func stockRate(b *testing.B) float64 {
-	ta, na, err := stocknetstack.CreateNetTUN([]netip.Addr{testAddrA}, nil, DefaultMTU)
-	require.NoError(b, err)
-	tb, nb, err := stocknetstack.CreateNetTUN([]netip.Addr{testAddrB}, nil, DefaultMTU)
-	require.NoError(b, err)
-	wa, wb := newWGDev(b, ta, conn.NewDefaultBind()), newWGDev(b, tb, conn.NewDefaultBind())
-	defer wa.dev.Close()
-	defer wb.dev.Close()
-	wa.peer(b, wb, netip.PrefixFrom(testAddrB, 32))
-	wb.peer(b, wa, netip.PrefixFrom(testAddrA, 32))
-	ln, err := nb.ListenTCPAddrPort(netip.AddrPortFrom(testAddrB, 9000))
-	require.NoError(b, err)
-	defer ln.Close()
-	return streamTCP(b, func() (net.Conn, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return na.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(testAddrB, 9000))
-	}, ln, stockBytes)
-}
-
-func oursRate(b *testing.B, cfg Config, bind func() conn.Bind) float64 {
+func oursRate(b *testing.B, cfg Config, bind func() conn.Bind) nsbench.Result {
 	return oursRateN(b, cfg, bind, oursBytes)
 }
 
-func oursRateN(b *testing.B, cfg Config, bind func() conn.Bind, size int) float64 {
+func oursRateN(b *testing.B, cfg Config, bind func() conn.Bind, size int) nsbench.Result {
 	p := newPair(b, cfg, bind)
 	defer p.close()
 	ln, err := p.b.ListenTCPAddrPort(netip.AddrPortFrom(testAddrB, 9000))
 	require.NoError(b, err)
 	defer ln.Close()
-	return streamTCP(b, func() (net.Conn, error) {
+	return nsbench.Stream(b, func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		return p.a.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(testAddrB, 9000))
@@ -130,107 +55,83 @@ func oursRateN(b *testing.B, cfg Config, bind func() conn.Bind, size int) float6
 
 // BenchmarkTCPThroughput measures, in one run, raw loopback TCP, a pair of
 // stock wireguard-go netstack devices and a pair of ours (each with the
-// default bind a member uses), and reports the ratios.
+// default bind a member uses), and reports the medians over the iterations
+// of the rates and of the per-iteration ratios. The member-level version,
+// through mesh.Join, is BenchmarkUserspaceThroughput in package mesh.
 func BenchmarkTCPThroughput(b *testing.B) {
-	var raw, stock, ours, rawCPU, stockCPU, oursCPU float64
+	var raw, stock, ours, ratioRaw, ratioStock []float64
+	var rawCPU, stockCPU, oursCPU []float64
 	for i := 0; i < b.N; i++ {
-		raw += rawRate(b)
-		rawCPU += lastCPU
-		stock += stockRate(b)
-		stockCPU += lastCPU
-		ours += oursRate(b, Config{}, memberBind)
-		oursCPU += lastCPU
+		r, s, o := rawRate(b), stockRate(b), oursRate(b, Config{}, memberBind)
+		raw, stock, ours = append(raw, r.MBps), append(stock, s.MBps), append(ours, o.MBps)
+		rawCPU, stockCPU, oursCPU = append(rawCPU, r.CPUPerMiB), append(stockCPU, s.CPUPerMiB), append(oursCPU, o.CPUPerMiB)
+		ratioRaw, ratioStock = append(ratioRaw, o.MBps/r.MBps), append(ratioStock, o.MBps/s.MBps)
 	}
-	n := float64(b.N)
-	raw, stock, ours = raw/n, stock/n, ours/n
+	med := nsbench.Median
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(raw, "raw_MB/s")
-	b.ReportMetric(stock, "stock_MB/s")
-	b.ReportMetric(ours, "ours_MB/s")
-	b.ReportMetric(ours/raw, "ours/raw")
-	b.ReportMetric(ours/stock, "ours/stock")
-	b.ReportMetric(rawCPU/n, "raw_cpu_ms/MiB")
-	b.ReportMetric(stockCPU/n, "stock_cpu_ms/MiB")
-	b.ReportMetric(oursCPU/n, "ours_cpu_ms/MiB")
-}
-
-// heapInUse returns HeapInuse after two GCs.
-func heapInUse() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
-}
-
-// settledHeap polls heapInUse until it stops growing: wireguard-go devices
-// allocate their buffers in goroutines that start after NewDevice/Up return.
-func settledHeap() uint64 {
-	prev := heapInUse()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		cur := heapInUse()
-		if cur <= prev+prev/200 {
-			return max(cur, prev)
-		}
-		prev = cur
-	}
-	return prev
+	b.ReportMetric(med(raw), "raw_MB/s")
+	b.ReportMetric(med(stock), "stock_MB/s")
+	b.ReportMetric(med(ours), "ours_MB/s")
+	b.ReportMetric(med(ratioRaw), "ours/raw")
+	b.ReportMetric(med(ratioStock), "ours/stock")
+	b.ReportMetric(med(rawCPU), "raw_cpu_ms/MiB")
+	b.ReportMetric(med(stockCPU), "stock_cpu_ms/MiB")
+	b.ReportMetric(med(oursCPU), "ours_cpu_ms/MiB")
 }
 
 // BenchmarkIdleHeap reports the heap one idle member holds: a stack, a
 // wireguard-go device with its bind, and one configured peer. Stock members
-// are measured the same way for comparison.
+// are measured the same way for comparison. The member-level version, with
+// the control client and a real mesh, is BenchmarkIdleMember in package mesh.
 func BenchmarkIdleHeap(b *testing.B) {
 	const oursN, stockN = 100, 20
 	for i := 0; i < b.N; i++ {
-		base := heapInUse()
+		base := nsbench.HeapInUse()
 		var closers []func()
-		var prev *wgDev
+		var prev *nsbench.Device
 		var prevAddr netip.Addr
 		for j := 0; j < oursN; j++ {
 			a := netip.AddrFrom4([4]byte{10, 78, byte(j >> 8), byte(j)})
 			n, err := New(Config{Addrs: []netip.Addr{a}})
 			require.NoError(b, err)
-			w := newWGDev(b, n, memberBind())
+			w := nsbench.NewDevice(b, n, memberBind())
 			if j > 0 { // one peer each, as a member of a small mesh has
-				w.peer(b, prev, netip.PrefixFrom(prevAddr, 32))
+				w.AddPeer(b, prev, netip.PrefixFrom(prevAddr, 32))
 			}
 			prev, prevAddr = w, a
-			closers = append(closers, func() { w.dev.Close(); n.Close() })
+			closers = append(closers, func() { w.Dev.Close(); n.Close() })
 		}
-		ours := float64(settledHeap()-base) / oursN / (1 << 20)
+		ours := float64(nsbench.SettledHeap()-base) / oursN / (1 << 20)
 		for _, c := range closers {
 			c()
 		}
 		closers = closers[:0]
 
-		base = heapInUse()
+		base = nsbench.HeapInUse()
 		for j := 0; j < stockN; j++ {
 			a := netip.AddrFrom4([4]byte{10, 79, byte(j >> 8), byte(j)})
 			td, _, err := stocknetstack.CreateNetTUN([]netip.Addr{a}, nil, DefaultMTU)
 			require.NoError(b, err)
-			w := newWGDev(b, td, conn.NewDefaultBind())
+			w := nsbench.NewDevice(b, td, conn.NewDefaultBind())
 			if j > 0 {
-				w.peer(b, prev, netip.PrefixFrom(prevAddr, 32))
+				w.AddPeer(b, prev, netip.PrefixFrom(prevAddr, 32))
 			}
 			prev, prevAddr = w, a
-			closers = append(closers, func() { w.dev.Close() })
+			closers = append(closers, func() { w.Dev.Close() })
 		}
-		stock := float64(settledHeap()-base) / stockN / (1 << 20)
+		stock := float64(nsbench.SettledHeap()-base) / stockN / (1 << 20)
 		for _, c := range closers {
 			c()
 		}
 		// The stack alone, without a wireguard-go device.
-		base = heapInUse()
+		base = nsbench.HeapInUse()
 		var nets []*Net
 		for j := 0; j < oursN; j++ {
 			n, err := New(Config{Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 80, byte(j >> 8), byte(j)})}})
 			require.NoError(b, err)
 			nets = append(nets, n)
 		}
-		stackOnly := float64(settledHeap()-base) / oursN / (1 << 20)
+		stackOnly := float64(nsbench.SettledHeap()-base) / oursN / (1 << 20)
 		for _, n := range nets {
 			n.Close()
 		}
@@ -243,12 +144,14 @@ func BenchmarkIdleHeap(b *testing.B) {
 
 // BenchmarkOurs measures only our pair (for profiling).
 func BenchmarkOurs(b *testing.B) {
-	var r float64
+	var r, c []float64
 	for i := 0; i < b.N; i++ {
-		r += oursRate(b, Config{}, memberBind)
+		o := oursRate(b, Config{}, memberBind)
+		r, c = append(r, o.MBps), append(c, o.CPUPerMiB)
 	}
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(r/float64(b.N), "ours_MB/s")
+	b.ReportMetric(nsbench.Median(r), "ours_MB/s")
+	b.ReportMetric(nsbench.Median(c), "ours_cpu_ms/MiB")
 }
 
 // BenchmarkTCPTuning compares the levers one at a time against the default.
@@ -286,7 +189,10 @@ func BenchmarkTCPTuning(b *testing.B) {
 		{"nogro", withTuning(func(t *tuning) { t.noGRO = true }), memberBind},
 		{"gso32K", withTuning(func(t *tuning) { t.gsoMax = 32 << 10 }), memberBind},
 		{"gso16K", withTuning(func(t *tuning) { t.gsoMax = 16 << 10 }), memberBind},
+		{"gso24K", withTuning(func(t *tuning) { t.gsoMax = 24 << 10 }), memberBind},
+		{"gso48K", withTuning(func(t *tuning) { t.gsoMax = 48 << 10 }), memberBind},
 		{"nomoderate", withTuning(func(t *tuning) { t.moderateRecv = false }), memberBind},
+		{"batch8", Config{BatchSize: 8}, func() conn.Bind { return udpbind.New(8) }},
 		{"batch32", Config{BatchSize: 32}, func() conn.Bind { return udpbind.New(32) }},
 		{"batch64", Config{BatchSize: 64}, func() conn.Bind { return udpbind.New(64) }},
 		{"batch128", Config{BatchSize: 128}, func() conn.Bind { return udpbind.New(128) }},
@@ -294,20 +200,18 @@ func BenchmarkTCPTuning(b *testing.B) {
 	}
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) {
-			var rate, ratio, cpuRatio float64
+			var rate, ratio, cpuRatio []float64
 			for i := 0; i < b.N; i++ {
 				def := oursRateN(b, Config{}, memberBind, tuningBytes)
-				defCPU := lastCPU
 				r := oursRateN(b, v.cfg, v.bind, tuningBytes)
-				rate += r
-				ratio += r / def
-				cpuRatio += lastCPU / defCPU
+				rate = append(rate, r.MBps)
+				ratio = append(ratio, r.MBps/def.MBps)
+				cpuRatio = append(cpuRatio, r.CPUPerMiB/def.CPUPerMiB)
 			}
-			n := float64(b.N)
 			b.ReportMetric(0, "ns/op")
-			b.ReportMetric(rate/n, "MB/s")
-			b.ReportMetric(ratio/n, "rate_vs_default")
-			b.ReportMetric(cpuRatio/n, "cpu_vs_default")
+			b.ReportMetric(nsbench.Median(rate), "MB/s")
+			b.ReportMetric(nsbench.Median(ratio), "rate_vs_default")
+			b.ReportMetric(nsbench.Median(cpuRatio), "cpu_vs_default")
 		})
 	}
 }

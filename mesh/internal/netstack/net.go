@@ -21,7 +21,8 @@
 //
 // Pair it with udpbind.New (package mesh/internal/udpbind) as the conn.Bind:
 // wireguard-go sizes its per-device buffers by the larger of the tun and bind
-// batch sizes, and the standard bind's 128 costs 24 MiB per device.
+// batch sizes, and the standard bind's 128 with two sockets costs 24 MiB per
+// device.
 package netstack
 
 import (
@@ -48,9 +49,10 @@ import (
 const DefaultMTU = 1420
 
 // DefaultBatchSize is the tun batch size used when Config.BatchSize is zero.
-// wireguard-go allocates (1 + receive functions) × batch × 64 KiB per device,
-// so this is the main knob between idle memory and throughput; see
-// bench_test.go for the measurements behind the value.
+// wireguard-go allocates (1 + receive functions) × batch × 64 KiB per device
+// (2 MiB with udpbind's single dual-stack socket), so this is the main knob
+// between idle memory and throughput; see tuning.go for the measurements
+// behind the value.
 const DefaultBatchSize = 16
 
 const nicID tcpip.NICID = 1

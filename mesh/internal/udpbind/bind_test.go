@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,10 +46,14 @@ func TestParseEndpoint(t *testing.T) {
 }
 
 // receiveAll starts collecting datagrams from all receive functions of a
-// bind; wait returns the first want of them.
-func receiveAll(t *testing.T, fns []conn.ReceiveFunc, batch int) (wait func(want int) [][]byte) {
+// bind, one goroutine each (a ReceiveFunc is called from one goroutine
+// only); wait returns the first want of them, ended waits for the
+// goroutines to stop (after the bind's Close) and returns the error each
+// receive function ended with.
+func receiveAll(t *testing.T, fns []conn.ReceiveFunc, batch int) (wait func(want int) [][]byte, ended func() []error) {
 	t.Helper()
 	out := make(chan []byte, 1<<14)
+	errs := make(chan error, len(fns))
 	for _, fn := range fns {
 		go func() {
 			bufs := make([][]byte, batch)
@@ -60,28 +65,48 @@ func receiveAll(t *testing.T, fns []conn.ReceiveFunc, batch int) (wait func(want
 			for {
 				n, err := fn(bufs, sizes, eps)
 				if err != nil {
+					errs <- err
 					return
 				}
 				for i := 0; i < n; i++ {
-					require.Equal(t, "127.0.0.1", eps[i].DstIP().String())
+					if eps[i].DstIP().String() != "127.0.0.1" {
+						errs <- fmt.Errorf("datagram from %s", eps[i].DstToString())
+						return
+					}
 					out <- append([]byte(nil), bufs[i][:sizes[i]]...)
 				}
 			}
 		}()
 	}
-	return func(want int) [][]byte {
+	wait = func(want int) [][]byte {
 		var got [][]byte
 		deadline := time.After(10 * time.Second)
 		for len(got) < want {
 			select {
 			case p := <-out:
 				got = append(got, p)
+			case err := <-errs:
+				t.Fatalf("receive ended early: %v", err)
 			case <-deadline:
 				t.Fatalf("received %d of %d datagrams", len(got), want)
 			}
 		}
 		return got
 	}
+	ended = func() []error {
+		var all []error
+		deadline := time.After(10 * time.Second)
+		for range fns {
+			select {
+			case err := <-errs:
+				all = append(all, err)
+			case <-deadline:
+				t.Fatal("receive functions still running 10s after Close")
+			}
+		}
+		return all
+	}
+	return wait, ended
 }
 
 func TestSendReceive(t *testing.T) {
@@ -99,7 +124,7 @@ func TestSendReceive(t *testing.T) {
 
 			ep, err := a.ParseEndpoint(fmt.Sprintf("127.0.0.1:%d", port))
 			require.NoError(t, err)
-			wait := receiveAll(t, fns, batch)
+			wait, ended := receiveAll(t, fns, batch)
 			// Runs of equal sizes (coalesced), a short tail, then larger ones.
 			var sent, got [][]byte
 			for round := 0; round < 20; round++ {
@@ -122,8 +147,74 @@ func TestSendReceive(t *testing.T) {
 			}
 			require.Equal(t, sent, got, "datagrams arrive intact and in order over loopback")
 			require.NoError(t, b.Close())
-			_, err = fns[0]([][]byte{make([]byte, 10)}, []int{0}, []conn.Endpoint{nil})
-			require.ErrorIs(t, err, net.ErrClosed)
+			for _, err := range ended() {
+				require.ErrorIs(t, err, net.ErrClosed)
+			}
 		})
+	}
+}
+
+// TestBothFamilies: one bind receives from and sends to IPv4 and IPv6 peers
+// (on Linux through one dual-stack socket, so one receive function).
+func TestBothFamilies(t *testing.T) {
+	a, b := New(4), New(4)
+	fnsA, portA, err := a.Open(0)
+	require.NoError(t, err)
+	defer a.Close()
+	fnsB, portB, err := b.Open(0)
+	require.NoError(t, err)
+	defer b.Close()
+	if a.v6 == nil {
+		t.Skip("no IPv6 on this host")
+	}
+	if dualStack {
+		require.Len(t, fnsA, 1, "one dual-stack socket")
+	}
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			epB, err := a.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr(host), portB).String())
+			require.NoError(t, err)
+			require.NoError(t, a.Send([][]byte{[]byte("ping " + host)}, epB))
+			from, got := receiveOne(t, fnsB)
+			require.Equal(t, "ping "+host, string(got))
+			require.Equal(t, netip.AddrPortFrom(netip.MustParseAddr(host), portA).String(), from.DstToString())
+			require.NoError(t, b.Send([][]byte{[]byte("pong")}, from))
+			_, got = receiveOne(t, fnsA)
+			require.Equal(t, "pong", string(got))
+		})
+	}
+}
+
+// receiveOne returns the first datagram any of fns receives.
+func receiveOne(t *testing.T, fns []conn.ReceiveFunc) (conn.Endpoint, []byte) {
+	t.Helper()
+	type dgram struct {
+		ep conn.Endpoint
+		b  []byte
+	}
+	got := make(chan dgram, len(fns))
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bufs, sizes, eps := [][]byte{make([]byte, 1<<16)}, []int{0}, []conn.Endpoint{nil}
+			n, err := fn(bufs, sizes, eps)
+			if err == nil && n == 1 {
+				got <- dgram{eps[0], bufs[0][:sizes[0]]}
+			}
+		}()
+	}
+	select {
+	case d := <-got:
+		if len(fns) > 1 {
+			t.Cleanup(wg.Wait) // the other family's reader ends with Close
+		} else {
+			wg.Wait()
+		}
+		return d.ep, d.b
+	case <-time.After(10 * time.Second):
+		t.Fatal("no datagram within 10s")
+		return nil, nil
 	}
 }

@@ -12,6 +12,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// dualStack: Open tries one dual-stack socket first. Linux accepts IPv4
+// destinations (AF_INET addresses, as golang.org/x/net encodes them) on an
+// AF_INET6 socket without IPV6_V6ONLY, and UDP_SEGMENT and UDP_GRO work on
+// it for both families.
+const dualStack = true
+
+// isDualStack reports whether c is an AF_INET6 socket with IPV6_V6ONLY off.
+func isDualStack(c *net.UDPConn) bool {
+	if la, ok := c.LocalAddr().(*net.UDPAddr); !ok || la.IP.To4() != nil {
+		return false // an IPv4 socket: the host has no IPv6
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	v6only := 1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil {
+			v6only = v
+		}
+	})
+	return v6only == 0
+}
+
 // oobSize is the control buffer size: one UDP_GRO or UDP_SEGMENT message.
 var oobSize = unix.CmsgSpace(2)
 

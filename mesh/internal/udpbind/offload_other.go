@@ -4,6 +4,12 @@ package udpbind
 
 import "net"
 
+// dualStack is false: one socket per family off Linux, where sending to an
+// IPv4 address on an IPv6 socket is not portable.
+const dualStack = false
+
+func isDualStack(*net.UDPConn) bool { return false }
+
 // oobSize is zero: no offload control messages off Linux.
 var oobSize = 0
 

@@ -24,6 +24,7 @@ type socket struct {
 	bc        batchConn
 	txOffload atomic.Bool // UDP_SEGMENT usable
 	rxOffload bool        // UDP_GRO enabled
+	rs        *resender   // told about every datagram received
 
 	// rx is used only by the socket's single receive goroutine
 	// (wireguard-go calls each ReceiveFunc from one goroutine).
@@ -38,8 +39,8 @@ type socket struct {
 	}
 }
 
-func newSocket(c *net.UDPConn, v6 bool, batch int) *socket {
-	s := &socket{conn: c}
+func newSocket(c *net.UDPConn, v6 bool, batch int, rs *resender) *socket {
+	s := &socket{conn: c, rs: rs}
 	if v6 {
 		s.bc = ipv6.NewPacketConn(c)
 	} else {
@@ -76,9 +77,19 @@ func (s *socket) endpoint(addr net.Addr) *Endpoint {
 
 // receive implements conn.ReceiveFunc.
 func (s *socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	var n int
+	var err error
 	if s.rxOffload {
-		return s.receiveGRO(bufs, sizes, eps)
+		n, err = s.receiveGRO(bufs, sizes, eps)
+	} else {
+		n, err = s.receiveBatch(bufs, sizes, eps)
 	}
+	s.rs.received(bufs, sizes, n)
+	return n, err
+}
+
+// receiveBatch reads up to len(bufs) datagrams with one recvmmsg.
+func (s *socket) receiveBatch(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	msgs := s.rx.msgs[:min(len(bufs), len(s.rx.msgs))]
 	for i := range msgs {
 		msgs[i].Buffers[0] = bufs[i]
