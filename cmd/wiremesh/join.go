@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -257,11 +259,13 @@ func joinError(name, url string, err error) error {
 		if owner == "" {
 			owner = "another member"
 		}
-		return fmt.Errorf("%s: prefix %s is already held by %s: choose another prefix or release it with `wiremesh prefix release` (%w)", name, ae.Prefix, owner, err)
+		return fmt.Errorf("%s: a requested child prefix overlaps %s, held by %s: choose another prefix, or release that one with `wiremesh prefix release` (%w)", name, ae.Prefix, owner, err)
 	case errors.As(err, &ae):
 		return fmt.Errorf("%s: the service at %s refused the registration: %w", name, url, err)
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s: interrupted: %w", name, err)
+	case errors.As(err, new(x509.UnknownAuthorityError)), errors.As(err, new(*tls.CertificateVerificationError)):
+		return fmt.Errorf("%s: the service at %s presents a certificate this machine does not trust: use a join token printed by `wiremesh serve` or `wiremesh token create` (it pins the service's certificate) (%w)", name, url, err)
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
