@@ -86,7 +86,7 @@ func (c *Client) Watch(ctx context.Context, zone string, since int64, fn func(ap
 	}
 	c.log.Debug("controlclient: watching", "zone", zone, "since", since)
 
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	br := bufio.NewReaderSize(resp.Body, 8<<10) // lines longer than this are assembled by readLine
 	var line []byte
 	for {
 		line, err = readLine(br, line[:0], c.maxLine)
