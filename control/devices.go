@@ -97,6 +97,9 @@ func parsePathPrefix(s string) (netip.Prefix, *api.Error) {
 	if err != nil || p.Addr().Zone() != "" || p != p.Masked() || p.String() != s {
 		return netip.Prefix{}, apiErr(api.CodeInvalidPrefix, "prefix %q is not a canonical CIDR prefix", s)
 	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, apiErr(api.CodeInvalidPrefix, "prefix %q is IPv4-mapped IPv6: write the IPv4 prefix", s)
+	}
 	return p, nil
 }
 

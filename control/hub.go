@@ -26,6 +26,9 @@ var errHubClosed = errors.New("watch hub closed")
 type hubEvent struct {
 	rev  int64
 	line []byte
+	// removed is the id of the device a remove event is about ("" for
+	// upserts): that device's own stream ends after it.
+	removed string
 }
 
 // subscriber is one watch stream of a zone. The hub closes ch when the
@@ -211,6 +214,9 @@ func (h *hub) update(zone string) {
 			continue
 		}
 		ev := hubEvent{rev: c.Rev, line: h.encode(c)}
+		if c.Kind == store.ChangeRemove {
+			ev.removed = c.Device.ID
+		}
 		for sub := range z.subs {
 			select {
 			case sub.ch <- ev:

@@ -119,8 +119,20 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			if !send(ev.line) {
 				return
 			}
+			if ev.removed == d.ID {
+				// The device was deleted: its credentials are gone, and so
+				// is its view of the zone.
+				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", zone, "device", d.ID)
+				return
+			}
 			hb.Reset(s.cfg.HeartbeatInterval)
 		case <-hb.C:
+			// A stream must not outlive its device, even if the remove
+			// event was missed (a dropped hub subscription is closed, but
+			// be strict): check before every heartbeat.
+			if _, err := s.cfg.Store.Device(ctx, d.ID); errors.Is(err, store.ErrNotFound) {
+				return
+			}
 			if !send(encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})) {
 				return
 			}

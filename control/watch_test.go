@@ -278,3 +278,34 @@ func allSeen(seen map[string]bool, ids []string) bool {
 	}
 	return true
 }
+
+// A deleted device must stop learning about its zone: its own stream ends
+// right after its remove event, and nothing registered later reaches it.
+func TestWatchEndsWhenDeviceDeleted(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	_, a := e.mustRegister(tok, "a")
+	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
+	require.Equal(t, api.EventSnapshot, s.next().Type)
+
+	code, ae := e.call("DELETE", "/v1/devices/"+a.DeviceID, e.admin, nil, nil)
+	require.Nil(t, ae, code)
+	rm := s.next()
+	require.Equal(t, api.EventRemove, rm.Type)
+	require.Equal(t, a.DeviceID, rm.Peer.ID)
+
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the deleted device's watch stream stayed open")
+	}
+	e.mustRegister(tok, "c", "172.28.0.0/24")
+	for {
+		select {
+		case ev := <-s.events:
+			require.Equal(t, api.EventHeartbeat, ev.Type, "a deleted device received %+v", ev)
+		default:
+			return
+		}
+	}
+}
