@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -63,6 +64,13 @@ func (n *Node) newKernelDevice(port uint16) (_ *wgDevice, err error) {
 	}
 	if err := route.CleanupLeftovers(ifname, "", route.WithLogger(log)); err != nil {
 		log.Warn("mesh: removing leftovers of an earlier run", "err", err)
+	}
+	// DOCKER-USER rules a crashed router (wiremesh router --docker) left
+	// for this interface; a live router puts its own back after Join.
+	if n, err := route.CleanupDockerUser(ifname, route.WithLogger(log)); err != nil {
+		log.Warn("mesh: removing leftover DOCKER-USER rules", "err", err)
+	} else if n > 0 {
+		log.Info("mesh: removed leftover DOCKER-USER rules", "rules", n)
 	}
 	tdev, err := tun.CreateTUN(ifname, n.cfg.mtu)
 	if err != nil {
@@ -294,17 +302,8 @@ func (k *kernelNet) syncRouterLocked() error {
 		v4 = v4 || p.Addr().Is4()
 		v6 = v6 || p.Addr().Is6()
 	}
-	if v4 && !k.fwd4 || v6 && !k.fwd6 {
-		if err := k.recordForwarding(v4 && !k.fwd4, v6 && !k.fwd6); err != nil {
-			return err
-		}
-		restore, err := route.EnableForwarding(v4 && !k.fwd4, v6 && !k.fwd6, route.WithLogger(k.log))
-		if err != nil {
-			return err
-		}
-		k.restores = append(k.restores, restore)
-		k.fwd4, k.fwd6 = k.fwd4 || v4, k.fwd6 || v6
-	}
+	// The firewall comes first: forwarding without its rules would let a
+	// peer relay packets through this host to anywhere it can reach.
 	if k.fw == nil {
 		fw, err := route.NewFirewall(route.FirewallConfig{
 			Interface:     k.ifname,
@@ -316,7 +315,17 @@ func (k *kernelNet) syncRouterLocked() error {
 		}
 		k.fw = fw
 		k.log.Info("mesh: forwarding between the mesh and the child prefixes", "prefixes", prefixes, "masquerade", k.masquerade)
-		return nil
+	}
+	if v4 && !k.fwd4 || v6 && !k.fwd6 {
+		if err := k.recordForwarding(v4 && !k.fwd4, v6 && !k.fwd6); err != nil {
+			return err
+		}
+		restore, err := route.EnableForwarding(v4 && !k.fwd4, v6 && !k.fwd6, route.WithLogger(k.log))
+		if err != nil {
+			return err
+		}
+		k.restores = append(k.restores, restore)
+		k.fwd4, k.fwd6 = k.fwd4 || v4, k.fwd6 || v6
 	}
 	if !slices.Equal(k.fw.Prefixes(), prefixes) {
 		if err := k.fw.Update(prefixes); err != nil {
@@ -379,7 +388,10 @@ func (k *kernelNet) dial(ctx context.Context, proto string, ap netip.AddrPort) (
 	if err := k.routed(ap.Addr()); err != nil {
 		return nil, err
 	}
-	var d net.Dialer
+	// Bound to the mesh interface: if the host's routing would send the
+	// packet elsewhere (a more specific route, a policy rule, a peer that
+	// just left), the dial fails instead of leaving through the host network.
+	d := net.Dialer{Control: bindToDevice(k.ifname)}
 	return d.DialContext(ctx, proto, ap.String())
 }
 
@@ -508,4 +520,21 @@ func (k *kernelNet) restoreForwarding() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// bindToDevice returns a net.Dialer Control function that pins a socket to
+// the interface ifname (SO_BINDTODEVICE).
+func bindToDevice(ifname string) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.BindToDevice(int(fd), ifname)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("bind to %s: %w", ifname, serr)
+		}
+		return nil
+	}
 }
