@@ -96,6 +96,8 @@ func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Erro
 			Prefix:  ce.Existing.String(),
 			Owner:   ce.Owner,
 		}
+	case errors.Is(err, store.ErrReplayed):
+		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):
 		return apiErr(api.CodeUnauthorized, "join token unknown, expired, already used, or for another zone")
 	case errors.Is(err, store.ErrPoolExhausted):

@@ -97,12 +97,10 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeUnauthorized, "registration proof does not verify for key %s", req.PublicKey))
 		return
 	}
-	switch err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); {
-	case errors.Is(err, errReplayed):
+	// The in-memory cache is the fast path (errReplayFull just skips it);
+	// the store records every proof durably and refuses a replay too.
+	if err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); errors.Is(err, errReplayed) {
 		writeError(w, apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already"))
-		return
-	case err != nil:
-		writeError(w, apiErr(api.CodeUnavailable, "too many registrations in flight, retry later"))
 		return
 	}
 
@@ -121,6 +119,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
 		RequestedIPv4:   req.RequestedIPv4,
+		Proof:           req.Proof,
+		ProofExpires:    ts.Add(s.cfg.MaxClockSkew).UTC(),
 		Now:             now.UTC(),
 	})
 	if err != nil {

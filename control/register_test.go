@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -299,4 +300,31 @@ func TestRegisterPoolExhausted(t *testing.T) {
 	}
 	require.NotNil(t, err)
 	require.Equal(t, api.CodePoolExhausted, err.Code)
+}
+
+// A signed registration replayed after the service restarted (a new
+// Server on the same store, empty in-memory cache) is still refused: the
+// store remembers proofs.
+func TestRegisterReplayAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	dev := newDevice()
+	req := e.request(dev, "node1")
+	require.NoError(t, req.Sign(dev.priv, api.PublicKey(e.priv)))
+	code, _, ae := e.register(tok, req)
+	require.Nil(t, ae)
+	require.Equal(t, http.StatusCreated, code)
+
+	srv2, err := NewServer(Config{Store: e.st, PrivateKey: e.priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour})
+	require.NoError(t, err)
+	ts2 := httptest.NewServer(srv2.Handler())
+	t.Cleanup(func() { srv2.Close(); ts2.Close() })
+	e2 := *e
+	e2.srv, e2.ts = srv2, ts2
+	before := e.state()
+	code, _, ae = e2.register(tok, req)
+	require.Equal(t, http.StatusUnauthorized, code)
+	require.NotNil(t, ae)
+	require.Contains(t, ae.Message, "replayed")
+	require.Equal(t, before, e.state())
 }

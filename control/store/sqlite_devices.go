@@ -39,6 +39,9 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
 			return err
 		}
+		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
+			return err
+		}
 		z, err := loadZonePools(ctx, tx, p.Zone)
 		if err != nil {
 			return err
@@ -434,4 +437,25 @@ func nilIfEmpty[T any](s []T) []T {
 		return nil
 	}
 	return s
+}
+
+// recordProof remembers a registration proof until expires, after pruning
+// expired ones (an index range), and returns ErrReplayed for a proof that
+// is still remembered. No proof: nothing to do.
+func recordProof(ctx context.Context, tx *sql.Tx, proof []byte, expires, now time.Time) error {
+	if len(proof) == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM register_proofs WHERE expires_at <= ?`, now.UnixNano()); err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO register_proofs (proof, expires_at) VALUES (?, ?) ON CONFLICT (proof) DO NOTHING`,
+		proof, expires.UnixNano())
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return errors.Join(ErrReplayed, err)
+	}
+	return nil
 }

@@ -87,6 +87,15 @@ CREATE TABLE changes (
 ) STRICT;
 CREATE INDEX changes_zone_rev ON changes(zone, rev);
 `,
+	// 2: registration proofs seen, so a signed registration cannot be
+	// replayed after a restart or on another replica.
+	`
+CREATE TABLE register_proofs (
+	proof      BLOB PRIMARY KEY,
+	expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX register_proofs_expires ON register_proofs(expires_at);
+`,
 }
 
 // sqliteHeader starts every SQLite database file.

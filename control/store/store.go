@@ -26,6 +26,7 @@ var (
 	ErrAddrOutside   = errors.New("requested tunnel address outside the zone's pool")
 	ErrCompacted     = errors.New("revision compacted: take a fresh snapshot")
 	ErrClosed        = errors.New("store closed")
+	ErrReplayed      = errors.New("registration proof used already")
 )
 
 // ConflictError reports a child prefix that overlaps (equals, lies inside,
@@ -108,7 +109,13 @@ type RegisterParams struct {
 	Prefixes        []netip.Prefix // added to what the key already holds
 	Endpoints       []netip.AddrPort
 	RequestedIPv4   netip.Addr // honoured on first registration when free
-	Now             time.Time
+	// Proof, when set, is the registration's proof of key possession. It
+	// is recorded until ProofExpires in the same transaction; a proof seen
+	// before gives ErrReplayed (durable: survives restarts and is shared by
+	// replicas of one store).
+	Proof        []byte
+	ProofExpires time.Time
+	Now          time.Time
 }
 
 // UpdateParams changes a device. Nil/empty fields are left alone.
