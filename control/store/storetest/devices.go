@@ -354,3 +354,35 @@ func testClosed(t *testing.T, e *Env) {
 	require.ErrorIs(t, err, store.ErrClosed)
 	require.ErrorIs(t, e.S.CreateZone(e.Ctx, store.Zone{Name: "c"}), store.ErrClosed)
 }
+
+// testRegisterProofReplay: a proof is accepted once while it is
+// remembered, a failed registration does not record it, and an expired
+// one is forgotten.
+func testRegisterProofReplay(t *testing.T, e *Env) {
+	tok := e.Token(api.DefaultZone, true)
+	key := Key()
+	proof := []byte("proof-1")
+	p := store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok, PublicKey: key, Hostname: "h",
+		Proof: proof, ProofExpires: Now.Add(5 * time.Minute), Now: Now}
+	_, _, err := e.Register(p)
+	require.NoError(t, err)
+	_, _, err = e.Register(p)
+	require.ErrorIs(t, err, store.ErrReplayed)
+
+	// A registration that fails (prefix conflict with the pool) records nothing.
+	failing := p
+	failing.Proof = []byte("proof-2")
+	failing.Prefixes = []netip.Prefix{P("100.64.1.0/24")}
+	_, _, err = e.Register(failing)
+	require.ErrorIs(t, err, store.ErrPrefixConflict)
+	failing.Prefixes = nil
+	_, _, err = e.Register(failing)
+	require.NoError(t, err, "the failed attempt must not have recorded its proof")
+
+	// After expiry the proof is forgotten.
+	later := p
+	later.Now = Now.Add(6 * time.Minute)
+	later.ProofExpires = later.Now.Add(5 * time.Minute)
+	_, _, err = e.Register(later)
+	require.NoError(t, err)
+}

@@ -44,6 +44,7 @@ func Run(t *testing.T, open Open) {
 		{"RegisterRequestedIPv4", testRequestedIPv4},
 		{"RegisterPoolExhausted", testPoolExhausted},
 		{"RegisterAtomic", testRegisterAtomic},
+		{"RegisterProofReplay", testRegisterProofReplay},
 		{"RegisterConcurrent", testRegisterConcurrent},
 		{"PrefixConflicts", testPrefixConflicts},
 		{"PrefixesAcrossZones", testPrefixesAcrossZones},
