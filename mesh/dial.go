@@ -78,16 +78,25 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 // Listen listens for TCP connections on the node's tunnel addresses.
 // network is tcp, tcp4 or tcp6; addr is ":port" (every tunnel address of
 // the family) or "ip:port" with one of the node's addresses. Port 0 picks
-// a free port.
+// a free port. Connections to the node's child prefixes never reach the
+// listener: they go to the prefix's handler or the host network.
 func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	ap, err := n.localAddr(network, addr, "tcp")
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	var l net.Listener
-	if n.dev.kern != nil {
+	switch {
+	case n.dev.kern != nil:
 		l, err = n.dev.kern.listen(ap)
-	} else {
+	case !ap.Addr().IsValid():
+		// Not the netstack's wildcard: with forwarding on, the netstack is
+		// promiscuous and a socket bound to the zero address would capture
+		// the traffic to the node's child prefixes too.
+		l, err = listenEach(n.Addrs(), ap.Port(), func(ap netip.AddrPort) (net.Listener, error) {
+			return n.dev.tnet.ListenTCPAddrPort(ap)
+		})
+	default:
 		l, err = n.dev.tnet.ListenTCPAddrPort(ap)
 	}
 	if err != nil {
@@ -96,12 +105,20 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return l, nil
 }
 
-// ListenPacket listens for UDP on the node's tunnel addresses. network is
-// udp, udp4 or udp6; addr as for Listen.
+// ListenPacket listens for UDP on one of the node's tunnel addresses.
+// network is udp, udp4 or udp6; addr is "ip:port" with one of the node's
+// addresses, or ":port": the IPv4 tunnel address with udp and udp4, the
+// IPv6 one with udp6 (a packet socket cannot merge several addresses).
+// Port 0 picks a free port.
 func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 	ap, err := n.localAddr(network, addr, "udp")
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	if !ap.Addr().IsValid() {
+		// Never the netstack's wildcard: with forwarding on, it would
+		// capture the datagrams to the node's child prefixes too.
+		ap = netip.AddrPortFrom(n.Addr(), ap.Port())
 	}
 	var c net.PacketConn
 	if n.dev.kern != nil {
@@ -116,8 +133,9 @@ func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 }
 
 // localAddr parses a listen address. An empty host with network "tcp" or
-// "udp" means every address of the node (the zero Addr); with tcp4/tcp6 the
-// node's address of that family.
+// "udp" means every address of the node (the zero Addr, which Listen and
+// ListenPacket turn into the node's addresses: never bind it in the
+// netstack); with tcp4/tcp6 the node's address of that family.
 func (n *Node) localAddr(network, addr, want string) (netip.AddrPort, error) {
 	_, fam, err := parseNetwork(network, want)
 	if err != nil {

@@ -87,13 +87,23 @@ func desiredRoutes(addrs []netip.Prefix, peers map[api.Key]wgPeer) []netip.Prefi
 	return slices.Compact(out)
 }
 
-// listenAll listens for TCP on port at every address of addrs and merges
-// the connections into one listener. Port 0: the first listener picks a
-// port and the others use the same.
+// listenAll listens for TCP on port at every address of addrs on the host
+// network stack and merges the connections into one listener (see
+// listenEach).
 func listenAll(addrs []netip.Addr, port uint16) (net.Listener, error) {
+	return listenEach(addrs, port, func(ap netip.AddrPort) (net.Listener, error) {
+		return net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+	})
+}
+
+// listenEach listens for TCP on port at every address of addrs with listen
+// and merges the connections into one listener. Port 0: the first listener
+// picks a port and the others use the same. listen must return listeners
+// whose Addr is a *net.TCPAddr.
+func listenEach(addrs []netip.Addr, port uint16, listen func(netip.AddrPort) (net.Listener, error)) (net.Listener, error) {
 	m := &multiListener{conns: make(chan net.Conn), done: make(chan struct{})}
 	for _, a := range addrs {
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
+		l, err := listen(netip.AddrPortFrom(a, port))
 		if err != nil {
 			for _, l := range m.ls {
 				l.Close()

@@ -69,6 +69,12 @@ type Node struct {
 
 	fwd      *forwarder // userspace mode: serves the child prefixes (forward.go)
 	prefixMu sync.Mutex // serializes AdvertisePrefix and ReleasePrefix
+
+	// saveMu serializes saveState across its snapshot (under mu) and its
+	// write, so that writes from the watch goroutine and from
+	// AdvertisePrefix/ReleasePrefix land in the order of their snapshots.
+	// Taken before mu, never while holding it.
+	saveMu sync.Mutex
 }
 
 // selfInfo is what the service told the node about itself.
@@ -184,6 +190,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 
 	// Register, or fall back to the saved registration.
 	needRegister := false
+	restorePeers := false // start from saved.Peers until the first snapshot
 	regCtx, cancel := ctx, context.CancelFunc(func() {})
 	if saved != nil {
 		regCtx, cancel = context.WithTimeout(ctx, savedStateRegisterTimeout)
@@ -193,6 +200,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	switch {
 	case rerr == nil:
 		n.adoptRegistration(resp, port)
+		restorePeers = n.adoptSavedPeers(saved)
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("register: %w", context.Cause(ctx))
 	case saved != nil && isTransient(rerr):
@@ -230,7 +238,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 			return nil, err
 		}
 	}
-	if needRegister {
+	if needRegister || restorePeers {
 		// Work right away with the last known peers.
 		if err := n.applyPeerSet(peerMap(saved.Peers, n.pub), saved.Revision, false, false); err != nil {
 			return nil, err
@@ -330,6 +338,21 @@ func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
 	n.saved.ListenPort = port
 }
 
+// adoptSavedPeers starts a node that registered again from the peers and
+// revision saved by its previous run, when s is for the same device in the
+// same zone, so that they stay on disk and on the device until the watch
+// delivers a snapshot. It reports whether it did.
+func (n *Node) adoptSavedPeers(s *savedState) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s == nil || s.Zone != n.self.zone || s.DeviceID != n.self.deviceID || s.IPv4 != n.self.ipv4 {
+		return false
+	}
+	n.peers = peerMap(s.Peers, n.pub)
+	n.revision = s.Revision
+	return true
+}
+
 func (n *Node) adoptSaved(s *savedState, port uint16) {
 	n.client.SetDeviceToken(s.DeviceToken)
 	n.mu.Lock()
@@ -379,8 +402,11 @@ func (n *Node) resumeWithDeviceToken(ctx context.Context, s *savedState, port ui
 }
 
 // saveState writes the node's registration, peers and revision to the
-// state directory (no-op without one).
+// state directory (no-op without one). Concurrent calls write in order:
+// the file ends with the latest snapshot.
 func (n *Node) saveState() error {
+	n.saveMu.Lock()
+	defer n.saveMu.Unlock()
 	n.mu.Lock()
 	s := n.saved
 	s.URL = n.url

@@ -6,12 +6,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/controlclient"
 )
 
 func TestStateKeyCreatedOnce(t *testing.T) {
@@ -129,4 +132,47 @@ func TestServiceErrorMatching(t *testing.T) {
 	require.True(t, isTransient(&api.Error{Code: api.CodeUnavailable, Status: 503}))
 	require.True(t, isTransient(errors.New("connection refused")))
 	require.ErrorIs(t, &NoRouteError{Addr: netip.MustParseAddr("10.0.0.1")}, ErrNoRoute)
+}
+
+// Concurrent saveState calls (the watch goroutine, AdvertisePrefix,
+// ReleasePrefix) land in order: once a call returns, the file holds the
+// state it saw or a later one, never an older snapshot written late.
+func TestSaveStateWritesInOrder(t *testing.T) {
+	client, err := controlclient.New(controlclient.Config{URL: "http://127.0.0.1:1", InsecureHTTP: true})
+	require.NoError(t, err)
+	defer client.Close()
+	dir := t.TempDir()
+	n := &Node{url: "http://127.0.0.1:1", client: client, state: stateDir(dir), peers: map[api.Key]api.Peer{}}
+	const writers, rounds = 8, 25
+	var wg sync.WaitGroup
+	var stale atomic.Int64
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				n.mu.Lock()
+				n.revision++
+				mine := n.revision
+				n.mu.Unlock()
+				if err := n.saveState(); err != nil {
+					t.Error(err)
+					return
+				}
+				s, err := stateDir(dir).load()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if s.Revision < mine {
+					stale.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Zero(t, stale.Load(), "writes that left an older state on disk")
+	s, err := stateDir(dir).load()
+	require.NoError(t, err)
+	require.Equal(t, int64(writers*rounds), s.Revision, "the last write has the latest revision")
 }
