@@ -10,12 +10,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"time"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 )
 
 // DefaultPingTimeout bounds Ping when ctx has no deadline.
@@ -65,32 +66,32 @@ func (n *Node) ping(ctx context.Context, addr netip.Addr) (time.Duration, error)
 	if err != nil {
 		return 0, err
 	}
-	// The stock netstack PingConn only reads after a "readable"
-	// notification, and gVisor notifies only when the receive queue was
-	// empty: a reply that arrives before Read starts waiting is never read,
-	// nor is anything after it. So each attempt uses a fresh socket whose
-	// reader is started before the request is sent, and an attempt without
-	// a reply is abandoned and repeated at growing intervals.
-	interval := 100 * time.Millisecond
-	for i := 0; ; i++ {
-		rtt, err := n.pingOnce(ctx, local, addr, (int(seq0.Int64())+i)&0xffff, interval)
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return rtt, err
-		}
-		if ctx.Err() != nil {
-			return 0, fmt.Errorf("no reply: %w", context.Cause(ctx))
-		}
-		interval = min(2*interval, 2*time.Second)
-	}
-}
-
-// pingOnce sends one echo request on a new socket and waits up to wait for
-// its reply (os.ErrDeadlineExceeded when none came).
-func (n *Node) pingOnce(ctx context.Context, local, addr netip.Addr, seq int, wait time.Duration) (time.Duration, error) {
 	pc, err := n.dev.tnet.DialPingAddr(local, addr)
 	if err != nil {
 		return 0, err
 	}
+	defer pc.Close()
+	// Cancelling ctx ends a Read in progress.
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Now()) })
+	defer stop()
+	// The first requests may be lost while the tunnel handshakes, so an
+	// attempt without a reply is repeated at growing intervals.
+	buf := make([]byte, 1500)
+	interval := 100 * time.Millisecond
+	for i := 0; ctx.Err() == nil; i++ {
+		rtt, err := pingOnce(pc, addr, (int(seq0.Int64())+i)&0xffff, interval, buf)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return rtt, err
+		}
+		interval = min(2*interval, 2*time.Second)
+	}
+	return 0, fmt.Errorf("no reply: %w", context.Cause(ctx))
+}
+
+// pingOnce sends one echo request with sequence number seq on pc and waits
+// up to wait for its reply (os.ErrDeadlineExceeded when none came). Replies
+// to earlier attempts are skipped.
+func pingOnce(pc *netstack.PingConn, addr netip.Addr, seq int, wait time.Duration, buf []byte) (time.Duration, error) {
 	data := make([]byte, 16)
 	rand.Read(data)
 	proto := 1 // ICMPv4
@@ -100,56 +101,28 @@ func (n *Node) pingOnce(ctx context.Context, local, addr netip.Addr, seq int, wa
 	}
 	req, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: 1, Seq: seq, Data: data}}).Marshal(nil)
 	if err != nil {
-		pc.Close()
 		return 0, err
 	}
-
-	type result struct {
-		at  time.Time
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			nr, err := pc.Read(buf)
-			if err != nil {
-				done <- result{err: err}
-				return
-			}
-			at := time.Now()
-			m, err := icmp.ParseMessage(proto, buf[:nr])
-			if err != nil {
-				continue
-			}
-			// The netstack sets the echo ID itself: match seq and data.
-			if r, ok := m.Body.(*icmp.Echo); ok && r.Seq == seq && bytes.Equal(r.Data, data) {
-				done <- result{at: at}
-				return
-			}
-		}
-	}()
-	runtime.Gosched() // let the reader start waiting before the reply can arrive
-
 	start := time.Now()
-	if _, err := pc.Write(req); err != nil {
-		pc.Close()
-		<-done
+	if err := pc.SetReadDeadline(start.Add(wait)); err != nil {
 		return 0, err
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case r := <-done:
-		pc.Close()
-		if r.err != nil {
-			return 0, r.err
-		}
-		return r.at.Sub(start), nil
-	case <-t.C:
-	case <-ctx.Done():
+	if _, err := pc.Write(req); err != nil {
+		return 0, err
 	}
-	pc.Close() // wakes the reader with os.ErrDeadlineExceeded
-	<-done
-	return 0, os.ErrDeadlineExceeded
+	for {
+		nr, err := pc.Read(buf)
+		if err != nil {
+			return 0, err
+		}
+		at := time.Now()
+		m, err := icmp.ParseMessage(proto, buf[:nr])
+		if err != nil {
+			continue
+		}
+		// The netstack sets the echo ID itself: match seq and data.
+		if r, ok := m.Body.(*icmp.Echo); ok && r.Seq == seq && bytes.Equal(r.Data, data) {
+			return at.Sub(start), nil
+		}
+	}
 }
