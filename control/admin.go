@@ -103,15 +103,7 @@ func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleListZones(w http.ResponseWriter, r *http.Request) {
 	zs, err := s.cfg.Store.Zones(r.Context())
-	if err != nil {
-		writeError(w, s.storeErr(r.Context(), "list zones", err))
-		return
-	}
-	out := make([]api.Zone, 0, len(zs))
-	for _, z := range zs {
-		out = append(out, toAPIZone(z))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, r, "list zones", zs, err, toAPIZone)
 }
 
 func (s *Server) handleGetZone(w http.ResponseWriter, r *http.Request) {
@@ -172,15 +164,7 @@ func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ts, err := s.cfg.Store.JoinTokens(r.Context(), zone)
-	if err != nil {
-		writeError(w, s.storeErr(r.Context(), "list tokens", err))
-		return
-	}
-	out := make([]api.JoinToken, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, toAPIToken(t))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, r, "list tokens", ts, err, toAPIToken)
 }
 
 func (s *Server) handleDeleteToken(w http.ResponseWriter, r *http.Request) {

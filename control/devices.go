@@ -151,15 +151,7 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	if err != nil {
-		writeError(w, s.storeErr(r.Context(), "list devices", err))
-		return
-	}
-	out := make([]api.Device, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, toAPIDevice(d))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, r, "list devices", ds, err, toAPIDevice)
 }
 
 func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -202,15 +194,9 @@ func (s *Server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ps, err := s.cfg.Store.Prefixes(r.Context(), zone)
-	if err != nil {
-		writeError(w, s.storeErr(r.Context(), "list prefixes", err))
-		return
-	}
-	out := make([]api.PrefixEntry, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, api.PrefixEntry{Zone: p.Zone, Prefix: p.Prefix, DeviceID: p.DeviceID, Hostname: p.Hostname})
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, r, "list prefixes", ps, err, func(p store.PrefixEntry) api.PrefixEntry {
+		return api.PrefixEntry{Zone: p.Zone, Prefix: p.Prefix, DeviceID: p.DeviceID, Hostname: p.Hostname}
+	})
 }
 
 func (s *Server) handleReleaseAdmin(w http.ResponseWriter, r *http.Request) {

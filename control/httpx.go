@@ -116,3 +116,17 @@ func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Erro
 	s.log.ErrorContext(ctx, "store operation failed", "op", what, "err", err)
 	return apiErr(api.CodeInternal, "%s failed; nothing was changed", what)
 }
+
+// writeList answers a list request: the store's items in their wire form
+// (an empty JSON array, never null), or the store's error.
+func writeList[T, A any](s *Server, w http.ResponseWriter, r *http.Request, what string, items []T, err error, conv func(T) A) {
+	if err != nil {
+		writeError(w, s.storeErr(r.Context(), what, err))
+		return
+	}
+	out := make([]A, 0, len(items))
+	for _, it := range items {
+		out = append(out, conv(it))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
