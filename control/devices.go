@@ -19,6 +19,8 @@ func toAPIDevice(d store.Device) api.Device {
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Candidates:    d.Candidates,
+		NAT:           d.NAT,
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
 	}
@@ -33,6 +35,8 @@ func toPeer(d store.Device) api.Peer {
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Candidates:    d.Candidates,
+		NAT:           d.NAT,
 	}
 }
 
@@ -63,6 +67,10 @@ func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store
 		}
 		eps := nonNil(*req.Endpoints)
 		p.Endpoints = &eps
+	}
+	if aerr := reachUpdate(req, &p); aerr != nil {
+		writeError(w, aerr)
+		return
 	}
 	if len(req.AddChildPrefixes) > maxPrefixesPerRequest {
 		writeError(w, apiErr(api.CodeBadRequest, "too many child prefixes: %d (max %d)", len(req.AddChildPrefixes), maxPrefixesPerRequest))
@@ -184,6 +192,7 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.InfoContext(ctx, "device deleted", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname)
+	s.relay.dropDevice(d.ID)
 	s.hub.update(d.Zone)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -8,7 +8,7 @@
 //
 //   - join token (wmj_…): POST /v1/devices only.
 //   - device token (wmd_…): /v1/devices/self…, /v1/zones/{zone}/watch of the
-//     device's own zone.
+//     device's own zone, and the relay (/v1/relay, see relay.go).
 //   - admin token: every admin endpoint and GET /metrics.
 //
 // A credential of one kind never works where another is expected; wrong or
@@ -43,6 +43,8 @@ type Config struct {
 	AdminToken string
 	// STUNAddr is advertised in /v1/info ("" = no STUN).
 	STUNAddr string
+	// STUNAltAddr is the second STUN responder advertised in /v1/info.
+	STUNAltAddr string
 	// Fingerprint is the SHA-256 of the TLS certificate, embedded in join
 	// tokens. Nil for plain HTTP.
 	Fingerprint []byte
@@ -77,6 +79,7 @@ type Server struct {
 	hub     *hub
 	metrics *metrics
 	replay  *replayCache
+	relay   *relay
 	handler http.Handler
 
 	closeOnce sync.Once
@@ -115,6 +118,7 @@ func NewServer(cfg Config) (*Server, error) {
 		replay:  newReplayCache(maxReplayEntries),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
+	s.relay = newRelay(log, s.metrics.reg)
 	s.handler = s.routes()
 	return s, nil
 }
@@ -122,10 +126,13 @@ func NewServer(cfg Config) (*Server, error) {
 // Handler returns the HTTP handler of the whole API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close ends every watch stream and stops background goroutines. It does
+// Close ends every watch stream and relay connection and stops background goroutines. It does
 // not close the store. Later calls return nil.
 func (s *Server) Close() error {
-	s.closeOnce.Do(s.hub.close)
+	s.closeOnce.Do(func() {
+		s.hub.close()
+		s.relay.close()
+	})
 	return nil
 }
 
@@ -145,6 +152,7 @@ func (s *Server) routes() http.Handler {
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
 	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+	h("GET "+api.RelayPath, s.device(s.relay.handle))
 
 	// Admin.
 	h("POST /v1/zones", s.admin(s.handleCreateZone))
@@ -174,6 +182,8 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 		Version:             s.cfg.Version,
 		PublicKey:           s.pub,
 		STUNAddr:            s.cfg.STUNAddr,
+		STUNAltAddr:         s.cfg.STUNAltAddr,
+		Relay:               true,
 		DefaultZone:         api.DefaultZone,
 		MaxClockSkewSeconds: int(s.cfg.MaxClockSkew / time.Second),
 	})

@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -28,6 +27,11 @@ type Options struct {
 	// STUNListen is the UDP address of the STUN responder. Empty means
 	// ":3478"; "off" disables STUN.
 	STUNListen string
+	// STUNAltListen is the UDP address of the second STUN responder, which
+	// lets members tell a symmetric NAT from an endpoint-independent one.
+	// Empty means the host of STUNListen with the next port (any port when
+	// STUNListen has port 0); "off" disables it.
+	STUNAltListen string
 	// TLSCertFile and TLSKeyFile give a certificate to serve (both or
 	// neither). Neither means a self-signed certificate (ECDSA P-256)
 	// created on first start in DataDir and reused after.
@@ -59,6 +63,7 @@ type Service struct {
 	http       *http.Server
 	addr       netip.AddrPort
 	stun       *STUNServer
+	stunAlt    *STUNServer
 	fp         []byte
 	adminToken string
 	scheme     string
@@ -135,6 +140,9 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 			if s.stun != nil {
 				s.stun.Close()
 			}
+			if s.stunAlt != nil {
+				s.stunAlt.Close()
+			}
 			st.Close()
 		}
 	}()
@@ -146,20 +154,10 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}
 	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
 
-	stunAdvertised := ""
-	if o.STUNListen != "off" {
-		pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
-		if err != nil {
-			ln.Close()
-			return nil, wrap(fmt.Errorf("STUN: %w", err))
-		}
-		s.stun = NewSTUNServer(pc, log)
-		sa := s.stun.Addr()
-		if sa.Addr().IsUnspecified() {
-			stunAdvertised = ":" + strconv.Itoa(int(sa.Port()))
-		} else {
-			stunAdvertised = sa.String()
-		}
+	stunAdvertised, stunAltAdvertised, err := s.startSTUN(ctx, o)
+	if err != nil {
+		ln.Close()
+		return nil, wrap(err)
 	}
 
 	s.srv, err = NewServer(Config{
@@ -167,6 +165,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		PrivateKey:        key,
 		AdminToken:        admin,
 		STUNAddr:          stunAdvertised,
+		STUNAltAddr:       stunAltAdvertised,
 		Fingerprint:       fp,
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
@@ -217,6 +216,15 @@ func (s *Service) STUNAddr() netip.AddrPort {
 	return s.stun.Addr()
 }
 
+// STUNAltAddr returns the address of the second STUN responder (zero if
+// disabled).
+func (s *Service) STUNAltAddr() netip.AddrPort {
+	if s.stunAlt == nil {
+		return netip.AddrPort{}
+	}
+	return s.stunAlt.Addr()
+}
+
 // Fingerprint returns the SHA-256 of the TLS certificate (nil with
 // InsecureHTTP).
 func (s *Service) Fingerprint() []byte { return s.fp }
@@ -252,9 +260,11 @@ func (s *Service) Close() error {
 		s.http.Close()
 	}
 	<-s.serveDone
-	if s.stun != nil {
-		if err := s.stun.Close(); err != nil {
-			errs = append(errs, err)
+	for _, st := range []*STUNServer{s.stun, s.stunAlt} {
+		if st != nil {
+			if err := st.Close(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if err := s.store.Close(); err != nil {

@@ -1,10 +1,13 @@
 package control
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 
 	"github.com/pion/stun/v3"
@@ -106,4 +109,46 @@ func (s *STUNServer) serve() {
 			s.log.Debug("stun: write failed", "to", from, "err", err)
 		}
 	}
+}
+
+// startSTUN starts the service's two STUN responders (see
+// Options.STUNListen and STUNAltListen) and returns their advertised
+// addresses ("" when off): an unspecified host becomes ":port", meaning
+// the host of the service URL.
+func (s *Service) startSTUN(ctx context.Context, o Options) (main, alt string, err error) {
+	if o.STUNListen == "off" {
+		return "", "", nil
+	}
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
+	if err != nil {
+		return "", "", fmt.Errorf("STUN: %w", err)
+	}
+	s.stun = NewSTUNServer(pc, s.log)
+	main = advertised(s.stun.Addr())
+	altListen := o.STUNAltListen
+	if altListen == "off" {
+		return main, "", nil
+	}
+	if altListen == "" {
+		host, port, _ := net.SplitHostPort(o.STUNListen)
+		next := "0"
+		if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65535 {
+			next = strconv.Itoa(p + 1)
+		}
+		altListen = net.JoinHostPort(host, next)
+	}
+	pc, err = lc.ListenPacket(ctx, "udp", altListen)
+	if err != nil {
+		return "", "", fmt.Errorf("second STUN port: %w", err)
+	}
+	s.stunAlt = NewSTUNServer(pc, s.log)
+	return main, advertised(s.stunAlt.Addr()), nil
+}
+
+func advertised(a netip.AddrPort) string {
+	if a.Addr().IsUnspecified() {
+		return ":" + strconv.Itoa(int(a.Port()))
+	}
+	return a.String()
 }

@@ -1,13 +1,17 @@
 package control
 
 import (
+	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/require"
+
+	"github.com/wiremesh/wiremesh/control/api"
 )
 
 func TestSTUNBinding(t *testing.T) {
@@ -83,4 +87,59 @@ func TestSTUNIgnoresOthers(t *testing.T) {
 
 	require.NoError(t, srv.Close())
 	require.ErrorIs(t, srv.Close(), net.ErrClosed)
+}
+
+// stunMapped asks the STUN responder at srv from conn and returns the
+// reflexive address it answers.
+func stunMapped(t *testing.T, conn net.PacketConn, srv netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	_, err := conn.WriteTo(req.Raw, net.UDPAddrFromAddrPort(srv))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	buf := make([]byte, 1500)
+	n, _, err := conn.ReadFrom(buf)
+	require.NoError(t, err)
+	resp := &stun.Message{Raw: buf[:n]}
+	require.NoError(t, resp.Decode())
+	require.Equal(t, req.TransactionID, resp.TransactionID)
+	var xa stun.XORMappedAddress
+	require.NoError(t, xa.GetFrom(resp))
+	ip, _ := netip.AddrFromSlice(xa.IP)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
+}
+
+// TestServiceTwoSTUNPorts: the service answers STUN on two ports (the
+// second one the next port, or "off") and advertises both.
+func TestServiceTwoSTUNPorts(t *testing.T) {
+	s := startService(t, Options{DataDir: t.TempDir(), InsecureHTTP: true})
+	defer s.Close()
+	main, alt := s.STUNAddr(), s.STUNAltAddr()
+	require.True(t, alt.IsValid())
+	require.NotEqual(t, main.Port(), alt.Port())
+	var info api.Info
+	code, ae := callURL(t, http.DefaultClient, "GET", s.URL()+"/v1/info", "", nil, &info)
+	require.Nil(t, ae)
+	require.Equal(t, 200, code)
+	require.Equal(t, alt.String(), info.STUNAltAddr)
+	require.True(t, info.Relay)
+
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer conn.Close()
+	self := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	require.Equal(t, self, stunMapped(t, conn, main))
+	require.Equal(t, self, stunMapped(t, conn, alt))
+
+	// A fixed port: the second one is the next.
+	probe, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := probe.LocalAddr().(*net.UDPAddr).Port
+	probe.Close()
+	s2 := startService(t, Options{DataDir: t.TempDir(), InsecureHTTP: true, STUNListen: fmt.Sprintf("127.0.0.1:%d", port)})
+	defer s2.Close()
+	require.Equal(t, uint16(port+1), s2.STUNAltAddr().Port())
+	s3 := startService(t, Options{DataDir: t.TempDir(), InsecureHTTP: true, STUNAltListen: "off"})
+	defer s3.Close()
+	require.False(t, s3.STUNAltAddr().IsValid())
 }

@@ -45,6 +45,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", defaultDataDir(), "state directory: database, keys, admin token, self-signed certificate (env WIREMESH_DATA_DIR)")
 	listen := fs.String("listen", ":8443", "API listen address (TCP)")
 	stunListen := fs.String("stun-listen", ":3478", `STUN listen address (UDP); "off" disables STUN`)
+	stunAltListen := fs.String("stun-alt-listen", "", `second STUN listen address (UDP), for telling symmetric NATs apart; default: the next port; "off" disables it`)
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM); default: a self-signed certificate kept in the data dir")
 	tlsKey := fs.String("tls-key", "", "TLS key file (PEM), with --tls-cert")
 	insecure := fs.Bool("insecure-http", false, "serve plain HTTP (behind a TLS-terminating proxy, or for tests)")
@@ -75,15 +76,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
 	svc, err := control.Start(ctx, control.Options{
-		DataDir:      *dataDir,
-		Listen:       *listen,
-		STUNListen:   *stunListen,
-		TLSCertFile:  *tlsCert,
-		TLSKeyFile:   *tlsKey,
-		TLSHosts:     hosts,
-		InsecureHTTP: *insecure,
-		AdminToken:   adminEnv,
-		Logger:       log,
+		DataDir:       *dataDir,
+		Listen:        *listen,
+		STUNListen:    *stunListen,
+		STUNAltListen: *stunAltListen,
+		TLSCertFile:   *tlsCert,
+		TLSKeyFile:    *tlsKey,
+		TLSHosts:      hosts,
+		InsecureHTTP:  *insecure,
+		AdminToken:    adminEnv,
+		Logger:        log,
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -97,6 +99,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
 	if sa := svc.STUNAddr(); sa.IsValid() {
 		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+		if alt := svc.STUNAltAddr(); alt.IsValid() {
+			fmt.Fprintf(stdout, "second STUN responder on udp %s\n", alt)
+		}
 	}
 	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
 	if adminEnv != "" {

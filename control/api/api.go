@@ -30,6 +30,7 @@ const (
 	CodeAddrInUse      = "addr_in_use"     // 409: a requested tunnel address is taken
 	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
 	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
+	CodeTooMany        = "too_many"        // 429: a per-device limit is reached (relay connections)
 	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
 	CodeUnavailable    = "unavailable"     // 503: the service is shutting down
 )
@@ -51,6 +52,8 @@ func StatusForCode(code string) int {
 		return 413
 	case CodePoolExhausted:
 		return 507
+	case CodeTooMany:
+		return 429
 	case CodeUnavailable:
 		return 503
 	default:
@@ -118,6 +121,13 @@ type Info struct {
 	// STUNAddr is host:port of the STUN binding responder ("" if none). The
 	// host may be empty or unspecified, meaning "the host of the service URL".
 	STUNAddr string `json:"stun_addr,omitempty"`
+	// STUNAltAddr is a second STUN responder (same form as STUNAddr) on
+	// another port: a member that gets two different reflexive addresses
+	// from the two is behind a symmetric NAT. "" if none.
+	STUNAltAddr string `json:"stun_alt_addr,omitempty"`
+	// Relay is true when the service relays WireGuard datagrams between
+	// members of a zone at RelayPath.
+	Relay bool `json:"relay,omitempty"`
 	// DefaultZone is the zone used when a request names none.
 	DefaultZone string `json:"default_zone"`
 	// MaxClockSkew is how far a registration timestamp may be from the
@@ -178,6 +188,12 @@ type UpdateSelfRequest struct {
 	Hostname *string `json:"hostname,omitempty"`
 	// Endpoints, when non-nil, replaces the endpoint list.
 	Endpoints *[]netip.AddrPort `json:"endpoints,omitempty"`
+	// Candidates, when non-nil, replaces the typed candidate list, and the
+	// endpoint list too (with the candidates' addresses) unless Endpoints
+	// is set as well.
+	Candidates *[]Candidate `json:"candidates,omitempty"`
+	// NAT, when non-nil, replaces what the device reports about its NAT.
+	NAT *NATType `json:"nat,omitempty"`
 	// AddChildPrefixes are CIDR strings to add (same rules as registration).
 	AddChildPrefixes []string `json:"add_child_prefixes,omitempty"`
 }
@@ -193,6 +209,8 @@ type Device struct {
 	IPv6          netip.Addr       `json:"ipv6"`
 	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
 	Endpoints     []netip.AddrPort `json:"endpoints"`
+	Candidates    []Candidate      `json:"candidates,omitempty"`
+	NAT           NATType          `json:"nat,omitempty"`
 	CreatedAt     time.Time        `json:"created_at"`
 	UpdatedAt     time.Time        `json:"updated_at"`
 }
@@ -206,6 +224,12 @@ type Peer struct {
 	IPv6          netip.Addr       `json:"ipv6"`
 	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
 	Endpoints     []netip.AddrPort `json:"endpoints"`
+	// Candidates are the typed addresses the peer may be reached at (its
+	// Endpoints with how it learned each). Empty from a member that
+	// reports only Endpoints.
+	Candidates []Candidate `json:"candidates,omitempty"`
+	// NAT is what the peer learned about its NAT.
+	NAT NATType `json:"nat,omitempty"`
 }
 
 // Watch event types.

@@ -23,14 +23,18 @@ type deviceJSON struct {
 	IPv6      netip.Addr       `json:"ipv6"`
 	Prefixes  []netip.Prefix   `json:"prefixes,omitempty"`
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
-	CreatedAt time.Time        `json:"created_at"`
-	UpdatedAt time.Time        `json:"updated_at"`
+	// Candidates and NAT came with schema 3; older entries have neither.
+	Candidates []api.Candidate `json:"candidates,omitempty"`
+	NAT        api.NATType     `json:"nat,omitempty"`
+	CreatedAt  time.Time       `json:"created_at"`
+	UpdatedAt  time.Time       `json:"updated_at"`
 }
 
 func encodeDevice(d Device) (string, error) {
 	b, err := json.Marshal(deviceJSON{
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints,
+		Candidates: d.Candidates, NAT: d.NAT,
 		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	})
 	return string(b), err
@@ -44,6 +48,7 @@ func decodeDevice(s string) (Device, error) {
 	return Device{
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
+		Candidates: nilIfEmpty(j.Candidates), NAT: j.NAT,
 		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
 	}, nil
 }

@@ -9,9 +9,11 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.candidates, d.nat, d.created_at, d.updated_at`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -50,6 +52,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		switch {
 		case err == nil:
 			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			d.Candidates, d.NAT = nil, api.NATUnknown // reported again after registering
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -165,8 +168,12 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), d.ID)
+	cands, err := encodeCandidates(d.Candidates)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, candidates = ?, nat = ?, updated_at = ? WHERE id = ?`,
+		d.Hostname, eps, cands, string(d.NAT), d.UpdatedAt.UnixNano(), d.ID)
 	return err
 }
 
@@ -184,6 +191,14 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return Device{}, fmt.Errorf("store: %s: %w", op, err)
 		}
 	}
+	if p.Candidates != nil {
+		if err := checkCandidates(*p.Candidates); err != nil {
+			return Device{}, fmt.Errorf("store: %s: %w", op, err)
+		}
+	}
+	if p.NAT != nil && !p.NAT.Valid() {
+		return Device{}, fmt.Errorf("store: %s: invalid NAT type %q", op, *p.NAT)
+	}
 	now := s.clock(p.Now)
 	var d Device
 	err = s.write(ctx, op, func(tx *sql.Tx) error {
@@ -197,6 +212,12 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 		}
 		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
 			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
+		}
+		if p.Candidates != nil && !slices.Equal(*p.Candidates, d.Candidates) {
+			d.Candidates, changed = nilIfEmpty(slices.Clone(*p.Candidates)), true
+		}
+		if p.NAT != nil && *p.NAT != d.NAT {
+			d.NAT, changed = *p.NAT, true
 		}
 		z, err := loadZonePools(ctx, tx, d.Zone)
 		if err != nil {
@@ -369,10 +390,10 @@ func scanDevice(r scanner) (Device, error) {
 	var (
 		d                Device
 		key, v4, v6      []byte
-		eps              string
+		eps, cands, nat  string
 		created, updated sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &cands, &nat, &created, &updated); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -390,6 +411,10 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: stored endpoints: %w", d.ID, err)
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
+	if err := json.Unmarshal([]byte(cands), &d.Candidates); err != nil {
+		return Device{}, fmt.Errorf("device %q: stored candidates: %w", d.ID, err)
+	}
+	d.Candidates, d.NAT = nilIfEmpty(d.Candidates), api.NATType(nat)
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return d, nil
 }
@@ -400,6 +425,23 @@ func encodeEndpoints(eps []netip.AddrPort) (string, error) {
 	}
 	b, err := json.Marshal(eps)
 	return string(b), err
+}
+
+func encodeCandidates(cs []api.Candidate) (string, error) {
+	if len(cs) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(cs)
+	return string(b), err
+}
+
+func checkCandidates(cs []api.Candidate) error {
+	for _, c := range cs {
+		if !c.Addr.IsValid() || !c.Type.Valid() {
+			return fmt.Errorf("invalid candidate %s (%q)", c.Addr, c.Type)
+		}
+	}
+	return nil
 }
 
 func checkEndpoints(eps []netip.AddrPort) error {

@@ -96,6 +96,11 @@ CREATE TABLE register_proofs (
 ) STRICT;
 CREATE INDEX register_proofs_expires ON register_proofs(expires_at);
 `,
+	// 3: typed reachability candidates and the NAT kind a device reports.
+	`
+ALTER TABLE devices ADD COLUMN candidates TEXT NOT NULL DEFAULT '[]'; -- JSON array of {addr, type}
+ALTER TABLE devices ADD COLUMN nat TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // sqliteHeader starts every SQLite database file.

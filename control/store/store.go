@@ -67,8 +67,12 @@ type Device struct {
 	IPv6      netip.Addr
 	Prefixes  []netip.Prefix   // child prefixes, sorted
 	Endpoints []netip.AddrPort // as last reported
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	// Candidates and NAT are the typed reachability the device last
+	// reported (PATCH self); a registration clears them.
+	Candidates []api.Candidate
+	NAT        api.NATType
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // JoinToken is a join token as stored: only the SHA-256 of its secret.
@@ -122,6 +126,8 @@ type RegisterParams struct {
 type UpdateParams struct {
 	Hostname    *string
 	Endpoints   *[]netip.AddrPort
+	Candidates  *[]api.Candidate
+	NAT         *api.NATType
 	AddPrefixes []netip.Prefix
 	Now         time.Time
 }

@@ -50,6 +50,7 @@ func Run(t *testing.T, open Open) {
 		{"PrefixesAcrossZones", testPrefixesAcrossZones},
 		{"ExitNodes", testExitNodes},
 		{"UpdateDevice", testUpdateDevice},
+		{"Candidates", testCandidates},
 		{"DeleteDevice", testDeleteDevice},
 		{"ReleasePrefix", testReleasePrefix},
 		{"Listings", testListings},

@@ -1,0 +1,272 @@
+package control
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
+)
+
+// Relay limits.
+const (
+	// relayConnsPerDevice bounds the relay connections one device may hold
+	// at once (a reconnecting member briefly has two).
+	relayConnsPerDevice = 4
+	// relayQueueMessages and relayQueueBytes bound what waits to be
+	// written to one member; beyond them messages for it are dropped, as a
+	// congested UDP path would.
+	relayQueueMessages = 256
+	relayQueueBytes    = 4 << 20
+)
+
+// relayKey names a member on the relay: keys are unique within a zone, and
+// a member only ever reaches keys of its own zone.
+type relayKey struct {
+	zone string
+	key  api.Key
+}
+
+// relay forwards WireGuard datagrams between members of a zone over
+// WebSocket (GET /v1/relay, see api.RelayPath for the message format). It
+// never decrypts: it reads the destination key, writes the authenticated
+// sender's key in its place and queues the message for the destination.
+type relay struct {
+	log *slog.Logger
+	m   relayMetrics
+
+	ctx    context.Context // cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // connection handlers
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	closed   bool
+	byKey    map[relayKey]*relayConn // the newest connection of each member
+	byDevice map[string]map[*relayConn]struct{}
+}
+
+// relayConn is one member's WebSocket.
+type relayConn struct {
+	rk       relayKey
+	deviceID string
+	ws       *websocket.Conn // set by activate, under relay.mu
+	out      chan []byte
+	queued   atomic.Int64 // bytes in out
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+type relayMetrics struct {
+	conns    prometheus.Gauge
+	messages *prometheus.CounterVec
+	bytes    prometheus.Counter
+}
+
+func newRelay(log *slog.Logger, reg *prometheus.Registry) *relay {
+	m := relayMetrics{
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wiremesh_relay_connections_active",
+			Help: "Relay WebSocket connections currently open.",
+		}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wiremesh_relay_messages_total",
+			Help: "Relay messages by result: forwarded, or dropped (unknown_destination: no such key connected in the sender's zone; queue_full: the destination is too slow; malformed).",
+		}, []string{"result"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wiremesh_relay_forwarded_bytes_total",
+			Help: "Bytes of relay messages forwarded.",
+		}),
+	}
+	reg.MustRegister(m.conns, m.messages, m.bytes)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &relay{log: log, m: m, ctx: ctx, cancel: cancel,
+		byKey: map[relayKey]*relayConn{}, byDevice: map[string]map[*relayConn]struct{}{}}
+}
+
+// handle serves one member's relay connection until it ends.
+func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
+	c := &relayConn{rk: relayKey{d.Zone, d.PublicKey}, deviceID: d.ID,
+		out: make(chan []byte, relayQueueMessages), done: make(chan struct{})}
+	if aerr := rl.reserve(c); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	defer rl.remove(c)
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		rl.log.Debug("relay: upgrade failed", "device", d.ID, "err", err)
+		return
+	}
+	ws.SetReadLimit(api.RelayMaxMessage)
+	if !rl.activate(c, ws) {
+		ws.Close(websocket.StatusGoingAway, "shutting down")
+		return
+	}
+	rl.log.Debug("relay: member connected", "zone", d.Zone, "device", d.ID, "hostname", d.Hostname)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		rl.writeLoop(c)
+	}()
+	err = rl.readLoop(c)
+	c.stop()
+	<-writerDone
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusMessageTooBig:
+		rl.m.messages.WithLabelValues("malformed").Inc()
+		rl.log.Info("relay: closed a connection that sent an oversized message", "device", d.ID)
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+	default:
+		rl.log.Debug("relay: member disconnected", "device", d.ID, "err", err)
+	}
+	ws.CloseNow()
+}
+
+// reserve counts c against its device's connection limit and makes it the
+// member's connection for datagrams sent to it.
+func (rl *relay) reserve(c *relayConn) *api.Error {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.closed {
+		return apiErr(api.CodeUnavailable, "the service is shutting down")
+	}
+	set := rl.byDevice[c.deviceID]
+	if len(set) >= relayConnsPerDevice {
+		return apiErr(api.CodeTooMany, "device %s already holds %d relay connections", c.deviceID, len(set))
+	}
+	if set == nil {
+		set = map[*relayConn]struct{}{}
+		rl.byDevice[c.deviceID] = set
+	}
+	set[c] = struct{}{}
+	// Messages for the member queue up from now on, so that once its
+	// WebSocket handshake is done nothing sent to it is lost.
+	rl.byKey[c.rk] = c
+	rl.wg.Add(1)
+	return nil
+}
+
+// activate records the WebSocket of c.
+func (rl *relay) activate(c *relayConn, ws *websocket.Conn) bool {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.closed {
+		return false
+	}
+	c.ws = ws
+	rl.m.conns.Inc()
+	return true
+}
+
+func (rl *relay) remove(c *relayConn) {
+	rl.mu.Lock()
+	if rl.byKey[c.rk] == c {
+		delete(rl.byKey, c.rk)
+	}
+	if set := rl.byDevice[c.deviceID]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(rl.byDevice, c.deviceID)
+		}
+	}
+	if c.ws != nil {
+		rl.m.conns.Dec()
+	}
+	rl.mu.Unlock()
+	rl.wg.Done()
+}
+
+func (c *relayConn) stop() { c.doneOnce.Do(func() { close(c.done) }) }
+
+// readLoop forwards c's messages until the connection fails.
+func (rl *relay) readLoop(c *relayConn) error {
+	for {
+		typ, msg, err := c.ws.Read(rl.ctx)
+		if err != nil {
+			return err
+		}
+		if typ != websocket.MessageBinary {
+			return c.ws.Close(websocket.StatusUnsupportedData, "binary messages only")
+		}
+		dst, err := api.ParseRelayMessage(msg, nil)
+		if err != nil {
+			rl.m.messages.WithLabelValues("malformed").Inc()
+			continue
+		}
+		rl.forward(c, relayKey{c.rk.zone, dst}, msg)
+	}
+}
+
+// forward queues msg, with the sender's key in place of dst's, for dst.
+func (rl *relay) forward(from *relayConn, dst relayKey, msg []byte) {
+	rl.mu.Lock()
+	to := rl.byKey[dst]
+	rl.mu.Unlock()
+	if to == nil || to == from || dst.key == from.rk.key {
+		rl.m.messages.WithLabelValues("unknown_destination").Inc()
+		return
+	}
+	copy(msg, from.rk.key[:])
+	n := int64(len(msg))
+	if to.queued.Add(n) > relayQueueBytes {
+		to.queued.Add(-n)
+		rl.m.messages.WithLabelValues("queue_full").Inc()
+		return
+	}
+	select {
+	case to.out <- msg:
+		rl.m.messages.WithLabelValues("forwarded").Inc()
+		rl.m.bytes.Add(float64(n))
+	default:
+		to.queued.Add(-n)
+		rl.m.messages.WithLabelValues("queue_full").Inc()
+	}
+}
+
+// writeLoop writes c's queue until c stops or a write fails.
+func (rl *relay) writeLoop(c *relayConn) {
+	defer c.ws.CloseNow() // a failed write ends the read loop too
+	for {
+		select {
+		case <-c.done:
+			return
+		case msg := <-c.out:
+			c.queued.Add(-int64(len(msg)))
+			if err := c.ws.Write(rl.ctx, websocket.MessageBinary, msg); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// dropDevice closes the relay connections of a deleted device.
+func (rl *relay) dropDevice(id string) {
+	rl.mu.Lock()
+	var wss []*websocket.Conn
+	for c := range rl.byDevice[id] {
+		if c.ws != nil {
+			wss = append(wss, c.ws)
+		}
+	}
+	rl.mu.Unlock()
+	for _, ws := range wss {
+		ws.CloseNow()
+	}
+}
+
+// close ends every relay connection and waits for their handlers.
+func (rl *relay) close() {
+	rl.mu.Lock()
+	rl.closed = true
+	rl.mu.Unlock()
+	rl.cancel()
+	rl.wg.Wait()
+}
+
