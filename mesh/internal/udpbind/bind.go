@@ -234,6 +234,13 @@ func (e *Endpoint) DstToBytes() []byte {
 	return b
 }
 
+// AddrPort returns the peer's address.
+func (e *Endpoint) AddrPort() netip.AddrPort { return e.ap }
+
+// NewEndpoint returns an Endpoint for ap (an IPv4-mapped address is
+// unmapped), as ParseEndpoint does for "ip:port".
+func NewEndpoint(ap netip.AddrPort) *Endpoint { return newEndpoint(ap) }
+
 func newEndpoint(ap netip.AddrPort) *Endpoint {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	return &Endpoint{ap: ap, ua: net.UDPAddrFromAddrPort(ap)}

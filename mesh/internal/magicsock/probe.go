@@ -1,0 +1,222 @@
+package magicsock
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
+)
+
+// handleDisco answers a ping and learns from a pong. It runs on a receive
+// goroutine.
+func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
+	from = unmap(from)
+	p := c.peer(discoSender(b), false)
+	if p == nil || p.mac == nil {
+		return // not a peer of ours: nobody we share a key with
+	}
+	kind, tx, err := parseDisco(b, p.mac)
+	if err != nil {
+		c.log.Debug("magicsock: dropped a probe", "from", from, "err", err)
+		return
+	}
+	now := time.Now()
+	switch kind {
+	case discoPing:
+		pong := appendDisco(make([]byte, 0, discoLen), discoPong, c.pub, tx, p.mac)
+		_ = c.sendRaw(pong, from)
+		c.learnPeerReflexive(p, from, now)
+	case discoPong:
+		c.handlePong(p, tx, from, now)
+	}
+}
+
+// learnPeerReflexive records the source of an authenticated ping as an
+// address of p (its NAT's mapping towards this node) and, when p has no
+// direct path yet, probes it back at once: the pinging side just opened
+// its NAT towards us.
+func (c *Conn) learnPeerReflexive(p *peer, from netip.AddrPort, now time.Time) {
+	p.mu.Lock()
+	pc := p.candLocked(from)
+	added := false
+	if pc == nil {
+		if len(p.cands) >= maxPeerCandidates {
+			p.dropOldestLearnedLocked()
+		}
+		if len(p.cands) < maxPeerCandidates {
+			pc = &peerCand{addr: from, ep: udpbind.NewEndpoint(from), rank: rankPeerReflexive, learned: now}
+			p.cands = append(p.cands, pc)
+			added = true
+		}
+	} else if !pc.learned.IsZero() {
+		pc.learned = now
+	}
+	if p.best == nil || added {
+		p.punchLocked(now)
+	}
+	p.mu.Unlock()
+	if added {
+		c.peersMu.Lock()
+		c.rebuildAddrsLocked()
+		c.peersMu.Unlock()
+	}
+	c.wakeLoop()
+}
+
+func (p *peer) dropOldestLearnedLocked() {
+	oldest := -1
+	for i, pc := range p.cands {
+		if !pc.learned.IsZero() && pc != p.best && (oldest < 0 || pc.learned.Before(p.cands[oldest].learned)) {
+			oldest = i
+		}
+	}
+	if oldest >= 0 {
+		p.cands = append(p.cands[:oldest], p.cands[oldest+1:]...)
+	}
+}
+
+// handlePong accepts a pong that answers a ping this node sent to from.
+func (c *Conn) handlePong(p *peer, tx txID, from netip.AddrPort, now time.Time) {
+	p.mu.Lock()
+	pp, ok := p.pending[tx]
+	if !ok || pp.addr != from {
+		p.mu.Unlock()
+		return // not ours, or from elsewhere than we pinged: proves nothing
+	}
+	delete(p.pending, tx)
+	pc := p.candLocked(from)
+	if pc == nil {
+		p.mu.Unlock()
+		return
+	}
+	pc.lastPong, pc.rtt = now, now.Sub(pp.sent)
+	if !pc.learned.IsZero() {
+		pc.learned = now
+	}
+	switch {
+	case p.best == nil, better(pc, p.best):
+		p.best = pc
+		p.bestSeen = now
+	case p.best == pc:
+		p.bestSeen = now
+	}
+	p.mu.Unlock()
+	c.updatePath(p)
+}
+
+// better reports whether a should replace the chosen path b: a better
+// kind of address, or the same kind and clearly faster.
+func better(a, b *peerCand) bool {
+	if a == b {
+		return false
+	}
+	if a.rank != b.rank {
+		return a.rank < b.rank
+	}
+	return a.rtt*3 < b.rtt*2
+}
+
+// updatePath publishes p's chosen path for Send and logs a change.
+func (c *Conn) updatePath(p *peer) {
+	p.mu.Lock()
+	var next *path
+	if p.best != nil {
+		next = &path{direct: p.best.ep}
+	} else {
+		next = &path{}
+	}
+	if cur := p.cur.Load(); cur.direct != next.direct {
+		p.cur.Store(next)
+	}
+	name := p.pathName(c.relay.connected())
+	changed := name != p.lastPath
+	old := p.lastPath
+	p.lastPath = name
+	hostname := p.name
+	var ep string
+	if next.direct != nil {
+		ep = next.direct.DstToString()
+	}
+	p.mu.Unlock()
+	if changed && name != "" {
+		c.log.Info("mesh: path to peer changed", "peer", hostname, "path", name, "from", orNone(old), "endpoint", ep)
+	}
+	if changed {
+		c.relay.needChanged()
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// probe sends the pings due for p and returns when p next needs
+// attention.
+func (c *Conn) probe(p *peer, now time.Time) time.Time {
+	p.mu.Lock()
+	lost := false
+	if p.best != nil && now.Sub(p.bestSeen) > trustTimeout {
+		c.log.Debug("magicsock: direct path went quiet", "peer", p.name, "endpoint", p.best.addr)
+		p.best = nil
+		lost = true
+		p.punchLocked(now)
+	}
+	for tx, pp := range p.pending {
+		if now.Sub(pp.sent) > pingExpiry {
+			delete(p.pending, tx)
+		}
+	}
+	for i := 0; i < len(p.cands); i++ { // forget stale peer-reflexive addresses
+		if pc := p.cands[i]; !pc.learned.IsZero() && pc != p.best && now.Sub(pc.learned) > 2*upgradeInterval {
+			p.cands = append(p.cands[:i], p.cands[i+1:]...)
+			i--
+		}
+	}
+	var targets []netip.AddrPort
+	if !now.Before(p.nextProbe) && p.mac != nil {
+		full := p.best == nil || now.Sub(p.lastFull) >= upgradeInterval
+		for _, pc := range p.cands {
+			if full || pc == p.best {
+				targets = append(targets, pc.addr)
+			}
+		}
+		if full {
+			p.lastFull = now
+		}
+		switch {
+		case p.best != nil:
+			p.nextProbe = now.Add(heartbeat)
+		case p.burst < len(punchDelays):
+			p.nextProbe = now.Add(punchDelays[p.burst])
+			p.burst++
+		default:
+			p.nextProbe = now.Add(punchDelays[len(punchDelays)-1])
+		}
+	}
+	pings := make([][]byte, 0, len(targets))
+	for _, a := range targets {
+		if len(p.pending) >= maxPending {
+			break
+		}
+		tx := newTxID()
+		p.pending[tx] = pendingPing{addr: a, sent: now}
+		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, c.pub, tx, p.mac))
+	}
+	next := p.nextProbe
+	if p.best != nil {
+		if t := p.bestSeen.Add(trustTimeout); t.Before(next) {
+			next = t
+		}
+	}
+	p.mu.Unlock()
+	for i, b := range pings {
+		_ = c.sendRaw(b, targets[i])
+	}
+	if lost {
+		c.updatePath(p)
+	}
+	return next
+}

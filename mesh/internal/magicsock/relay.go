@@ -1,0 +1,297 @@
+package magicsock
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// Relay timing and bounds.
+const (
+	// relayLinger keeps the relay connection this long after the last peer
+	// stopped needing it.
+	relayLinger      = 30 * time.Second
+	relayDialTimeout = 10 * time.Second
+	relayRetryMax    = 10 * time.Second
+	// relayPing keeps the connection (and NATs on the way) alive.
+	relayPing = 20 * time.Second
+	// relayQueue bounds the messages waiting to be written; beyond it
+	// datagrams are dropped, as on a congested UDP path.
+	relayQueue   = 256
+	relayInQueue = 64
+)
+
+// RelayDialer opens a WebSocket to the service's relay (api.RelayPath),
+// authenticated as this device.
+type RelayDialer func(ctx context.Context) (*websocket.Conn, error)
+
+// relayClient is the Conn's connection to the relay: up while some peer
+// has no direct path (and relayLinger after).
+type relayClient struct {
+	c    *Conn
+	dial RelayDialer
+	in   chan relayIn // read from the relay, for the receive function
+	up   atomic.Bool
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	out      chan []byte // the current connection's write queue; nil when down
+	running  bool        // run is going
+	cancel   context.CancelFunc
+	lastNeed time.Time
+	wg       sync.WaitGroup
+}
+
+type relayIn struct {
+	p   *peer
+	msg []byte
+}
+
+var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func newRelayClient(c *Conn, dial RelayDialer) *relayClient {
+	return &relayClient{c: c, dial: dial, in: make(chan relayIn, relayInQueue)}
+}
+
+func (r *relayClient) connected() bool { return r.up.Load() }
+
+// needChanged wakes the loop to connect or schedule a disconnect.
+func (r *relayClient) needChanged() { r.c.wakeLoop() }
+
+// maintain connects when some peer lacks a direct path and disconnects
+// relayLinger after none does. It returns when to look again (zero: no
+// need).
+func (r *relayClient) maintain(s *session, now time.Time) time.Time {
+	if r.dial == nil {
+		return time.Time{}
+	}
+	need := false
+	for _, p := range r.c.snapshotPeers() {
+		if p.cur.Load().direct == nil {
+			need = true
+			break
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if need {
+		r.lastNeed = now
+		if !r.running {
+			r.running = true
+			ctx, cancel := context.WithCancel(s.ctx)
+			r.cancel = cancel
+			r.wg.Add(1)
+			go r.run(ctx)
+		}
+		return time.Time{}
+	}
+	if !r.running {
+		return time.Time{}
+	}
+	if end := r.lastNeed.Add(relayLinger); now.Before(end) {
+		return end
+	}
+	r.cancel()
+	r.running = false
+	return time.Time{}
+}
+
+// stop ends the connection and waits for its goroutines.
+func (r *relayClient) stop() {
+	r.mu.Lock()
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.running = false
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// run keeps a relay connection until ctx ends, redialing with backoff.
+func (r *relayClient) run(ctx context.Context) {
+	defer r.wg.Done()
+	fails := 0
+	for ctx.Err() == nil {
+		dctx, cancel := context.WithTimeout(ctx, relayDialTimeout)
+		ws, err := r.dial(dctx)
+		cancel()
+		if err == nil {
+			fails = 0
+			r.serve(ctx, ws)
+		} else if ctx.Err() == nil {
+			fails++
+			r.c.log.Debug("magicsock: relay connection failed", "err", err)
+		}
+		d := min(relayRetryMax, 500*time.Millisecond<<min(fails, 5))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// serve carries one relay connection until it fails or ctx ends.
+func (r *relayClient) serve(ctx context.Context, ws *websocket.Conn) {
+	ws.SetReadLimit(api.RelayMaxMessage)
+	out := make(chan []byte, relayQueue)
+	r.mu.Lock()
+	r.out = out
+	r.mu.Unlock()
+	r.setUp(true)
+	r.c.log.Debug("magicsock: relay connected")
+	cctx, cancel := context.WithCancel(ctx)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		defer cancel()
+		r.readLoop(cctx, ws)
+	}()
+	ping := time.NewTicker(relayPing)
+	defer ping.Stop()
+loop:
+	for {
+		select {
+		case <-cctx.Done():
+			break loop
+		case <-ping.C:
+			pctx, pcancel := context.WithTimeout(cctx, relayDialTimeout)
+			err := ws.Ping(pctx)
+			pcancel()
+			if err != nil {
+				break loop
+			}
+		case msg := <-out:
+			err := ws.Write(cctx, websocket.MessageBinary, msg)
+			msgPool.Put(&msg)
+			if err != nil {
+				break loop
+			}
+		}
+	}
+	cancel()
+	ws.CloseNow()
+	<-readDone
+	r.mu.Lock()
+	r.out = nil
+	r.mu.Unlock()
+	r.setUp(false)
+	r.c.log.Debug("magicsock: relay disconnected")
+}
+
+func (r *relayClient) setUp(up bool) {
+	if r.up.Swap(up) == up {
+		return
+	}
+	for _, p := range r.c.snapshotPeers() {
+		r.c.updatePath(p)
+	}
+}
+
+func (r *relayClient) readLoop(ctx context.Context, ws *websocket.Conn) {
+	for {
+		typ, msg, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ != websocket.MessageBinary || len(msg) <= 32 {
+			continue
+		}
+		var k api.Key
+		copy(k[:], msg)
+		p := r.c.peer(k, false)
+		if p == nil {
+			continue // not (or no longer) a peer
+		}
+		select {
+		case r.in <- relayIn{p: p, msg: msg[32:]}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// send queues bufs for peer k; false when the relay is not connected.
+func (r *relayClient) send(k api.Key, bufs [][]byte) bool {
+	r.mu.Lock()
+	out := r.out
+	r.mu.Unlock()
+	if out == nil {
+		return false
+	}
+	mp := msgPool.Get().(*[]byte)
+	msg := append((*mp)[:0], k[:]...)
+	flush := func() {
+		select {
+		case out <- msg:
+		default: // congested: drop, as UDP would
+			msgPool.Put(&msg)
+		}
+	}
+	for _, b := range bufs {
+		if len(msg)+2+len(b) > api.RelayMaxMessage && len(msg) > 32 {
+			flush()
+			mp = msgPool.Get().(*[]byte)
+			msg = append((*mp)[:0], k[:]...)
+		}
+		var err error
+		if msg, err = api.AppendRelayDatagram(msg, b); err != nil {
+			continue
+		}
+	}
+	if len(msg) > 32 {
+		flush()
+	} else {
+		msgPool.Put(&msg)
+	}
+	return true
+}
+
+// receiveFunc returns the conn.ReceiveFunc of the relay for one session.
+func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	var (
+		cur  *peer
+		rest []byte
+	)
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		if len(rest) == 0 {
+			select {
+			case m := <-r.in:
+				cur, rest = m.p, m.msg
+			case <-ctx.Done():
+				return 0, net.ErrClosed
+			}
+		}
+		k := 0
+		for k < len(bufs) && len(rest) >= 2 {
+			n := int(binary.BigEndian.Uint16(rest))
+			if len(rest) < 2+n {
+				rest = nil
+				break
+			}
+			d := rest[2 : 2+n]
+			rest = rest[2+n:]
+			switch wgType(d) {
+			case wgInitiation:
+				if r.c.crossed(cur) {
+					continue
+				}
+			case wgResponse:
+				cur.init.Store(0)
+			}
+			sizes[k] = copy(bufs[k], d)
+			eps[k] = cur.ep
+			k++
+		}
+		return k, nil
+	}
+}
