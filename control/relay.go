@@ -269,4 +269,3 @@ func (rl *relay) close() {
 	rl.cancel()
 	rl.wg.Wait()
 }
-
