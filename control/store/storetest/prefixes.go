@@ -171,12 +171,14 @@ func testListings(t *testing.T, e *Env) {
 	lab := e.MustRegister("lab", "lab")
 	ds, err := e.S.Devices(e.Ctx, api.DefaultZone)
 	require.NoError(t, err)
-	var got []string
+	var got, gotIDs []string
 	for _, d := range ds {
 		got = append(got, d.IPv4.String())
+		gotIDs = append(gotIDs, d.ID)
 		require.Equal(t, prefixFor(d.Hostname)[0], d.Prefixes[len(d.Prefixes)-1])
 	}
 	require.Equal(t, []string{"100.64.0.4", "100.64.0.30", "100.64.1.2"}, got, "ordered by IPv4")
+	require.Equal(t, []string{ids[1], ids[0], ids[2]}, gotIDs, "the devices registered, no others")
 
 	all, err := e.S.Devices(e.Ctx, "")
 	require.NoError(t, err)
