@@ -225,6 +225,12 @@ const (
 // heartbeats while idle. Revisions are
 // strictly increasing across change events. The device's own entry is
 // included; clients skip it.
+//
+// A deleted device is told about its own removal: the remove event whose
+// Peer.ID is its own is the last line of its stream, and the service then
+// ends the stream (reconnecting with its token is refused as unauthorized).
+// A stream can also end without it (the client fell too far behind, the
+// service shut down); a client tells the two apart by reconnecting.
 type WatchEvent struct {
 	Type     string `json:"type"`
 	Revision int64  `json:"revision"`
