@@ -17,6 +17,7 @@ import (
 	"github.com/wiremesh/wiremesh/control"
 	"github.com/wiremesh/wiremesh/control/adminclient"
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // adminFlags are the flags every admin command takes.
@@ -54,13 +55,13 @@ func (a *adminFlags) client() (*adminclient.Client, error) {
 	o := adminclient.Options{AdminToken: tok}
 	switch {
 	case a.fingerprint != "":
-		fp, err := adminclient.ParseFingerprint(a.fingerprint)
+		fp, err := tlspin.Parse(a.fingerprint)
 		if err != nil {
 			return nil, usageErr("--tls-fingerprint: %v", err)
 		}
 		o.Fingerprint = fp
 	case strings.HasPrefix(a.server, "https://") && a.dataDir != "":
-		fp, err := adminclient.FingerprintFromCertFile(filepath.Join(a.dataDir, control.TLSCertFile))
+		fp, err := tlspin.FromCertFile(filepath.Join(a.dataDir, control.TLSCertFile))
 		if err == nil {
 			o.Fingerprint = fp
 		} else if !errors.Is(err, fs.ErrNotExist) {
