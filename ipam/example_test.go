@@ -22,29 +22,23 @@ func ExampleParsePrefix() {
 func ExamplePool() {
 	v4, _ := ipam.NewPool(ipam.DefaultIPv4PoolPrefix)
 	v6, _ := ipam.NewPool(ipam.ULAPool("default"))
-	a4, _ := v4.Allocate(netip.Addr{})                       // lowest free
-	b4, _ := v4.Allocate(netip.MustParseAddr("100.64.0.10")) // requested
-	i, _ := v4.Index(b4)
-	b6, _ := v6.Addr(i) // the matching IPv6 address
-	_, err := v4.Allocate(netip.MustParseAddr("100.64.0.10"))
-	fmt.Println(a4, b4, b6)
-	fmt.Println(err)
+	i, _ := v4.Index(netip.MustParseAddr("100.64.0.10"))
+	a6, _ := v6.Addr(i) // the matching IPv6 address
+	fmt.Println(i, a6, v4.Capacity())
 	// Output:
-	// 100.64.0.1 100.64.0.10 fd3d:4bb0:38b7::a
-	// ipam: allocate 100.64.0.10 in pool 100.64.0.0/16: address in use
+	// 10 fd3d:4bb0:38b7::a 65534
 }
 
-func ExampleRegistry() {
-	r := ipam.NewRegistry()
-	r.Reserve(ipam.DefaultIPv4PoolPrefix, ipam.TunnelPoolOwner)
-	fmt.Println(r.Add(netip.MustParsePrefix("172.24.0.0/24"), "node1"))
-	fmt.Println(r.Add(netip.MustParsePrefix("172.24.0.128/25"), "node2"))
-	fmt.Println(r.Add(netip.MustParsePrefix("100.64.0.0/10"), "node2"))
-	e, _ := r.Lookup(netip.MustParseAddr("172.24.0.2"))
-	fmt.Println(e.Owner, e.Prefix)
+func ExampleCheckPrefixes() {
+	pol := ipam.Policy{Pools: []netip.Prefix{ipam.DefaultIPv4PoolPrefix}}
+	held := []netip.Prefix{netip.MustParsePrefix("10.78.0.0/16")}
+	for _, s := range []string{"172.24.0.0/24", "10.78.1.0/24", "100.64.0.0/24", "1.0.0.0/8"} {
+		set, err := ipam.CheckPrefixes(pol, held, []netip.Prefix{netip.MustParsePrefix(s)})
+		fmt.Println(set, err)
+	}
 	// Output:
-	// <nil>
-	// prefix 172.24.0.128/25 overlaps 172.24.0.0/24 held by node1
-	// prefix 100.64.0.0/10 overlaps 100.64.0.0/16 held by tunnel pool
-	// node1 172.24.0.0/24
+	// [10.78.0.0/16 172.24.0.0/24] <nil>
+	// [] prefix 10.78.1.0/24 overlaps 10.78.0.0/16 held by this device
+	// [] prefix 100.64.0.0/24 overlaps 100.64.0.0/16 held by tunnel pool
+	// [] invalid prefix "1.0.0.0/8": /8 is wider than the zone allows (the shortest IPv4 prefix is /12)
 }
