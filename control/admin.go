@@ -16,15 +16,18 @@ var zoneNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 func validZoneName(s string) bool { return zoneNameRE.MatchString(s) }
 
-// DefaultIPv4Pool is the tunnel IPv4 pool of a zone created without one.
-var DefaultIPv4Pool = netip.MustParsePrefix("100.64.0.0/16")
-
+// toAPIZone is z on the wire, with the prefix limits in force (defaults
+// filled in).
 func toAPIZone(z store.Zone) api.Zone {
+	pol := z.Policy().Effective()
 	return api.Zone{
 		Name:           z.Name,
 		IPv4Pool:       z.IPv4Pool,
 		IPv6Pool:       z.IPv6Pool,
 		AllowExitNodes: z.AllowExitNodes,
+		MinPrefixBits4: pol.MinBits4,
+		MinPrefixBits6: pol.MinBits6,
+		MaxPrefixes:    pol.MaxPrefixes,
 		CreatedAt:      z.CreatedAt,
 	}
 }
@@ -68,10 +71,17 @@ func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	}
 	z := store.Zone{
 		Name:           req.Name,
-		IPv4Pool:       DefaultIPv4Pool,
+		IPv4Pool:       ipam.DefaultIPv4PoolPrefix,
 		IPv6Pool:       ipam.ULAPool(req.Name),
 		AllowExitNodes: req.AllowExitNodes,
+		MinPrefixBits4: req.MinPrefixBits4,
+		MinPrefixBits6: req.MinPrefixBits6,
+		MaxPrefixes:    req.MaxPrefixes,
 		CreatedAt:      s.cfg.Now().UTC().Truncate(time.Second),
+	}
+	if err := z.Policy().Validate(); err != nil {
+		writeError(w, apiErr(api.CodeBadRequest, "zone %q: %v", req.Name, err))
+		return
 	}
 	var aerr *api.Error
 	if req.IPv4Pool != "" {

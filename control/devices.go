@@ -14,7 +14,7 @@ func toAPIDevice(d store.Device) api.Device {
 		ID:            d.ID,
 		Zone:          d.Zone,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
@@ -28,7 +28,7 @@ func toPeer(d store.Device) api.Peer {
 	return api.Peer{
 		ID:            d.ID,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
@@ -74,7 +74,7 @@ func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store
 			writeError(w, s.storeErr(ctx, "update device", err))
 			return
 		}
-		prefixes, aerr := checkPrefixes(zone, req.AddChildPrefixes)
+		prefixes, aerr := checkPrefixes(zone, d.Prefixes, req.AddChildPrefixes)
 		if aerr != nil {
 			writeError(w, aerr)
 			return

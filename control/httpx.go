@@ -87,15 +87,10 @@ func decodeJSON(body []byte, v any) *api.Error {
 // storeErr maps a store error to an API error. what names the operation for
 // the message of unexpected errors, which never leak their detail.
 func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Error {
-	var ce *store.ConflictError
+	if aerr := prefixErr(err); aerr != nil {
+		return aerr
+	}
 	switch {
-	case errors.As(err, &ce):
-		return &api.Error{
-			Code:    api.CodePrefixConflict,
-			Message: fmt.Sprintf("prefix %s overlaps %s held by %s", ce.Prefix, ce.Existing, ce.Owner),
-			Prefix:  ce.Existing.String(),
-			Owner:   ce.Owner,
-		}
 	case errors.Is(err, store.ErrReplayed):
 		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):

@@ -72,7 +72,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	prefixes, aerr := checkPrefixes(zone, req.ChildPrefixes)
+	prefixes, aerr := checkPrefixes(zone, nil, req.ChildPrefixes)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -114,7 +114,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Zone:            zone.Name,
 		JoinTokenHash:   tokHash,
 		DeviceTokenHash: sha256.Sum256([]byte(devTok)),
-		PublicKey:       req.PublicKey,
+		PublicKey:       store.Key(req.PublicKey),
 		Hostname:        hostname,
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
@@ -151,7 +151,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeRegister parses and checks the shape of a registration body (no
-// store access): known fields only, a non-zero 32-byte key, a 32-byte proof.
+// store access): known fields only, a canonical X25519 public key
+// (api.ParsePublicKey), a 32-byte proof.
 func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	// A bad key is its own error code; find it before the generic decoder
 	// reports it as malformed JSON.
@@ -164,10 +165,8 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	if probe.PublicKey == nil {
 		return apiErr(api.CodeInvalidKey, "public_key is missing")
 	}
-	if k, err := api.ParseKey(*probe.PublicKey); err != nil {
+	if _, err := api.ParsePublicKey(*probe.PublicKey); err != nil {
 		return apiErr(api.CodeInvalidKey, "public_key: %v", err)
-	} else if k.IsZero() {
-		return apiErr(api.CodeInvalidKey, "public_key is all zeroes")
 	}
 	if aerr := decodeJSON(body, req); aerr != nil {
 		return aerr
@@ -228,52 +227,98 @@ func checkHostname(h string) (string, *api.Error) {
 	return b.String(), nil
 }
 
-// checkPrefixes parses child prefixes under the zone's policy, deduplicates
-// them, and refuses overlaps with the zone's tunnel pools or each other.
-func checkPrefixes(z store.Zone, in []string) ([]netip.Prefix, *api.Error) {
-	pol := ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}
-	var out []netip.Prefix
+// checkPrefixes parses child prefixes strictly (text form only) and checks
+// them with ipam.CheckPrefixes under the zone's policy, for a device
+// holding held (nil at registration: the store checks again with what the
+// key holds).
+// It returns the prefixes to add, sorted and deduplicated. The store checks
+// the same rules in its transaction, and overlaps with other devices.
+func checkPrefixes(z store.Zone, held []netip.Prefix, in []string) ([]netip.Prefix, *api.Error) {
+	add := make([]netip.Prefix, 0, len(in))
 	for _, s := range in {
-		p, err := ipam.ParsePrefix(s, pol)
+		p, err := ipam.ParsePrefix(s)
 		if err != nil {
-			return nil, apiErr(api.CodeInvalidPrefix, "child prefix: %v", err)
+			return nil, prefixErr(err)
 		}
-		if slices.Contains(out, p) {
-			continue
-		}
-		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
-			// A default route (exit node, allowed by policy) covers the
-			// pools by definition; more specific routes win.
-			if pool.IsValid() && p.Bits() > 0 && ipam.Overlaps(p, pool) {
-				return nil, &api.Error{
-					Code:    api.CodePrefixConflict,
-					Message: "prefix " + p.String() + " overlaps the zone's tunnel pool " + pool.String(),
-					Prefix:  pool.String(),
-					Owner:   "tunnel pool",
-				}
-			}
-		}
-		for _, q := range out {
-			if ipam.Overlaps(p, q) {
-				return nil, apiErr(api.CodeInvalidPrefix, "child prefixes %q and %q overlap each other", s, q)
-			}
-		}
-		out = append(out, p)
+		add = append(add, p)
 	}
-	return out, nil
+	if _, err := ipam.CheckPrefixes(z.Policy(), held, add); err != nil {
+		return nil, prefixErr(err)
+	}
+	slices.SortFunc(add, ipam.ComparePrefix)
+	return slices.Compact(add), nil
 }
 
+// prefixErr maps an error of ipam's prefix rules, from checkPrefixes or
+// from the store, to its API error; nil if err is none of them.
+func prefixErr(err error) *api.Error {
+	var (
+		ce *ipam.ConflictError
+		pe *ipam.PrefixError
+		le *ipam.LimitError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return &api.Error{Code: api.CodePrefixConflict, Message: ce.Error(), Prefix: ce.Existing.String(), Owner: ce.Owner}
+	case errors.As(err, &pe) && errors.Is(pe, ipam.ErrPrefixTooWide):
+		return apiErr(api.CodePrefixTooWide, "child prefix: %v", pe)
+	case errors.As(err, &pe):
+		return apiErr(api.CodeInvalidPrefix, "child prefix: %v", pe)
+	case errors.As(err, &le):
+		return apiErr(api.CodeTooManyPrefixes, "%v", le)
+	}
+	return nil
+}
+
+// checkEndpoints refuses an endpoint list longer than
+// maxEndpointsPerRequest (bad_request) or holding an endpoint no member
+// could send WireGuard datagrams to (invalid_endpoint): port 0, an
+// unspecified, "this network" (0.0.0.0/8), multicast, limited broadcast or
+// 240.0.0.0/4 address, an IPv4-mapped IPv6 address (write the IPv4 one), or
+// one with an IPv6 zone (meaningless to another host). Loopback is allowed:
+// members on one host (tests, demos) reach each other through it.
 func checkEndpoints(eps []netip.AddrPort) *api.Error {
 	if len(eps) > maxEndpointsPerRequest {
 		return apiErr(api.CodeBadRequest, "too many endpoints: %d (max %d)", len(eps), maxEndpointsPerRequest)
 	}
 	for _, e := range eps {
-		a := e.Addr()
-		if !e.IsValid() || e.Port() == 0 || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
-			return apiErr(api.CodeBadRequest, "endpoint %q is not a usable unicast address and port", e)
+		if why := endpointReason(e); why != "" {
+			return apiErr(api.CodeInvalidEndpoint, "endpoint %q: %s", e, why)
 		}
 	}
 	return nil
+}
+
+// badEndpointNets are IPv4 ranges no endpoint may be in.
+var badEndpointNets = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),   // "this network", incl. unspecified
+	netip.MustParsePrefix("224.0.0.0/4"), // multicast
+	netip.MustParsePrefix("240.0.0.0/4"), // reserved, incl. 255.255.255.255
+}
+
+// endpointReason says why e is not a usable endpoint; "" if it is.
+func endpointReason(e netip.AddrPort) string {
+	a := e.Addr()
+	switch {
+	case !e.IsValid():
+		return "not an address and port"
+	case e.Port() == 0:
+		return "port 0"
+	case a.Zone() != "":
+		return "an IPv6 zone means nothing to other members"
+	case a.Is4In6():
+		return "IPv4-mapped IPv6: write the IPv4 address"
+	case a.IsUnspecified():
+		return "unspecified address"
+	case a.IsMulticast():
+		return "multicast address"
+	}
+	for _, n := range badEndpointNets {
+		if n.Contains(a) {
+			return "not a unicast address (" + n.String() + ")"
+		}
+	}
+	return ""
 }
 
 func nonNil[T any](s []T) []T {

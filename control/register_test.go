@@ -64,9 +64,9 @@ func TestRegisterConflicts(t *testing.T) {
 	}{
 		{"equal", "10.10.0.0/16", "10.10.0.0/16", "node1"},
 		{"inside", "10.10.5.0/24", "10.10.0.0/16", "node1"},
-		{"containing", "10.0.0.0/8", "10.10.0.0/16", "node1"},
+		{"containing", "10.0.0.0/12", "10.10.0.0/16", "node1"},
 		{"ipv4 pool", "100.64.1.0/24", "100.64.0.0/16", "tunnel pool"},
-		{"ipv4 pool containing", "100.0.0.0/8", "100.64.0.0/16", "tunnel pool"},
+		{"ipv4 pool containing", "100.64.0.0/12", "100.64.0.0/16", "tunnel pool"},
 		{"ipv6 pool", owner.ZoneIPv6.String(), owner.ZoneIPv6.String(), "tunnel pool"},
 	}
 	for _, tc := range tests {
@@ -147,7 +147,7 @@ func TestRegisterRefused(t *testing.T) {
 			r.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:51820")}
 			resign(&r)
 			return r
-		}, api.CodeBadRequest, "endpoint"},
+		}, api.CodeInvalidEndpoint, "endpoint"},
 		{"missing token", "", func() any { return valid() }, api.CodeUnauthorized, "join token"},
 		{"malformed token", "wmj_nothex", func() any { return valid() }, api.CodeUnauthorized, "join token"},
 		{"unknown token", "wmj_00000000000000000000000000000000", func() any { return valid() }, api.CodeUnauthorized, "join token"},

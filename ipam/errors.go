@@ -19,7 +19,7 @@ var (
 	// (*ConflictError).
 	ErrPrefixConflict = errors.New("prefix conflict")
 	// ErrTooManyPrefixes: a device would hold more prefixes than the zone
-	// allows.
+	// allows (*LimitError).
 	ErrTooManyPrefixes = errors.New("too many child prefixes")
 )
 
@@ -50,6 +50,22 @@ func (e *PrefixError) Error() string {
 func (e *PrefixError) Is(target error) bool {
 	return target == ErrInvalidPrefix || e.Kind != nil && target == e.Kind
 }
+
+// LimitError reports a device that would hold more child prefixes than its
+// zone allows. errors.Is(err, ErrTooManyPrefixes) holds.
+type LimitError struct {
+	Count int // how many the device would hold
+	New   int // how many of them are new
+	Max   int // the zone's limit
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("too many child prefixes: the device would hold %d (%d new); the zone allows %d per device",
+		e.Count, e.New, e.Max)
+}
+
+// Is reports whether target is ErrTooManyPrefixes.
+func (e *LimitError) Is(target error) bool { return target == ErrTooManyPrefixes }
 
 // Owners named by a *ConflictError that is not about another device.
 const (

@@ -8,15 +8,28 @@ import (
 )
 
 func ExampleParsePrefix() {
-	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "127.0.0.0/8", "0.0.0.0/0"} {
-		p, err := ipam.ParsePrefix(s, ipam.Policy{})
+	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "10.0.0.0/024", "fe80::%eth0/64"} {
+		p, err := ipam.ParsePrefix(s)
 		fmt.Println(p, err)
 	}
 	// Output:
 	// 172.24.0.0/24 <nil>
-	// invalid Prefix invalid prefix "10.1.2.3/16": host bits set (did you mean 10.1.0.0/16?)
-	// invalid Prefix invalid prefix "127.0.0.0/8": inside loopback (127.0.0.0/8)
-	// invalid Prefix invalid prefix "0.0.0.0/0": default route not allowed: the zone does not allow exit nodes
+	// 10.1.2.3/16 <nil>
+	// invalid Prefix invalid prefix "10.0.0.0/024": prefix length "024" has a leading zero
+	// invalid Prefix invalid prefix "fe80::%eth0/64": IPv6 zone not allowed in a prefix
+}
+
+func ExampleValidateChildPrefix() {
+	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "127.0.0.0/8", "0.0.0.0/0", "1.0.0.0/8"} {
+		p, _ := ipam.ParsePrefix(s)
+		fmt.Println(ipam.ValidateChildPrefix(p, ipam.Policy{}))
+	}
+	// Output:
+	// <nil>
+	// invalid prefix "10.1.2.3/16": host bits set (did you mean 10.1.0.0/16?)
+	// invalid prefix "127.0.0.0/8": inside loopback (127.0.0.0/8)
+	// invalid prefix "0.0.0.0/0": default route not allowed: the zone does not allow exit nodes
+	// invalid prefix "1.0.0.0/8": /8 is wider than the zone allows (the shortest IPv4 prefix is /12)
 }
 
 func ExamplePool() {

@@ -18,7 +18,7 @@ func FuzzParsePrefix(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string, exit bool) {
 		pol := Policy{AllowDefaultRoute: exit}
-		p, err := ParsePrefix(s, pol)
+		p, err := ParsePrefix(s)
 		if err != nil {
 			var pe *PrefixError
 			if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidPrefix) || pe.Input != s || pe.Reason == "" {
@@ -29,19 +29,26 @@ func FuzzParsePrefix(f *testing.F) {
 			}
 			return
 		}
-		if !p.IsValid() || p != p.Masked() {
-			t.Fatalf("ParsePrefix(%q) = %v: not canonical", s, p)
-		}
-		if err := ValidateChildPrefix(p, pol); err != nil {
-			t.Fatalf("ParsePrefix(%q) = %v, but ValidateChildPrefix: %v", s, p, err)
+		if !p.IsValid() {
+			t.Fatalf("ParsePrefix(%q) = %v: not valid", s, p)
 		}
 		// Whatever the standard parser accepts of the same text agrees.
 		if std, err := netip.ParsePrefix(s); err != nil || std != p {
 			t.Fatalf("ParsePrefix(%q) = %v, netip.ParsePrefix = %v, %v", s, p, std, err)
 		}
-		again, err := ParsePrefix(p.String(), pol)
+		again, err := ParsePrefix(p.String())
 		if err != nil || again != p || again.String() != p.String() {
 			t.Fatalf("ParsePrefix(%q) = %v does not round-trip: %v, %v", s, p, again, err)
+		}
+		if err := ValidateChildPrefix(p, pol); err != nil {
+			var pe *PrefixError
+			if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidPrefix) || pe.Reason == "" {
+				t.Fatalf("ValidateChildPrefix(%v) error %v is not a proper *PrefixError", p, err)
+			}
+			return
+		}
+		if p != p.Masked() {
+			t.Fatalf("ValidateChildPrefix accepted %v with host bits", p)
 		}
 		for _, r := range reserved {
 			if p.Bits() > 0 && p.Overlaps(r.prefix) {

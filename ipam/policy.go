@@ -95,7 +95,7 @@ func (pol Policy) minBits(a netip.Addr) int {
 //   - a *ConflictError with Owner SameDeviceOwner when a prefix overlaps
 //     one of held or another prefix of add (default routes excepted: an
 //     exit node may advertise its own networks too);
-//   - an error matching ErrTooManyPrefixes when the set would have more
+//   - a *LimitError (ErrTooManyPrefixes) when the set would have more
 //     than pol.MaxPrefixes prefixes.
 //
 // Prefixes of add already in held are not checked again, and overlaps
@@ -130,8 +130,7 @@ func CheckPrefixes(pol Policy, held, add []netip.Prefix) ([]netip.Prefix, error)
 		fresh = append(fresh, p)
 	}
 	if max := pol.Effective().MaxPrefixes; len(fresh) > 0 && len(out) > max {
-		return nil, fmt.Errorf("ipam: %w: the device would hold %d child prefixes (%d new); the zone allows %d",
-			ErrTooManyPrefixes, len(out), len(fresh), max)
+		return nil, &LimitError{Count: len(out), New: len(fresh), Max: max}
 	}
 	slices.SortFunc(out, ComparePrefix)
 	return slices.Compact(out), nil

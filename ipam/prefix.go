@@ -11,24 +11,21 @@ import (
 // ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128" is 49 bytes).
 const maxPrefixText = 64
 
-// ParsePrefix parses a child prefix strictly and validates it with
-// ValidateChildPrefix. Beyond what ValidateChildPrefix rejects, it rejects
-// text that is not exactly "address/length": surrounding or inner
-// whitespace, IPv6 zones ("fe80::%eth0/64"), leading zeros in the length
+// ParsePrefix parses the text of a child prefix strictly: it rejects text
+// that is not exactly "address/length": surrounding or inner whitespace,
+// IPv6 zones ("fe80::%eth0/64"), leading zeros in the length
 // ("10.0.0.0/024") or in IPv4 octets ("10.0.0.010/32"), a missing length
 // ("10.0.0.0"), and a length out of range ("10.0.0.0/33"). Every error is a
-// *PrefixError quoting s.
+// *PrefixError quoting s. ParsePrefix of the String form of a prefix it
+// returns returns it again.
 //
-// A prefix accepted by ParsePrefix is canonical, and ParsePrefix of its
-// String form returns it again.
-func ParsePrefix(s string, pol Policy) (netip.Prefix, error) {
+// ParsePrefix applies none of the rules of the package doc (a prefix with
+// host bits parses): CheckPrefixes, or ValidateChildPrefix, decides, so
+// that the rules are checked in one place and one order.
+func ParsePrefix(s string) (netip.Prefix, error) {
 	p, reason := parseStrict(s)
-	var kind error
-	if reason == "" {
-		reason, kind = childReason(p, pol)
-	}
 	if reason != "" {
-		return netip.Prefix{}, &PrefixError{Input: s, Reason: reason, Kind: kind}
+		return netip.Prefix{}, &PrefixError{Input: s, Reason: reason}
 	}
 	return p, nil
 }

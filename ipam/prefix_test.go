@@ -9,6 +9,19 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// parseChild parses s and applies the form and width rules, as a control
+// service does with the text of a request.
+func parseChild(s string, pol Policy) (netip.Prefix, error) {
+	p, err := ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if err := ValidateChildPrefix(p, pol); err != nil {
+		return netip.Prefix{}, err
+	}
+	return p, nil
+}
+
 func TestParsePrefix(t *testing.T) {
 	exit := Policy{AllowDefaultRoute: true}
 	wide := Policy{MinBits4: 8}
@@ -101,7 +114,7 @@ func TestParsePrefix(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := ParsePrefix(tt.in, tt.pol)
+			p, err := parseChild(tt.in, tt.pol)
 			if tt.wantErr != "" {
 				require.Error(t, err)
 				require.ErrorIs(t, err, ErrInvalidPrefix)
@@ -149,7 +162,7 @@ func TestValidateChildPrefix(t *testing.T) {
 
 func TestPrefixErrorTruncatesInput(t *testing.T) {
 	long := strings.Repeat("1", 500) + "/8"
-	_, err := ParsePrefix(long, Policy{})
+	_, err := ParsePrefix(long)
 	require.ErrorIs(t, err, ErrInvalidPrefix)
 	require.Less(t, len(err.Error()), 200)
 }
