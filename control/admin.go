@@ -58,7 +58,7 @@ func parsePool(field, s string, family int) (netip.Prefix, *api.Error) {
 	return p, nil
 }
 
-func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.CreateZoneRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -111,12 +111,12 @@ func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, toAPIZone(z))
 }
 
-func (s *Server) handleListZones(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListZones(w http.ResponseWriter, r *http.Request) {
 	zs, err := s.cfg.Store.Zones(r.Context())
 	writeList(s, w, r, "list zones", zs, err, toAPIZone)
 }
 
-func (s *Server) handleGetZone(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleGetZone(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("zone")
 	if !validZoneName(name) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
@@ -137,7 +137,7 @@ func (s *Server) handleGetZone(w http.ResponseWriter, r *http.Request) {
 // maxTokenTTL bounds expires_in_seconds (ten years).
 const maxTokenTTL = 10 * 365 * 24 * time.Hour
 
-func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.CreateTokenRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -168,7 +168,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, jt)
 }
 
-func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -177,7 +177,7 @@ func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	writeList(s, w, r, "list tokens", ts, err, toAPIToken)
 }
 
-func (s *Server) handleDeleteToken(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleDeleteToken(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	err := s.cfg.Store.DeleteJoinToken(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {

@@ -24,7 +24,7 @@ const (
 	maxHostnameLen         = 63
 )
 
-func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	secret, _, err := api.ParseJoinToken(bearer(r))
 	if err != nil {
@@ -186,7 +186,7 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 // lookupJoinToken finds a usable join token by hash. The store checks it
 // again inside the registration transaction; this early look-up gives the
 // zone (and its prefix policy) and refuses bad tokens before any work.
-func (s *Server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
+func (s *server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
 	t, err := s.cfg.Store.JoinTokenByHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")

@@ -225,7 +225,7 @@ func TestRegisterSingleUseToken(t *testing.T) {
 func TestRegisterZoneMismatchAndExpiry(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return clock() } })
+	e := newEnv(t, func(c *serverConfig) { c.Now = func() time.Time { return clock() } })
 	e.createZone("lab", false)
 	tok := e.joinToken(api.DefaultZone, true)
 
@@ -303,7 +303,7 @@ func TestRegisterPoolExhausted(t *testing.T) {
 }
 
 // A signed registration replayed after the service restarted (a new
-// Server on the same store, empty in-memory cache) is still refused: the
+// server on the same store, empty in-memory cache) is still refused: the
 // store remembers proofs.
 func TestRegisterReplayAfterRestart(t *testing.T) {
 	e := newEnv(t)
@@ -315,7 +315,7 @@ func TestRegisterReplayAfterRestart(t *testing.T) {
 	require.Nil(t, ae)
 	require.Equal(t, http.StatusCreated, code)
 
-	srv2, err := NewServer(Config{Store: e.st, PrivateKey: e.priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour})
+	srv2, err := newServer(serverConfig{Store: e.st, PrivateKey: e.priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour})
 	require.NoError(t, err)
 	ts2 := httptest.NewServer(srv2.Handler())
 	t.Cleanup(func() { srv2.Close(); ts2.Close() })

@@ -11,7 +11,6 @@ import (
 var (
 	mustAddr   = netip.MustParseAddr
 	mustPrefix = netip.MustParsePrefix
-	none       = netip.Addr{}
 )
 
 func newPool(t testing.TB, s string) *Pool {
