@@ -75,7 +75,7 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 	// State: a zone, a device with a prefix.
 	_, err = c.CreateZone(ctx, api.CreateZoneRequest{Name: "lab"})
 	require.NoError(t, err)
-	e := &env{t: t, srv: s.Server(), admin: s.AdminToken(), priv: mustReadKey(t, dir)}
+	e := &env{t: t, srv: s.srv, admin: s.AdminToken(), priv: mustReadKey(t, dir)}
 	dev := newDevice()
 	req := e.request(dev, "node1", "172.24.0.0/24")
 	regBefore := registerTLS(t, s, tok, req)

@@ -15,7 +15,7 @@ import (
 // not read for that long is disconnected.
 const watchWriteTimeout = 30 * time.Second
 
-func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	zone := r.PathValue("zone")
 	if zone != d.Zone {

@@ -204,7 +204,7 @@ func TestWatchZoneIsolation(t *testing.T) {
 }
 
 func TestWatchHeartbeatsAndClose(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.HeartbeatInterval = 20 * time.Millisecond })
+	e := newEnv(t, func(c *serverConfig) { c.HeartbeatInterval = 20 * time.Millisecond })
 	_, a := e.mustRegister(e.joinToken(api.DefaultZone, false), "a")
 	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
 	snap := s.next()
@@ -215,7 +215,7 @@ func TestWatchHeartbeatsAndClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no heartbeat")
 	}
-	// Server.Close ends the stream.
+	// server.Close ends the stream.
 	require.NoError(t, e.srv.Close())
 	select {
 	case <-s.done:

@@ -123,16 +123,21 @@ func joinStrings[T fmt.Stringer](xs []T) string {
 func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var v4, v6 string
 	var exits bool
+	var min4, min6, maxPrefixes int
 	c, pos, err := adminCmd("zone create", "zone create [flags] NAME", stderr, args, 1, func(fs *flag.FlagSet) {
 		fs.StringVar(&v4, "ipv4-pool", "", "tunnel IPv4 pool (default 100.64.0.0/16)")
 		fs.StringVar(&v6, "ipv6-pool", "", "tunnel IPv6 pool (default: a ULA /64 derived from the name)")
 		fs.BoolVar(&exits, "allow-exit-nodes", false, "allow members to advertise default routes (0.0.0.0/0, ::/0)")
+		fs.IntVar(&min4, "min-prefix-ipv4", 0, "shortest IPv4 child prefix length allowed, other than /0 (0: the default, /12)")
+		fs.IntVar(&min6, "min-prefix-ipv6", 0, "shortest IPv6 child prefix length allowed, other than /0 (0: the default, /32)")
+		fs.IntVar(&maxPrefixes, "max-prefixes", 0, "most child prefixes one member may hold (0: the default, 64)")
 	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits})
+	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits,
+		MinPrefixBits4: min4, MinPrefixBits6: min6, MaxPrefixes: maxPrefixes})
 	if err != nil {
 		return fmt.Errorf("zone create %q: %w", pos[0], err)
 	}
@@ -140,7 +145,8 @@ func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if z.AllowExitNodes {
 		fmt.Fprint(stdout, ", exit nodes allowed")
 	}
-	fmt.Fprintln(stdout)
+	fmt.Fprintf(stdout, "; child prefixes at least /%d (IPv4) and /%d (IPv6), at most %d per member\n",
+		z.MinPrefixBits4, z.MinPrefixBits6, z.MaxPrefixes)
 	return nil
 }
 

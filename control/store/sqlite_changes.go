@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/wiremesh/wiremesh/control/api"
 )
 
 // deviceJSON is the stored form of a Device in the change log. It has its
@@ -17,7 +15,7 @@ import (
 type deviceJSON struct {
 	ID        string           `json:"id"`
 	Zone      string           `json:"zone"`
-	PublicKey api.Key          `json:"public_key"`
+	PublicKey Key              `json:"public_key"`
 	Hostname  string           `json:"hostname"`
 	IPv4      netip.Addr       `json:"ipv4"`
 	IPv6      netip.Addr       `json:"ipv6"`

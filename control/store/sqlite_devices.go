@@ -20,10 +20,6 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 	if p.PublicKey.IsZero() {
 		return Device{}, false, fmt.Errorf("store: %s: zero public key", op)
 	}
-	prefixes, err := canonicalPrefixes(p.Prefixes)
-	if err != nil {
-		return Device{}, false, fmt.Errorf("store: %s: %w", op, err)
-	}
 	if err := checkEndpoints(p.Endpoints); err != nil {
 		return Device{}, false, fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -34,7 +30,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d       Device
 		created bool
 	)
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		d, created = Device{}, false // fn runs once, but keep it self-contained
 		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
 			return err
@@ -61,7 +57,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		default:
 			return err
 		}
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
 		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
@@ -175,10 +171,6 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 // nothing and records no change.
 func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (Device, error) {
 	op := fmt.Sprintf("update device %q", id)
-	prefixes, err := canonicalPrefixes(p.AddPrefixes)
-	if err != nil {
-		return Device{}, fmt.Errorf("store: %s: %w", op, err)
-	}
 	if p.Endpoints != nil {
 		if err := checkEndpoints(*p.Endpoints); err != nil {
 			return Device{}, fmt.Errorf("store: %s: %w", op, err)
@@ -186,7 +178,7 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 	}
 	now := s.clock(p.Now)
 	var d Device
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		var err error
 		if d, err = loadDevice(ctx, tx, `d.id = ?`, id); err != nil {
 			return err
@@ -203,7 +195,7 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return err
 		}
 		before := len(d.Prefixes)
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.AddPrefixes); err != nil {
 			return err
 		}
 		if !changed && len(d.Prefixes) == before {
@@ -409,27 +401,6 @@ func checkEndpoints(eps []netip.AddrPort) error {
 		}
 	}
 	return nil
-}
-
-// canonicalPrefixes validates ps and returns them sorted without duplicates.
-func canonicalPrefixes(ps []netip.Prefix) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(ps))
-	for _, p := range ps {
-		if err := checkChildPrefix(p); err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	slices.SortFunc(out, comparePrefix)
-	return slices.Compact(out), nil
-}
-
-// comparePrefix orders like the prefixes table: family, address, bits.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 func nilIfEmpty[T any](s []T) []T {

@@ -96,6 +96,12 @@ CREATE TABLE register_proofs (
 ) STRICT;
 CREATE INDEX register_proofs_expires ON register_proofs(expires_at);
 `,
+	// 3: per-zone child-prefix limits (ipam.Policy); 0 means the default.
+	`
+ALTER TABLE zones ADD COLUMN min_prefix_bits4 INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE zones ADD COLUMN min_prefix_bits6 INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE zones ADD COLUMN max_prefixes INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // sqliteHeader starts every SQLite database file.
