@@ -149,7 +149,7 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 // deletion is committed, so after hub.update the remove event is in sub.ch:
 // it sends what is pending up to and including it, and the stream ends the
 // same way whichever path noticed the deletion first.
-func (s *Server) sendOwnRemoval(ctx context.Context, sub *subscriber, d store.Device, rev int64, send func(...[]byte) bool) {
+func (s *server) sendOwnRemoval(ctx context.Context, sub *subscriber, d store.Device, rev int64, send func(...[]byte) bool) {
 	s.hub.update(d.Zone)
 	for {
 		select {

@@ -328,7 +328,7 @@ func TestWatchEndsWhenDeviceDeleted(t *testing.T) {
 // store, or before the deleting handler fanned the change out) is told the
 // same way when its heartbeat notices first: its remove event, then the end.
 func TestWatchTellsDeviceDeletedBehindItsBack(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.HeartbeatInterval = 20 * time.Millisecond })
+	e := newEnv(t, func(c *serverConfig) { c.HeartbeatInterval = 20 * time.Millisecond })
 	tok := e.joinToken(api.DefaultZone, true)
 	_, a := e.mustRegister(tok, "a")
 	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
