@@ -213,7 +213,7 @@ func TestCredentialsSeparated(t *testing.T) {
 }
 
 func TestNoAdminTokenDisablesAdmin(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.AdminToken = "" })
+	e := newEnv(t, func(c *serverConfig) { c.AdminToken = "" })
 	code, _ := e.do("GET", "/v1/zones", "", nil)
 	require.Equal(t, http.StatusUnauthorized, code)
 	code, _ = e.do("GET", "/v1/zones", "Bearer", nil)

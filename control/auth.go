@@ -37,7 +37,7 @@ func bearer(r *http.Request) string {
 var errUnauthorized = apiErr(api.CodeUnauthorized, "missing or invalid credentials")
 
 // admin wraps an admin handler: the admin token, compared in constant time.
-func (s *Server) admin(next http.HandlerFunc) http.HandlerFunc {
+func (s *server) admin(next http.HandlerFunc) http.HandlerFunc {
 	want := sha256.Sum256([]byte(s.cfg.AdminToken))
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok := bearer(r)
@@ -54,7 +54,7 @@ func (s *Server) admin(next http.HandlerFunc) http.HandlerFunc {
 type deviceHandler func(w http.ResponseWriter, r *http.Request, d store.Device)
 
 // device wraps a member handler: a device token, looked up by its SHA-256.
-func (s *Server) device(next deviceHandler) http.HandlerFunc {
+func (s *server) device(next deviceHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok := bearer(r)
 		if !strings.HasPrefix(tok, api.DeviceTokenPrefix) || len(tok) != len(api.DeviceTokenPrefix)+32 {

@@ -14,13 +14,13 @@ func toAPIDevice(d store.Device) api.Device {
 		ID:            d.ID,
 		Zone:          d.Zone,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
-		Candidates:    d.Candidates,
-		NAT:           d.NAT,
+		Candidates:    toAPICandidates(d.Candidates),
+		NAT:           api.NATType(d.NAT),
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
 	}
@@ -30,21 +30,21 @@ func toPeer(d store.Device) api.Peer {
 	return api.Peer{
 		ID:            d.ID,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
-		Candidates:    d.Candidates,
-		NAT:           d.NAT,
+		Candidates:    toAPICandidates(d.Candidates),
+		NAT:           api.NATType(d.NAT),
 	}
 }
 
-func (s *Server) handleGetSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleGetSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	writeJSON(w, http.StatusOK, toAPIDevice(d))
 }
 
-func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	var req api.UpdateSelfRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -82,7 +82,7 @@ func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store
 			writeError(w, s.storeErr(ctx, "update device", err))
 			return
 		}
-		prefixes, aerr := checkPrefixes(zone, req.AddChildPrefixes)
+		prefixes, aerr := checkPrefixes(zone, d.Prefixes, req.AddChildPrefixes)
 		if aerr != nil {
 			writeError(w, aerr)
 			return
@@ -111,7 +111,7 @@ func parsePathPrefix(s string) (netip.Prefix, *api.Error) {
 	return p, nil
 }
 
-func (s *Server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	p, aerr := parsePathPrefix(r.PathValue("prefix"))
 	if aerr != nil {
@@ -133,7 +133,7 @@ func (s *Server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d sto
 
 // zoneQuery reads ?zone= for admin list calls; "" means all zones. A zone
 // that does not exist is 404.
-func (s *Server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool) {
 	z := r.URL.Query().Get("zone")
 	if z == "" {
 		return "", true
@@ -153,7 +153,7 @@ func (s *Server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 	return z, true
 }
 
-func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -162,7 +162,7 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	writeList(s, w, r, "list devices", ds, err, toAPIDevice)
 }
 
-func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -176,7 +176,7 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toAPIDevice(d))
 }
 
-func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(ctx, id)
@@ -197,7 +197,7 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -208,7 +208,7 @@ func (s *Server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) handleReleaseAdmin(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleReleaseAdmin(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	zone := r.PathValue("zone")
 	if !validZoneName(zone) {

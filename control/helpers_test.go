@@ -22,27 +22,27 @@ import (
 
 const testAdmin = "wma_testadmintoken"
 
-// env is a Server over a real SQLite store behind httptest (plain HTTP).
+// env is a server over a real SQLite store behind httptest (plain HTTP).
 type env struct {
 	t     testing.TB
-	srv   *Server
+	srv   *server
 	st    *store.SQLite
 	ts    *httptest.Server
 	admin string
 	priv  api.Key
 }
 
-func newEnv(t testing.TB, mods ...func(*Config)) *env {
+func newEnv(t testing.TB, mods ...func(*serverConfig)) *env {
 	t.Helper()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), DBFile))
 	require.NoError(t, err)
 	var priv api.Key
 	_, _ = rand.Read(priv[:])
-	cfg := Config{Store: st, PrivateKey: priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour}
+	cfg := serverConfig{Store: st, PrivateKey: priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour}
 	for _, m := range mods {
 		m(&cfg)
 	}
-	srv, err := NewServer(cfg)
+	srv, err := newServer(cfg)
 	require.NoError(t, err)
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {

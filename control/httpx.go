@@ -86,16 +86,11 @@ func decodeJSON(body []byte, v any) *api.Error {
 
 // storeErr maps a store error to an API error. what names the operation for
 // the message of unexpected errors, which never leak their detail.
-func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Error {
-	var ce *store.ConflictError
+func (s *server) storeErr(ctx context.Context, what string, err error) *api.Error {
+	if aerr := prefixErr(err); aerr != nil {
+		return aerr
+	}
 	switch {
-	case errors.As(err, &ce):
-		return &api.Error{
-			Code:    api.CodePrefixConflict,
-			Message: fmt.Sprintf("prefix %s overlaps %s held by %s", ce.Prefix, ce.Existing, ce.Owner),
-			Prefix:  ce.Existing.String(),
-			Owner:   ce.Owner,
-		}
 	case errors.Is(err, store.ErrReplayed):
 		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):
@@ -119,7 +114,7 @@ func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Erro
 
 // writeList answers a list request: the store's items in their wire form
 // (an empty JSON array, never null), or the store's error.
-func writeList[T, A any](s *Server, w http.ResponseWriter, r *http.Request, what string, items []T, err error, conv func(T) A) {
+func writeList[T, A any](s *server, w http.ResponseWriter, r *http.Request, what string, items []T, err error, conv func(T) A) {
 	if err != nil {
 		writeError(w, s.storeErr(r.Context(), what, err))
 		return

@@ -247,7 +247,7 @@ func encodeChange(c store.Change) []byte {
 		ev.Peer = &api.Peer{
 			ID:            c.Device.ID,
 			Hostname:      c.Device.Hostname,
-			PublicKey:     c.Device.PublicKey,
+			PublicKey:     api.Key(c.Device.PublicKey),
 			IPv4:          c.Device.IPv4,
 			IPv6:          c.Device.IPv6,
 			ChildPrefixes: []netip.Prefix{},

@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the Prometheus metrics of one Server, in a registry of its
+// metrics are the Prometheus metrics of one server, in a registry of its
 // own (no process globals). Served at GET /metrics (admin token).
 type metrics struct {
 	reg           *prometheus.Registry

@@ -27,7 +27,10 @@ func reachUpdate(req api.UpdateSelfRequest, p *store.UpdateParams) *api.Error {
 		if aerr := checkEndpoints(addrs); aerr != nil {
 			return aerr
 		}
-		cands := nonNil(cs)
+		cands := make([]store.Candidate, len(cs))
+		for i, c := range cs {
+			cands[i] = store.Candidate{Addr: c.Addr, Type: string(c.Type)}
+		}
 		p.Candidates = &cands
 		if req.Endpoints == nil {
 			eps := nonNil(api.CandidateAddrs(cs))
@@ -38,8 +41,19 @@ func reachUpdate(req api.UpdateSelfRequest, p *store.UpdateParams) *api.Error {
 		if !req.NAT.Valid() {
 			return apiErr(api.CodeBadRequest, "unknown NAT type %q", *req.NAT)
 		}
-		nat := *req.NAT
+		nat := string(*req.NAT)
 		p.NAT = &nat
 	}
 	return nil
+}
+
+func toAPICandidates(cs []store.Candidate) []api.Candidate {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]api.Candidate, len(cs))
+	for i, c := range cs {
+		out[i] = api.Candidate{Addr: c.Addr, Type: api.CandidateType(c.Type)}
+	}
+	return out
 }

@@ -27,17 +27,17 @@ func TestPatchSelfCandidates(t *testing.T) {
 	require.Equal(t, []netip.AddrPort{cands[0].Addr, cands[1].Addr}, d.Endpoints, "endpoints follow the candidates")
 
 	before := e.state()
-	for name, body := range map[string]string{
-		"unknown type":   `{"candidates":[{"addr":"10.0.0.3:1","type":"teleport"}]}`,
-		"zero port":      `{"candidates":[{"addr":"10.0.0.3:0","type":"local"}]}`,
-		"unspecified":    `{"candidates":[{"addr":"0.0.0.0:1","type":"local"}]}`,
-		"unknown nat":    `{"nat":"cone-ish"}`,
-		"not an address": `{"candidates":[{"addr":"host:1","type":"local"}]}`,
+	for name, tt := range map[string]struct{ body, code string }{
+		"unknown type":   {`{"candidates":[{"addr":"10.0.0.3:1","type":"teleport"}]}`, api.CodeBadRequest},
+		"zero port":      {`{"candidates":[{"addr":"10.0.0.3:0","type":"local"}]}`, api.CodeInvalidEndpoint},
+		"unspecified":    {`{"candidates":[{"addr":"0.0.0.0:1","type":"local"}]}`, api.CodeInvalidEndpoint},
+		"unknown nat":    {`{"nat":"cone-ish"}`, api.CodeBadRequest},
+		"not an address": {`{"candidates":[{"addr":"host:1","type":"local"}]}`, api.CodeBadRequest},
 	} {
 		t.Run(name, func(t *testing.T) {
-			code, b := e.do("PATCH", "/v1/devices/self", r.DeviceToken, body)
+			code, b := e.do("PATCH", "/v1/devices/self", r.DeviceToken, tt.body)
 			require.Equal(t, http.StatusBadRequest, code, "%s", b)
-			require.Contains(t, string(b), api.CodeBadRequest)
+			require.Contains(t, string(b), `"code":"`+tt.code+`"`)
 		})
 	}
 	require.Equal(t, before, e.state(), "refused updates change nothing")

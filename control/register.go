@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"net/http"
-	"net/netip"
-	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
-	"github.com/wiremesh/wiremesh/ipam"
 )
 
 // Limits on list fields of member requests.
@@ -24,7 +21,7 @@ const (
 	maxHostnameLen         = 63
 )
 
-func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	secret, _, err := api.ParseJoinToken(bearer(r))
 	if err != nil {
@@ -72,7 +69,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	prefixes, aerr := checkPrefixes(zone, req.ChildPrefixes)
+	prefixes, aerr := checkPrefixes(zone, nil, req.ChildPrefixes)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -114,7 +111,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Zone:            zone.Name,
 		JoinTokenHash:   tokHash,
 		DeviceTokenHash: sha256.Sum256([]byte(devTok)),
-		PublicKey:       req.PublicKey,
+		PublicKey:       store.Key(req.PublicKey),
 		Hostname:        hostname,
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
@@ -151,7 +148,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeRegister parses and checks the shape of a registration body (no
-// store access): known fields only, a non-zero 32-byte key, a 32-byte proof.
+// store access): known fields only, a canonical X25519 public key
+// (api.ParsePublicKey), a 32-byte proof.
 func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	// A bad key is its own error code; find it before the generic decoder
 	// reports it as malformed JSON.
@@ -164,10 +162,8 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	if probe.PublicKey == nil {
 		return apiErr(api.CodeInvalidKey, "public_key is missing")
 	}
-	if k, err := api.ParseKey(*probe.PublicKey); err != nil {
+	if _, err := api.ParsePublicKey(*probe.PublicKey); err != nil {
 		return apiErr(api.CodeInvalidKey, "public_key: %v", err)
-	} else if k.IsZero() {
-		return apiErr(api.CodeInvalidKey, "public_key is all zeroes")
 	}
 	if aerr := decodeJSON(body, req); aerr != nil {
 		return aerr
@@ -187,7 +183,7 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 // lookupJoinToken finds a usable join token by hash. The store checks it
 // again inside the registration transaction; this early look-up gives the
 // zone (and its prefix policy) and refuses bad tokens before any work.
-func (s *Server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
+func (s *server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
 	t, err := s.cfg.Store.JoinTokenByHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")
@@ -226,54 +222,6 @@ func checkHostname(h string) (string, *api.Error) {
 		}
 	}
 	return b.String(), nil
-}
-
-// checkPrefixes parses child prefixes under the zone's policy, deduplicates
-// them, and refuses overlaps with the zone's tunnel pools or each other.
-func checkPrefixes(z store.Zone, in []string) ([]netip.Prefix, *api.Error) {
-	pol := ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}
-	var out []netip.Prefix
-	for _, s := range in {
-		p, err := ipam.ParsePrefix(s, pol)
-		if err != nil {
-			return nil, apiErr(api.CodeInvalidPrefix, "child prefix: %v", err)
-		}
-		if slices.Contains(out, p) {
-			continue
-		}
-		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
-			// A default route (exit node, allowed by policy) covers the
-			// pools by definition; more specific routes win.
-			if pool.IsValid() && p.Bits() > 0 && ipam.Overlaps(p, pool) {
-				return nil, &api.Error{
-					Code:    api.CodePrefixConflict,
-					Message: "prefix " + p.String() + " overlaps the zone's tunnel pool " + pool.String(),
-					Prefix:  pool.String(),
-					Owner:   "tunnel pool",
-				}
-			}
-		}
-		for _, q := range out {
-			if ipam.Overlaps(p, q) {
-				return nil, apiErr(api.CodeInvalidPrefix, "child prefixes %q and %q overlap each other", s, q)
-			}
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-func checkEndpoints(eps []netip.AddrPort) *api.Error {
-	if len(eps) > maxEndpointsPerRequest {
-		return apiErr(api.CodeBadRequest, "too many endpoints: %d (max %d)", len(eps), maxEndpointsPerRequest)
-	}
-	for _, e := range eps {
-		a := e.Addr()
-		if !e.IsValid() || e.Port() == 0 || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
-			return apiErr(api.CodeBadRequest, "endpoint %q is not a usable unicast address and port", e)
-		}
-	}
-	return nil
 }
 
 func nonNil[T any](s []T) []T {

@@ -64,9 +64,9 @@ func TestRegisterConflicts(t *testing.T) {
 	}{
 		{"equal", "10.10.0.0/16", "10.10.0.0/16", "node1"},
 		{"inside", "10.10.5.0/24", "10.10.0.0/16", "node1"},
-		{"containing", "10.0.0.0/8", "10.10.0.0/16", "node1"},
+		{"containing", "10.0.0.0/12", "10.10.0.0/16", "node1"},
 		{"ipv4 pool", "100.64.1.0/24", "100.64.0.0/16", "tunnel pool"},
-		{"ipv4 pool containing", "100.0.0.0/8", "100.64.0.0/16", "tunnel pool"},
+		{"ipv4 pool containing", "100.64.0.0/12", "100.64.0.0/16", "tunnel pool"},
 		{"ipv6 pool", owner.ZoneIPv6.String(), owner.ZoneIPv6.String(), "tunnel pool"},
 	}
 	for _, tc := range tests {
@@ -147,7 +147,7 @@ func TestRegisterRefused(t *testing.T) {
 			r.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:51820")}
 			resign(&r)
 			return r
-		}, api.CodeBadRequest, "endpoint"},
+		}, api.CodeInvalidEndpoint, "endpoint"},
 		{"missing token", "", func() any { return valid() }, api.CodeUnauthorized, "join token"},
 		{"malformed token", "wmj_nothex", func() any { return valid() }, api.CodeUnauthorized, "join token"},
 		{"unknown token", "wmj_00000000000000000000000000000000", func() any { return valid() }, api.CodeUnauthorized, "join token"},
@@ -225,7 +225,7 @@ func TestRegisterSingleUseToken(t *testing.T) {
 func TestRegisterZoneMismatchAndExpiry(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return clock() } })
+	e := newEnv(t, func(c *serverConfig) { c.Now = func() time.Time { return clock() } })
 	e.createZone("lab", false)
 	tok := e.joinToken(api.DefaultZone, true)
 
@@ -303,7 +303,7 @@ func TestRegisterPoolExhausted(t *testing.T) {
 }
 
 // A signed registration replayed after the service restarted (a new
-// Server on the same store, empty in-memory cache) is still refused: the
+// server on the same store, empty in-memory cache) is still refused: the
 // store remembers proofs.
 func TestRegisterReplayAfterRestart(t *testing.T) {
 	e := newEnv(t)
@@ -315,7 +315,7 @@ func TestRegisterReplayAfterRestart(t *testing.T) {
 	require.Nil(t, ae)
 	require.Equal(t, http.StatusCreated, code)
 
-	srv2, err := NewServer(Config{Store: e.st, PrivateKey: e.priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour})
+	srv2, err := newServer(serverConfig{Store: e.st, PrivateKey: e.priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour})
 	require.NoError(t, err)
 	ts2 := httptest.NewServer(srv2.Handler())
 	t.Cleanup(func() { srv2.Close(); ts2.Close() })

@@ -92,7 +92,7 @@ func newRelay(log *slog.Logger, reg *prometheus.Registry) *relay {
 
 // handle serves one member's relay connection until it ends.
 func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
-	c := &relayConn{rk: relayKey{d.Zone, d.PublicKey}, deviceID: d.ID,
+	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID,
 		out: make(chan []byte, relayQueueMessages), done: make(chan struct{})}
 	if aerr := rl.reserve(c); aerr != nil {
 		writeError(w, aerr)

@@ -31,9 +31,9 @@ import (
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
-// Config configures a Server.
-type Config struct {
-	// Store holds the state. Required. The Server does not close it.
+// serverConfig configures a server.
+type serverConfig struct {
+	// Store holds the state. Required. The server does not close it.
 	Store store.Store
 	// PrivateKey is the service's static X25519 key; registrations prove
 	// possession of the device key against its public half. Required.
@@ -71,9 +71,9 @@ const (
 	hubPollInterval = time.Second
 )
 
-// Server is the coordination service's HTTP API over a store.Store.
-type Server struct {
-	cfg     Config
+// server is the coordination service's HTTP API over a store.Store.
+type server struct {
+	cfg     serverConfig
 	log     *slog.Logger
 	pub     api.Key
 	hub     *hub
@@ -85,14 +85,14 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// NewServer checks cfg and returns a Server. Close it to end watch streams
+// newServer checks cfg and returns a server. Close it to end watch streams
 // and background goroutines.
-func NewServer(cfg Config) (*Server, error) {
+func newServer(cfg serverConfig) (*server, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("control.NewServer: Config.Store is nil")
+		return nil, errors.New("control: new server: no store")
 	}
 	if cfg.PrivateKey.IsZero() {
-		return nil, errors.New("control.NewServer: Config.PrivateKey is zero")
+		return nil, errors.New("control: new server: zero private key")
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = defaultHeartbeat
@@ -110,7 +110,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{
+	s := &server{
 		cfg:     cfg,
 		log:     log,
 		pub:     api.PublicKey(cfg.PrivateKey),
@@ -124,11 +124,11 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // Handler returns the HTTP handler of the whole API.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *server) Handler() http.Handler { return s.handler }
 
-// Close ends every watch stream and relay connection and stops background goroutines. It does
-// not close the store. Later calls return nil.
-func (s *Server) Close() error {
+// Close ends every watch stream and relay connection and stops
+// background goroutines. It does not close the store. Later calls return nil.
+func (s *server) Close() error {
 	s.closeOnce.Do(func() {
 		s.hub.close()
 		s.relay.close()
@@ -137,9 +137,9 @@ func (s *Server) Close() error {
 }
 
 // PublicKey returns the service's static public key.
-func (s *Server) PublicKey() api.Key { return s.pub }
+func (s *server) PublicKey() api.Key { return s.pub }
 
-func (s *Server) routes() http.Handler {
+func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
 		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
@@ -177,7 +177,7 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
-func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Info{
 		Version:             s.cfg.Version,
 		PublicKey:           s.pub,
@@ -192,7 +192,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 // CreateJoinToken creates a join token for zone and returns it in full
 // (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
 // expires. store.ErrNotFound (wrapped) if the zone does not exist.
-func (s *Server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
+func (s *server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
 	jt, err := s.createJoinToken(ctx, zone, reusable, ttl)
 	if err != nil {
 		return "", fmt.Errorf("control.CreateJoinToken %q: %w", zone, err)
@@ -200,7 +200,7 @@ func (s *Server) CreateJoinToken(ctx context.Context, zone string, reusable bool
 	return jt.Token, nil
 }
 
-func (s *Server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
+func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
 	secret, err := randomToken(api.JoinTokenPrefix)
 	if err != nil {
 		return api.JoinToken{}, err

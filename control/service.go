@@ -59,7 +59,7 @@ type Options struct {
 type Service struct {
 	log        *slog.Logger
 	store      store.Store
-	srv        *Server
+	srv        *server
 	http       *http.Server
 	addr       netip.AddrPort
 	stun       *STUNServer
@@ -160,7 +160,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		return nil, wrap(err)
 	}
 
-	s.srv, err = NewServer(Config{
+	s.srv, err = newServer(serverConfig{
 		Store:             st,
 		PrivateKey:        key,
 		AdminToken:        admin,
@@ -232,10 +232,9 @@ func (s *Service) Fingerprint() []byte { return s.fp }
 // AdminToken returns the admin token.
 func (s *Service) AdminToken() string { return s.adminToken }
 
-// Server returns the API server.
-func (s *Service) Server() *Server { return s.srv }
-
-// CreateJoinToken creates a join token; see Server.CreateJoinToken.
+// CreateJoinToken creates a join token for zone and returns it in full
+// (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
+// expires. store.ErrNotFound (wrapped) if the zone does not exist.
 func (s *Service) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
 	return s.srv.CreateJoinToken(ctx, zone, reusable, ttl)
 }

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -14,7 +15,7 @@ import (
 // not read for that long is disconnected.
 const watchWriteTimeout = 30 * time.Second
 
-func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	zone := r.PathValue("zone")
 	if zone != d.Zone {
@@ -120,8 +121,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 				return
 			}
 			if ev.removed == d.ID {
-				// The device was deleted: its credentials are gone, and so
-				// is its view of the zone.
+				// The device was deleted: it is told (the remove event
+				// about itself is the stream's last line), then its
+				// credentials are gone, and so is its view of the zone.
 				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", zone, "device", d.ID)
 				return
 			}
@@ -131,11 +133,40 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			// event was missed (a dropped hub subscription is closed, but
 			// be strict): check before every heartbeat.
 			if _, err := s.cfg.Store.Device(ctx, d.ID); errors.Is(err, store.ErrNotFound) {
+				s.sendOwnRemoval(ctx, sub, d, rev, send)
 				return
 			}
 			if !send(encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})) {
 				return
 			}
+		}
+	}
+}
+
+// sendOwnRemoval ends the stream of a device that a heartbeat found deleted
+// before its remove event arrived (deleted through another replica sharing
+// the store, or by a handler that has not fanned the change out yet). The
+// deletion is committed, so after hub.update the remove event is in sub.ch:
+// it sends what is pending up to and including it, and the stream ends the
+// same way whichever path noticed the deletion first.
+func (s *server) sendOwnRemoval(ctx context.Context, sub *subscriber, d store.Device, rev int64, send func(...[]byte) bool) {
+	s.hub.update(d.Zone)
+	for {
+		select {
+		case ev, ok := <-sub.ch:
+			if !ok {
+				return // dropped or shutting down: the client reconnects and gets 401
+			}
+			if ev.rev <= rev {
+				continue
+			}
+			rev = ev.rev
+			if !send(ev.line) || ev.removed == d.ID {
+				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", d.Zone, "device", d.ID)
+				return
+			}
+		default:
+			return
 		}
 	}
 }

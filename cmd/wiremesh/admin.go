@@ -17,6 +17,7 @@ import (
 	"github.com/wiremesh/wiremesh/control"
 	"github.com/wiremesh/wiremesh/control/adminclient"
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // adminFlags are the flags every admin command takes.
@@ -54,13 +55,13 @@ func (a *adminFlags) client() (*adminclient.Client, error) {
 	o := adminclient.Options{AdminToken: tok}
 	switch {
 	case a.fingerprint != "":
-		fp, err := adminclient.ParseFingerprint(a.fingerprint)
+		fp, err := tlspin.Parse(a.fingerprint)
 		if err != nil {
 			return nil, usageErr("--tls-fingerprint: %v", err)
 		}
 		o.Fingerprint = fp
 	case strings.HasPrefix(a.server, "https://") && a.dataDir != "":
-		fp, err := adminclient.FingerprintFromCertFile(filepath.Join(a.dataDir, control.TLSCertFile))
+		fp, err := tlspin.FromCertFile(filepath.Join(a.dataDir, control.TLSCertFile))
 		if err == nil {
 			o.Fingerprint = fp
 		} else if !errors.Is(err, fs.ErrNotExist) {
@@ -122,16 +123,21 @@ func joinStrings[T fmt.Stringer](xs []T) string {
 func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var v4, v6 string
 	var exits bool
+	var min4, min6, maxPrefixes int
 	c, pos, err := adminCmd("zone create", "zone create [flags] NAME", stderr, args, 1, func(fs *flag.FlagSet) {
 		fs.StringVar(&v4, "ipv4-pool", "", "tunnel IPv4 pool (default 100.64.0.0/16)")
 		fs.StringVar(&v6, "ipv6-pool", "", "tunnel IPv6 pool (default: a ULA /64 derived from the name)")
 		fs.BoolVar(&exits, "allow-exit-nodes", false, "allow members to advertise default routes (0.0.0.0/0, ::/0)")
+		fs.IntVar(&min4, "min-prefix-ipv4", 0, "shortest IPv4 child prefix length allowed, other than /0 (0: the default, /12)")
+		fs.IntVar(&min6, "min-prefix-ipv6", 0, "shortest IPv6 child prefix length allowed, other than /0 (0: the default, /32)")
+		fs.IntVar(&maxPrefixes, "max-prefixes", 0, "most child prefixes one member may hold (0: the default, 64)")
 	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits})
+	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits,
+		MinPrefixBits4: min4, MinPrefixBits6: min6, MaxPrefixes: maxPrefixes})
 	if err != nil {
 		return fmt.Errorf("zone create %q: %w", pos[0], err)
 	}
@@ -139,7 +145,8 @@ func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if z.AllowExitNodes {
 		fmt.Fprint(stdout, ", exit nodes allowed")
 	}
-	fmt.Fprintln(stdout)
+	fmt.Fprintf(stdout, "; child prefixes at least /%d (IPv4) and /%d (IPv6), at most %d per member\n",
+		z.MinPrefixBits4, z.MinPrefixBits6, z.MaxPrefixes)
 	return nil
 }
 

@@ -173,8 +173,9 @@ func TestDispatch(t *testing.T) {
 		{[]string{"zone", "create", "-h"}, 0, "-allow-exit-nodes"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{[]string{"token", "nope"}, 2, `unknown command "token nope"`},
-		// A URL first means join (which refuses kernel mode here).
-		{[]string{"https://127.0.0.1:1"}, 1, "join"},
+		// A URL first means join (which has no token here); its own
+		// socket and state directory, never the host-wide defaults.
+		{append([]string{"https://127.0.0.1:1", "--userspace"}, agentArgs(t)...), 1, "join https://127.0.0.1:1: mesh.Join: no join token"},
 		{[]string{"zone", "list", "--server", "ftp://x", "--admin-token", "t"}, 2, "--server"},
 		{[]string{"zone", "list", "--data-dir", "/nonexistent", "--server", "https://127.0.0.1:1"}, 2, "no admin token"},
 	} {

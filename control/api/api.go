@@ -5,9 +5,12 @@ package api
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"golang.org/x/crypto/curve25519"
 )
 
 // MaxBodyBytes is the largest request body the service accepts.
@@ -19,26 +22,29 @@ const DefaultZone = "default"
 // Stable error codes carried in Error.Code. Clients match on these, never on
 // messages.
 const (
-	CodeBadRequest     = "bad_request"     // 400: malformed body, field or parameter
-	CodeInvalidPrefix  = "invalid_prefix"  // 400: a prefix that breaks the prefix rules
-	CodeInvalidKey     = "invalid_key"     // 400: a public key that is not 32 bytes of base64
-	CodeUnauthorized   = "unauthorized"    // 401: missing, wrong, expired or used credentials; bad proof
-	CodeForbidden      = "forbidden"       // 403: credentials valid but not for this resource
-	CodeNotFound       = "not_found"       // 404: unknown zone, device, token or prefix
-	CodeConflict       = "conflict"        // 409: the resource exists already (zone name, ...)
-	CodePrefixConflict = "prefix_conflict" // 409: a prefix overlaps another member's prefix or the zone's pools
-	CodeAddrInUse      = "addr_in_use"     // 409: a requested tunnel address is taken
-	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
-	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
-	CodeTooMany        = "too_many"        // 429: a per-device limit is reached (relay connections)
-	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
-	CodeUnavailable    = "unavailable"     // 503: the service is shutting down
+	CodeBadRequest      = "bad_request"       // 400: malformed body, field or parameter
+	CodeInvalidPrefix   = "invalid_prefix"    // 400: a prefix that breaks the prefix rules
+	CodePrefixTooWide   = "prefix_too_wide"   // 400: a prefix shorter than the zone allows (docs/LIMITS.md)
+	CodeInvalidKey      = "invalid_key"       // 400: a public key that is not a canonical X25519 key in 32 bytes of base64
+	CodeInvalidEndpoint = "invalid_endpoint"  // 400: an endpoint that is not a usable unicast address and port
+	CodeUnauthorized    = "unauthorized"      // 401: missing, wrong, expired or used credentials; bad proof
+	CodeForbidden       = "forbidden"         // 403: credentials valid but not for this resource
+	CodeNotFound        = "not_found"         // 404: unknown zone, device, token or prefix
+	CodeConflict        = "conflict"          // 409: the resource exists already (zone name, ...)
+	CodePrefixConflict  = "prefix_conflict"   // 409: a prefix overlaps another member's prefix or the zone's pools
+	CodeAddrInUse       = "addr_in_use"       // 409: a requested tunnel address is taken
+	CodeTooManyPrefixes = "too_many_prefixes" // 409: the device would hold more child prefixes than the zone allows
+	CodeTooLarge        = "too_large"         // 413: body over MaxBodyBytes
+	CodePoolExhausted   = "pool_exhausted"    // 507: no free tunnel address left in the zone
+	CodeTooMany         = "too_many"          // 429: a per-device limit is reached (relay connections)
+	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
+	CodeUnavailable     = "unavailable"       // 503: the service is shutting down
 )
 
 // StatusForCode returns the HTTP status that goes with an error code.
 func StatusForCode(code string) int {
 	switch code {
-	case CodeBadRequest, CodeInvalidPrefix, CodeInvalidKey:
+	case CodeBadRequest, CodeInvalidPrefix, CodePrefixTooWide, CodeInvalidKey, CodeInvalidEndpoint:
 		return 400
 	case CodeUnauthorized:
 		return 401
@@ -46,7 +52,7 @@ func StatusForCode(code string) int {
 		return 403
 	case CodeNotFound:
 		return 404
-	case CodeConflict, CodePrefixConflict, CodeAddrInUse:
+	case CodeConflict, CodePrefixConflict, CodeAddrInUse, CodeTooManyPrefixes:
 		return 409
 	case CodeTooLarge:
 		return 413
@@ -94,6 +100,63 @@ func ParseKey(s string) (Key, error) {
 	}
 	copy(k[:], b)
 	return k, nil
+}
+
+// ParsePublicKey parses a device's public key with ParseKey and refuses a
+// key that is not a canonical X25519 public key (see Key.CheckPublic).
+func ParsePublicKey(s string) (Key, error) {
+	k, err := ParseKey(s)
+	if err != nil {
+		return k, err
+	}
+	if err := k.CheckPublic(); err != nil {
+		return Key{}, err
+	}
+	return k, nil
+}
+
+// ErrNonCanonicalKey matches the errors of Key.CheckPublic.
+var ErrNonCanonicalKey = errors.New("not a canonical X25519 public key")
+
+// CheckPublic reports whether k is a canonical X25519 public key: not all
+// zeroes, bit 255 clear, the little-endian u-coordinate below 2^255-19,
+// and not a point of small order. X25519 ignores bit 255 and reduces u
+// modulo 2^255-19, so every other 32-byte string is a second name for a
+// canonical key: accepted, one private key could register as two devices.
+// A small-order point gives an all-zero shared secret that proves nothing.
+// Errors match ErrNonCanonicalKey.
+func (k Key) CheckPublic() error {
+	switch {
+	case k.IsZero():
+		return fmt.Errorf("key %s: %w: all zeroes", k, ErrNonCanonicalKey)
+	case k[31]&0x80 != 0:
+		return fmt.Errorf("key %s: %w: bit 255 is set", k, ErrNonCanonicalKey)
+	case k.aboveFieldPrime():
+		return fmt.Errorf("key %s: %w: not reduced modulo 2^255-19", k, ErrNonCanonicalKey)
+	}
+	// A clamped scalar is a multiple of the cofactor 8, so X25519 with
+	// any scalar is all zeroes (an error) exactly for small-order points.
+	if _, err := curve25519.X25519(smallOrderProbe[:], k[:]); err != nil {
+		return fmt.Errorf("key %s: %w: a point of small order", k, ErrNonCanonicalKey)
+	}
+	return nil
+}
+
+// smallOrderProbe is any scalar; see CheckPublic.
+var smallOrderProbe = [32]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+
+// aboveFieldPrime reports whether k, bit 255 clear, is >= 2^255-19 (little
+// endian: 0xed, then thirty 0xff, then 0x7f).
+func (k Key) aboveFieldPrime() bool {
+	if k[31] != 0x7f || k[0] < 0xed {
+		return false
+	}
+	for _, b := range k[1:31] {
+		if b != 0xff {
+			return false
+		}
+	}
+	return true
 }
 
 func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
@@ -249,6 +312,12 @@ const (
 // heartbeats while idle. Revisions are
 // strictly increasing across change events. The device's own entry is
 // included; clients skip it.
+//
+// A deleted device is told about its own removal: the remove event whose
+// Peer.ID is its own is the last line of its stream, and the service then
+// ends the stream (reconnecting with its token is refused as unauthorized).
+// A stream can also end without it (the client fell too far behind, the
+// service shut down); a client tells the two apart by reconnecting.
 type WatchEvent struct {
 	Type     string `json:"type"`
 	Revision int64  `json:"revision"`
@@ -262,16 +331,26 @@ type Zone struct {
 	IPv4Pool       netip.Prefix `json:"ipv4_pool"`
 	IPv6Pool       netip.Prefix `json:"ipv6_pool"`
 	AllowExitNodes bool         `json:"allow_exit_nodes"`
-	CreatedAt      time.Time    `json:"created_at"`
+	// The zone's child-prefix limits in force (defaults filled in): the
+	// shortest IPv4 and IPv6 prefix other than /0, and the most prefixes
+	// one device may hold. See docs/LIMITS.md.
+	MinPrefixBits4 int       `json:"min_prefix_bits_ipv4"`
+	MinPrefixBits6 int       `json:"min_prefix_bits_ipv6"`
+	MaxPrefixes    int       `json:"max_prefixes_per_device"`
+	CreatedAt      time.Time `json:"created_at"`
 }
 
 // CreateZoneRequest is the body of POST /v1/zones (admin). Empty pools get
-// defaults: IPv4 100.64.0.0/16, IPv6 a ULA /64 derived from the name.
+// defaults: IPv4 100.64.0.0/16, IPv6 a ULA /64 derived from the name. Zero
+// limits get the defaults (IPv4 /12, IPv6 /32, 64 prefixes per device).
 type CreateZoneRequest struct {
 	Name           string `json:"name"`
 	IPv4Pool       string `json:"ipv4_pool,omitempty"`
 	IPv6Pool       string `json:"ipv6_pool,omitempty"`
 	AllowExitNodes bool   `json:"allow_exit_nodes,omitempty"`
+	MinPrefixBits4 int    `json:"min_prefix_bits_ipv4,omitempty"` // 1–32
+	MinPrefixBits6 int    `json:"min_prefix_bits_ipv6,omitempty"` // 1–128
+	MaxPrefixes    int    `json:"max_prefixes_per_device,omitempty"`
 }
 
 // CreateTokenRequest is the body of POST /v1/tokens (admin).

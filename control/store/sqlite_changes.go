@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/wiremesh/wiremesh/control/api"
 )
 
 // deviceJSON is the stored form of a Device in the change log. It has its
@@ -17,17 +15,17 @@ import (
 type deviceJSON struct {
 	ID        string           `json:"id"`
 	Zone      string           `json:"zone"`
-	PublicKey api.Key          `json:"public_key"`
+	PublicKey Key              `json:"public_key"`
 	Hostname  string           `json:"hostname"`
 	IPv4      netip.Addr       `json:"ipv4"`
 	IPv6      netip.Addr       `json:"ipv6"`
 	Prefixes  []netip.Prefix   `json:"prefixes,omitempty"`
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
-	// Candidates and NAT came with schema 3; older entries have neither.
-	Candidates []api.Candidate `json:"candidates,omitempty"`
-	NAT        api.NATType     `json:"nat,omitempty"`
-	CreatedAt  time.Time       `json:"created_at"`
-	UpdatedAt  time.Time       `json:"updated_at"`
+	// Candidates and NAT came with schema 4; older entries have neither.
+	Candidates []Candidate `json:"candidates,omitempty"`
+	NAT        string      `json:"nat,omitempty"`
+	CreatedAt  time.Time   `json:"created_at"`
+	UpdatedAt  time.Time   `json:"updated_at"`
 }
 
 func encodeDevice(d Device) (string, error) {

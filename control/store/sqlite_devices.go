@@ -9,8 +9,6 @@ import (
 	"net/netip"
 	"slices"
 	"time"
-
-	"github.com/wiremesh/wiremesh/control/api"
 )
 
 const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.candidates, d.nat, d.created_at, d.updated_at`
@@ -22,10 +20,6 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 	if p.PublicKey.IsZero() {
 		return Device{}, false, fmt.Errorf("store: %s: zero public key", op)
 	}
-	prefixes, err := canonicalPrefixes(p.Prefixes)
-	if err != nil {
-		return Device{}, false, fmt.Errorf("store: %s: %w", op, err)
-	}
 	if err := checkEndpoints(p.Endpoints); err != nil {
 		return Device{}, false, fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -36,7 +30,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d       Device
 		created bool
 	)
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		d, created = Device{}, false // fn runs once, but keep it self-contained
 		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
 			return err
@@ -52,7 +46,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		switch {
 		case err == nil:
 			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
-			d.Candidates, d.NAT = nil, api.NATUnknown // reported again after registering
+			d.Candidates, d.NAT = nil, "" // reported again after registering
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -64,7 +58,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		default:
 			return err
 		}
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
 		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
@@ -182,10 +176,6 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 // nothing and records no change.
 func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (Device, error) {
 	op := fmt.Sprintf("update device %q", id)
-	prefixes, err := canonicalPrefixes(p.AddPrefixes)
-	if err != nil {
-		return Device{}, fmt.Errorf("store: %s: %w", op, err)
-	}
 	if p.Endpoints != nil {
 		if err := checkEndpoints(*p.Endpoints); err != nil {
 			return Device{}, fmt.Errorf("store: %s: %w", op, err)
@@ -196,12 +186,9 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return Device{}, fmt.Errorf("store: %s: %w", op, err)
 		}
 	}
-	if p.NAT != nil && !p.NAT.Valid() {
-		return Device{}, fmt.Errorf("store: %s: invalid NAT type %q", op, *p.NAT)
-	}
 	now := s.clock(p.Now)
 	var d Device
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		var err error
 		if d, err = loadDevice(ctx, tx, `d.id = ?`, id); err != nil {
 			return err
@@ -224,7 +211,7 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return err
 		}
 		before := len(d.Prefixes)
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.AddPrefixes); err != nil {
 			return err
 		}
 		if !changed && len(d.Prefixes) == before {
@@ -414,7 +401,7 @@ func scanDevice(r scanner) (Device, error) {
 	if err := json.Unmarshal([]byte(cands), &d.Candidates); err != nil {
 		return Device{}, fmt.Errorf("device %q: stored candidates: %w", d.ID, err)
 	}
-	d.Candidates, d.NAT = nilIfEmpty(d.Candidates), api.NATType(nat)
+	d.Candidates, d.NAT = nilIfEmpty(d.Candidates), nat
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return d, nil
 }
@@ -427,7 +414,7 @@ func encodeEndpoints(eps []netip.AddrPort) (string, error) {
 	return string(b), err
 }
 
-func encodeCandidates(cs []api.Candidate) (string, error) {
+func encodeCandidates(cs []Candidate) (string, error) {
 	if len(cs) == 0 {
 		return "[]", nil
 	}
@@ -435,9 +422,9 @@ func encodeCandidates(cs []api.Candidate) (string, error) {
 	return string(b), err
 }
 
-func checkCandidates(cs []api.Candidate) error {
+func checkCandidates(cs []Candidate) error {
 	for _, c := range cs {
-		if !c.Addr.IsValid() || !c.Type.Valid() {
+		if !c.Addr.IsValid() || c.Type == "" {
 			return fmt.Errorf("invalid candidate %s (%q)", c.Addr, c.Type)
 		}
 	}
@@ -451,27 +438,6 @@ func checkEndpoints(eps []netip.AddrPort) error {
 		}
 	}
 	return nil
-}
-
-// canonicalPrefixes validates ps and returns them sorted without duplicates.
-func canonicalPrefixes(ps []netip.Prefix) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(ps))
-	for _, p := range ps {
-		if err := checkChildPrefix(p); err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	slices.SortFunc(out, comparePrefix)
-	return slices.Compact(out), nil
-}
-
-// comparePrefix orders like the prefixes table: family, address, bits.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 func nilIfEmpty[T any](s []T) []T {

@@ -96,7 +96,13 @@ CREATE TABLE register_proofs (
 ) STRICT;
 CREATE INDEX register_proofs_expires ON register_proofs(expires_at);
 `,
-	// 3: typed reachability candidates and the NAT kind a device reports.
+	// 3: per-zone child-prefix limits (ipam.Policy); 0 means the default.
+	`
+ALTER TABLE zones ADD COLUMN min_prefix_bits4 INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE zones ADD COLUMN min_prefix_bits6 INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE zones ADD COLUMN max_prefixes INTEGER NOT NULL DEFAULT 0;
+`,
+	// 4: typed reachability candidates and the NAT kind a device reports.
 	`
 ALTER TABLE devices ADD COLUMN candidates TEXT NOT NULL DEFAULT '[]'; -- JSON array of {addr, type}
 ALTER TABLE devices ADD COLUMN nat TEXT NOT NULL DEFAULT '';

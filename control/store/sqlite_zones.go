@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/ipam"
 )
 
@@ -35,7 +34,7 @@ func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 
 // ensureDefaultZone creates the zone "default" unless it exists.
 func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
-	z, err := s.normalizeZone(Zone{Name: api.DefaultZone})
+	z, err := s.normalizeZone(Zone{Name: DefaultZone})
 	if err != nil {
 		return err
 	}
@@ -75,15 +74,20 @@ func (s *SQLite) normalizeZone(z Zone) (Zone, error) {
 			return z, fmt.Errorf("tunnel pool: %w", err)
 		}
 	}
+	if err := z.Policy().Validate(); err != nil {
+		return z, err
+	}
 	z.CreatedAt = s.clock(z.CreatedAt)
 	return z, nil
 }
 
 func insertZone(ctx context.Context, tx *sql.Tx, z Zone) error {
 	_, err := tx.ExecContext(ctx, `
-		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at)
-		VALUES (?, ?, ?, ?, ?)`,
-		z.Name, z.IPv4Pool.String(), z.IPv6Pool.String(), z.AllowExitNodes, z.CreatedAt.UnixNano())
+		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+			min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		z.Name, z.IPv4Pool.String(), z.IPv6Pool.String(), z.AllowExitNodes,
+		z.MinPrefixBits4, z.MinPrefixBits6, z.MaxPrefixes, z.CreatedAt.UnixNano())
 	return err
 }
 
@@ -119,7 +123,8 @@ func (s *SQLite) Zones(ctx context.Context) ([]Zone, error) {
 	return zs, err
 }
 
-const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at`
+const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+	min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -130,7 +135,8 @@ func scanZone(r scanner) (Zone, error) {
 		created    sql.NullInt64
 		allowExits bool
 	)
-	if err := r.Scan(&z.Name, &v4, &v6, &allowExits, &created); err != nil {
+	if err := r.Scan(&z.Name, &v4, &v6, &allowExits,
+		&z.MinPrefixBits4, &z.MinPrefixBits6, &z.MaxPrefixes, &created); err != nil {
 		return Zone{}, err
 	}
 	var err error

@@ -7,16 +7,55 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
-	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/ipam"
 )
 
+// DefaultZone is the zone every store creates when it opens (the same name
+// as api.DefaultZone on the wire).
+const DefaultZone = "default"
+
+// Candidate is an address a device reported it may be reached at, and
+// how it learned it (api.CandidateType on the wire; the store keeps any
+// non-empty type the service accepted).
+type Candidate struct {
+	Addr netip.AddrPort `json:"addr"`
+	Type string         `json:"type"`
+}
+
+// Key is a device's WireGuard (X25519) public key. Its text form is
+// standard base64 with padding, as on the wire.
+type Key [32]byte
+
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// IsZero reports whether k is all zeroes (unset).
+func (k Key) IsZero() bool { return k == Key{} }
+
+// MarshalText encodes k as base64.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText decodes exactly 32 bytes of base64.
+func (k *Key) UnmarshalText(b []byte) error {
+	d, err := base64.StdEncoding.Strict().DecodeString(string(b))
+	if err != nil {
+		return fmt.Errorf("key %q: not base64: %w", b, err)
+	}
+	if len(d) != len(k) {
+		return fmt.Errorf("key %q: %d bytes, want %d", b, len(d), len(k))
+	}
+	copy(k[:], d)
+	return nil
+}
+
 // Sentinel errors. Implementations wrap them (errors.Is) and may add
-// detail; *ConflictError is used for prefix overlaps.
+// detail; *ConflictError is used for prefix overlaps, and the errors of
+// ipam.CheckPrefixes pass through unchanged.
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrExists        = errors.New("already exists")
@@ -30,23 +69,13 @@ var (
 )
 
 // ConflictError reports a child prefix that overlaps (equals, lies inside,
-// or contains) a prefix held by another device of the zone, or the zone's
-// tunnel pools. errors.Is(err, ErrPrefixConflict) holds.
-type ConflictError struct {
-	Prefix   netip.Prefix // the prefix that was asked for
-	Existing netip.Prefix // the prefix it overlaps
-	OwnerID  string       // device id of the holder; "" for a tunnel pool
-	Owner    string       // hostname of the holder, or "tunnel pool"
-}
+// or contains) a prefix held by another device of the zone (OwnerID and
+// Owner, its hostname, set), the zone's tunnel pools or the same device
+// (see ipam.ConflictError). errors.Is(err, ErrPrefixConflict) holds.
+type ConflictError = ipam.ConflictError
 
 // ErrPrefixConflict is matched by every *ConflictError.
-var ErrPrefixConflict = errors.New("prefix conflict")
-
-func (e *ConflictError) Error() string {
-	return fmt.Sprintf("prefix %s overlaps %s held by %s", e.Prefix, e.Existing, e.Owner)
-}
-
-func (e *ConflictError) Is(target error) bool { return target == ErrPrefixConflict }
+var ErrPrefixConflict = ipam.ErrPrefixConflict
 
 // Zone is a separate mesh with its own pools and prefix space.
 type Zone struct {
@@ -54,14 +83,31 @@ type Zone struct {
 	IPv4Pool       netip.Prefix // e.g. 100.64.0.0/16
 	IPv6Pool       netip.Prefix // a ULA /64
 	AllowExitNodes bool         // child prefix /0 allowed
-	CreatedAt      time.Time
+	// MinPrefixBits4 and MinPrefixBits6 are the shortest child prefixes
+	// (other than /0) the zone accepts; MaxPrefixes is the most one device
+	// may hold. Zero means the ipam default (ipam.Policy). Stored as given,
+	// so a zero follows the defaults of later versions.
+	MinPrefixBits4, MinPrefixBits6 int
+	MaxPrefixes                    int
+	CreatedAt                      time.Time
+}
+
+// Policy returns the zone's child-prefix rules for ipam.CheckPrefixes.
+func (z Zone) Policy() ipam.Policy {
+	return ipam.Policy{
+		AllowDefaultRoute: z.AllowExitNodes,
+		MinBits4:          z.MinPrefixBits4,
+		MinBits6:          z.MinPrefixBits6,
+		MaxPrefixes:       z.MaxPrefixes,
+		Pools:             []netip.Prefix{z.IPv4Pool, z.IPv6Pool},
+	}
 }
 
 // Device is a registered member.
 type Device struct {
 	ID        string
 	Zone      string
-	PublicKey api.Key
+	PublicKey Key
 	Hostname  string
 	IPv4      netip.Addr
 	IPv6      netip.Addr
@@ -69,8 +115,8 @@ type Device struct {
 	Endpoints []netip.AddrPort // as last reported
 	// Candidates and NAT are the typed reachability the device last
 	// reported (PATCH self); a registration clears them.
-	Candidates []api.Candidate
-	NAT        api.NATType
+	Candidates []Candidate
+	NAT        string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 }
@@ -102,13 +148,14 @@ type Change struct {
 	Device Device
 }
 
-// RegisterParams is one registration. Prefixes are already validated for
-// form (ipam.ParseChildPrefix); the store checks overlaps.
+// RegisterParams is one registration. The store checks Prefixes with
+// ipam.CheckPrefixes against what the key holds already, then against other
+// devices' prefixes, inside the registration's transaction.
 type RegisterParams struct {
 	Zone            string
 	JoinTokenHash   [32]byte // consumed (single-use) or checked (reusable) in the same transaction
 	DeviceTokenHash [32]byte // the new device token, added to the device's tokens
-	PublicKey       api.Key
+	PublicKey       Key
 	Hostname        string
 	Prefixes        []netip.Prefix // added to what the key already holds
 	Endpoints       []netip.AddrPort
@@ -126,8 +173,8 @@ type RegisterParams struct {
 type UpdateParams struct {
 	Hostname    *string
 	Endpoints   *[]netip.AddrPort
-	Candidates  *[]api.Candidate
-	NAT         *api.NATType
+	Candidates  *[]Candidate
+	NAT         *string
 	AddPrefixes []netip.Prefix
 	Now         time.Time
 }
@@ -137,8 +184,9 @@ type UpdateParams struct {
 // Change (per device affected) in the same transaction as the mutation, so
 // the change log and the state never disagree.
 type Store interface {
-	// CreateZone creates a zone. ErrExists if the name is taken. The zone
-	// "default" is created by the implementation when it opens.
+	// CreateZone creates a zone. ErrExists if the name is taken. Its
+	// limits must pass z.Policy().Validate(). The zone DefaultZone is
+	// created by the implementation when it opens.
 	CreateZone(ctx context.Context, z Zone) error
 	// Zone returns one zone or ErrNotFound.
 	Zone(ctx context.Context, name string) (Zone, error)
@@ -161,7 +209,10 @@ type Store interface {
 	// id, addresses and prefixes, adds p.Prefixes, and replaces hostname and
 	// endpoints. Tunnel addresses are allocated lowest-free from the zone's
 	// pools (ErrPoolExhausted), honouring p.RequestedIPv4 when free
-	// (ErrAddrInUse, ErrAddrOutside). Prefix overlaps give *ConflictError.
+	// (ErrAddrInUse, ErrAddrOutside). p.Prefixes are checked with
+	// ipam.CheckPrefixes(zone.Policy(), held, p.Prefixes), whose errors are
+	// returned unchanged; an overlap with another device's prefix gives
+	// *ConflictError.
 	// Token use, allocation, and the change entry happen in one transaction:
 	// on any error nothing is changed. created reports a first registration.
 	Register(ctx context.Context, p RegisterParams) (d Device, created bool, err error)
@@ -173,8 +224,8 @@ type Store interface {
 	Device(ctx context.Context, id string) (Device, error)
 	// Devices lists a zone's devices ("" = all zones), ordered by IPv4.
 	Devices(ctx context.Context, zone string) ([]Device, error)
-	// UpdateDevice applies p (prefix overlaps give *ConflictError and change
-	// nothing) and records a change.
+	// UpdateDevice applies p and records a change. p.AddPrefixes are checked
+	// as in Register; on any error nothing changes.
 	UpdateDevice(ctx context.Context, id string, p UpdateParams) (Device, error)
 	// DeleteDevice removes a device, its tokens and prefixes (which become
 	// free) and records a remove change. ErrNotFound if unknown.

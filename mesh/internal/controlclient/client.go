@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -161,8 +162,8 @@ func New(cfg Config) (*Client, error) {
 		c.joinSecret, c.fingerprint = secret, fp
 	}
 	if len(cfg.Fingerprint) > 0 {
-		if len(cfg.Fingerprint) != 32 {
-			return nil, fmt.Errorf("controlclient: certificate fingerprint is %d bytes, want 32 (SHA-256)", len(cfg.Fingerprint))
+		if err := tlspin.Check(cfg.Fingerprint); err != nil {
+			return nil, fmt.Errorf("controlclient: %w", err)
 		}
 		c.fingerprint = append([]byte(nil), cfg.Fingerprint...)
 	}
@@ -280,10 +281,7 @@ func newTransport(cfg Config, fingerprint []byte) *http.Transport {
 	if cfg.dial != nil {
 		dial = cfg.dial
 	}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs}
-	if fingerprint != nil {
-		pinTLS(tlsConf, fingerprint)
-	}
+	tlsConf := tlspin.ClientConfig(fingerprint, cfg.RootCAs)
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dial,
@@ -333,8 +331,8 @@ func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, erro
 		return false, context.Cause(ctx)
 	}
 	if err != nil {
-		var fm *FingerprintMismatchError
-		if errors.As(err, &fm) || isCertError(err) {
+		var fm *tlspin.MismatchError
+		if errors.As(err, &fm) || errors.Is(err, tlspin.ErrNoCertificate) || isCertError(err) {
 			return false, nil
 		}
 		return retryablehttp.DefaultRetryPolicy(ctx, resp, err)

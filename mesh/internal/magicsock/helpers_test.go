@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -55,7 +56,9 @@ func startService(t testing.TB) *service {
 func (s *service) register(t testing.TB, priv api.Key, name string) string {
 	t.Helper()
 	req := api.RegisterRequest{PublicKey: api.PublicKey(priv), Hostname: name, Timestamp: time.Now().Unix()}
-	require.NoError(t, req.Sign(priv, s.svc.Server().PublicKey()))
+	var info api.Info
+	s.call(t, "GET", "/v1/info", "", nil, &info)
+	require.NoError(t, req.Sign(priv, info.PublicKey))
 	var resp api.RegisterResponse
 	s.call(t, "POST", "/v1/devices", s.tok, req, &resp)
 	return resp.DeviceToken
@@ -63,9 +66,13 @@ func (s *service) register(t testing.TB, priv api.Key, name string) string {
 
 func (s *service) call(t testing.TB, method, path, tok string, body, out any) {
 	t.Helper()
-	b, err := json.Marshal(body)
-	require.NoError(t, err)
-	req, err := http.NewRequest(method, s.svc.URL()+path, bytes.NewReader(b))
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(t, err)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.svc.URL()+path, rd)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
