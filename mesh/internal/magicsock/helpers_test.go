@@ -204,3 +204,5 @@ func waitPath(t testing.TB, n, p *node, want string) PathInfo {
 	}, 20*time.Second, 10*time.Millisecond, "%s's path to %s: want %q", n.name, p.name, want)
 	return got
 }
+
+func pubOf(k api.Key) api.Key { return api.PublicKey(k) }
