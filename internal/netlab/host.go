@@ -239,44 +239,6 @@ func (h *Host) EnableForwarding() {
 	}
 }
 
-// NATTable is the nftables table (family ip) that [Host.Masquerade] creates.
-const NATTable = "netlab_nat"
-
-// Masquerade makes h a NAT router towards outDev: source NAT (masquerade)
-// for everything leaving through outDev, and a forward policy that lets
-// established/related traffic back in and drops new connections arriving
-// on outDev (no inbound port is open). Everything lives in the table
-// [NATTable]. Only forwarded traffic is filtered: h's own ports stay
-// open. It enables forwarding too. It skips the test if `nft` is missing.
-func (h *Host) Masquerade(outDev string) {
-	h.lab.t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		h.lab.t.Skipf("needs nftables: `nft` not found on PATH; skipping end-to-end test %s that needs a NAT router", h.lab.t.Name())
-	}
-	if outDev == "" || strings.ContainsAny(outDev, "\" \t\n") {
-		h.lab.t.Fatalf("netlab: Masquerade in %s: invalid interface name %q", h.name, outDev)
-	}
-	ruleset := fmt.Sprintf(`table ip %[1]s {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "%[2]s" masquerade
-	}
-	chain forward {
-		type filter hook forward priority filter; policy drop;
-		ct state established,related accept
-		ct state invalid drop
-		iifname != "%[2]s" accept
-	}
-}
-`, NATTable, outDev)
-	cmd := exec.Command("ip", "netns", "exec", h.ns, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(ruleset)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		h.lab.t.Fatalf("netlab: Masquerade in %s: nft -f -: %v: %s", h.name, err, out)
-	}
-	h.EnableForwarding()
-}
-
 // Run runs name with args inside the namespace (`ip netns exec NS name
 // args...`) and returns its combined output.
 func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
