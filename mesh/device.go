@@ -14,13 +14,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
-	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 )
 
 // holdDelay is how long a node holds back towards a new peer marked Hold
@@ -43,6 +42,7 @@ type wgDevice struct {
 	dev  *device.Device
 	tnet *netstack.Net // userspace mode; nil in kernel mode
 	kern kernelPlane   // kernel mode; nil in userspace mode
+	ms   *magicsock.Conn // the bind: paths to peers (nat.go)
 	port uint16
 	pub  api.Key
 	log  *slog.Logger
@@ -58,12 +58,12 @@ type wgDevice struct {
 
 // newWGDevice creates the netstack with addrs, the WireGuard device with
 // the private key, and brings it up listening on UDP port (0 = random).
-func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger *slog.Logger) (*wgDevice, error) {
+func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger *slog.Logger, bind *magicsock.Conn) (*wgDevice, error) {
 	tnet, err := netstack.New(netstack.Config{Addrs: addrs, MTU: mtu, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
-	d, err := startDevice(tnet, udpbind.New(netstack.DefaultBatchSize), priv, port, logger)
+	d, err := startDevice(tnet, bind, priv, port, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger 
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
 // error tdev is closed.
-func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
+func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
 	dev := device.NewDevice(tdev, bind, wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
@@ -91,6 +91,7 @@ func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, log
 	d := &wgDevice{
 		log:     logger,
 		dev:     dev,
+		ms:      bind,
 		pub:     api.PublicKey(priv),
 		want:    map[api.Key]wgPeer{},
 		applied: map[api.Key]wgPeer{},
@@ -139,6 +140,7 @@ func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
 		return fmt.Errorf("configure peers: %w", net.ErrClosed)
 	}
 	d.want = maps.Clone(want)
+	d.ms.SetPeers(magicPeers(want))
 	err := d.syncLocked(time.Now())
 	d.mu.Unlock()
 	if d.kern != nil {
@@ -280,7 +282,8 @@ func parseStats(s string) (devStats, error) {
 			cur, sec, nsec = &peerStats{}, 0, 0
 		case "endpoint":
 			if cur != nil {
-				cur.endpoint, err = netip.ParseAddrPort(v)
+				// A peer without a direct path has a magicsock name here.
+				cur.endpoint, _ = netip.ParseAddrPort(v)
 			}
 		case "last_handshake_time_sec":
 			sec, err = strconv.ParseInt(v, 10, 64)

@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 )
 
 // testDev is a device with hand-made configuration, for data plane tests
@@ -27,7 +29,8 @@ func newTestDev(t *testing.T, i int) *testDev {
 	require.NoError(t, err)
 	v4 := netip.AddrFrom4([4]byte{100, 64, 0, byte(i)})
 	v6 := netip.MustParseAddr("fd00::" + string(rune('0'+i)))
-	d, err := newWGDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, nil)
+	d, err := newWGDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, nil,
+		magicsock.New(magicsock.Config{PrivateKey: priv, Batch: netstack.DefaultBatchSize}))
 	require.NoError(t, err)
 	t.Cleanup(d.close)
 	require.NotZero(t, d.port)
@@ -161,15 +164,15 @@ func TestDiffPeers(t *testing.T) {
 	}{
 		{"nothing", nil, nil, ""},
 		{"unchanged", peersOf(p1, p2), peersOf(p1, p2), ""},
-		{"add", nil, peersOf(p1), hex(k1) + "endpoint=127.0.0.1:5000\nreplace_allowed_ips=true\nallowed_ip=100.64.0.1/32\npersistent_keepalive_interval=25\n"},
+		{"add", nil, peersOf(p1), hex(k1) + "endpoint=" + magicsock.EndpointString(k1) + "\nreplace_allowed_ips=true\nallowed_ip=100.64.0.1/32\npersistent_keepalive_interval=25\n"},
 		{"add without endpoint", nil, peersOf(p2), hex(k2) + "replace_allowed_ips=true\nallowed_ip=100.64.0.2/32\n"},
 		{"remove", peersOf(p1, p2), peersOf(p2), hex(k1) + "remove=true\n"},
 		{"endpoint only", peersOf(p1, p2), peersOf(wgPeer{PublicKey: k1, Endpoint: ep2, AllowedIPs: p1.AllowedIPs, Keepalive: 25}, p2),
-			hex(k1) + "update_only=true\nendpoint=127.0.0.1:5001\n"},
+			hex(k1) + "update_only=true\nendpoint=" + magicsock.EndpointString(k1) + "\n"},
 		{"allowed ips only", peersOf(p1, p2), peersOf(p1, wgPeer{PublicKey: k2, AllowedIPs: pfx("10.0.0.0/8", "100.64.0.2/32")}),
 			hex(k2) + "update_only=true\nreplace_allowed_ips=true\nallowed_ip=10.0.0.0/8\nallowed_ip=100.64.0.2/32\n"},
 		{"endpoint learnt, keepalive on", peersOf(p2), peersOf(wgPeer{PublicKey: k2, Endpoint: ep, AllowedIPs: p2.AllowedIPs, Keepalive: 25}),
-			hex(k2) + "update_only=true\nendpoint=127.0.0.1:5000\npersistent_keepalive_interval=25\n"},
+			hex(k2) + "update_only=true\nendpoint=" + magicsock.EndpointString(k2) + "\npersistent_keepalive_interval=25\n"},
 		{"remove before add", peersOf(p1), peersOf(wgPeer{PublicKey: k3, AllowedIPs: p1.AllowedIPs}),
 			hex(k1) + "remove=true\n" + hex(k3) + "replace_allowed_ips=true\nallowed_ip=100.64.0.1/32\n"},
 	}

@@ -20,11 +20,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
-	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 	"github.com/wiremesh/wiremesh/route"
 )
 
@@ -135,7 +133,7 @@ func (n *Node) newKernelDevice(port uint16) (_ *wgDevice, err error) {
 	}
 
 	started = true // startDevice closes tdev on error
-	d, err := startDevice(tdev, kernelBind(tdev), n.priv, port, n.log)
+	d, err := startDevice(tdev, n.newBind(tdev.BatchSize()), n.priv, port, n.log)
 	if err != nil {
 		return nil, err
 	}
@@ -145,13 +143,6 @@ func (n *Node) newKernelDevice(port uint16) (_ *wgDevice, err error) {
 	log.Info("mesh: kernel mode: TUN device up", "addrs", k.addrs, "listen_port", d.port)
 	return d, nil
 }
-
-// kernelBind is the UDP transport of a kernel-mode device: our udpbind
-// (sendmmsg/recvmmsg, UDP GSO/GRO) with batches as large as the TUN
-// device's. Measured with BenchmarkKernelThroughput (e2e) against
-// conn.NewDefaultBind: about 25% more TCP throughput through the tunnel
-// (mesh/veth 0.124 against 0.099, mean of three runs each).
-func kernelBind(t tun.Device) conn.Bind { return udpbind.New(t.BatchSize()) }
 
 // tunnelPrefixes returns the node's tunnel addresses with the lengths of
 // the zone's pools (so the kernel routes each pool on-link through the

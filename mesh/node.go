@@ -17,6 +17,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/controlclient"
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 )
 
 // Timeouts of Join.
@@ -228,7 +229,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	if cfg.mode == Kernel {
 		n.dev, err = n.newKernelDevice(port)
 	} else {
-		n.dev, err = newWGDevice(priv, addrs, port, cfg.mtu, n.log)
+		n.dev, err = newWGDevice(priv, addrs, port, cfg.mtu, n.log, n.newBind(netstack.DefaultBatchSize))
 	}
 	if err != nil {
 		return nil, err

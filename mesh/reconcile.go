@@ -19,6 +19,10 @@ type wgPeer struct {
 	// Hold asks the device to wait for the peer to initiate the first
 	// handshake (see holdDelay). It is not part of the UAPI configuration.
 	Hold bool
+	// Name and Candidates are for the bind's path finding (nat.go), not
+	// part of the UAPI configuration either.
+	Name       string
+	Candidates []api.Candidate
 }
 
 // shouldHold reports whether a node should let a newly seen peer initiate
@@ -43,7 +47,7 @@ func peerConfig(p api.Peer) (wgPeer, bool) {
 	if p.PublicKey.IsZero() {
 		return wgPeer{}, false
 	}
-	w := wgPeer{PublicKey: p.PublicKey}
+	w := wgPeer{PublicKey: p.PublicKey, Name: p.Hostname, Candidates: peerCandidates(p)}
 	if p.IPv4.IsValid() {
 		w.AllowedIPs = append(w.AllowedIPs, netip.PrefixFrom(p.IPv4.Unmap(), 32))
 	}
@@ -101,7 +105,7 @@ func diffPeers(have, want map[api.Key]wgPeer) string {
 		if !exists {
 			keyLine(k)
 			if w.Endpoint.IsValid() {
-				fmt.Fprintf(&b, "endpoint=%s\n", w.Endpoint)
+				fmt.Fprintf(&b, "endpoint=%s\n", uapiEndpoint(w))
 			}
 			b.WriteString("replace_allowed_ips=true\n")
 			for _, p := range w.AllowedIPs {
@@ -123,7 +127,7 @@ func diffPeers(have, want map[api.Key]wgPeer) string {
 		keyLine(k)
 		b.WriteString("update_only=true\n")
 		if epChanged {
-			fmt.Fprintf(&b, "endpoint=%s\n", w.Endpoint)
+			fmt.Fprintf(&b, "endpoint=%s\n", uapiEndpoint(w))
 		}
 		if ipsChanged {
 			b.WriteString("replace_allowed_ips=true\n")

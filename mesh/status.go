@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 )
 
 // Peer is another member of the zone, as the service describes it.
@@ -78,9 +79,11 @@ type PeerStatus struct {
 	PublicKey api.Key
 	Addrs     []netip.Addr
 	Prefixes  []netip.Prefix
-	// Endpoint is where the node sends the peer's packets now: the
-	// advertised endpoint, or the address the peer last sent from (roaming).
-	// Zero when unknown (the peer must initiate).
+	// Path is how the peer's packets travel: PathDirect, PathRelay, or ""
+	// while no path is known yet.
+	Path string
+	// Endpoint is the peer's address in use on a direct path (zero on the
+	// relay or while no path is known).
 	Endpoint netip.AddrPort
 	// LastHandshake is the time of the last completed handshake; zero if
 	// none yet.
@@ -95,8 +98,10 @@ func (n *Node) Status() Status {
 	var ds devStats
 	var ifname string
 	var skipped []SkippedRoute
+	var paths map[api.Key]magicsock.PathInfo
 	if !n.isClosed() {
 		ds, _ = n.dev.stats() // on error: peers without runtime stats
+		paths = n.dev.ms.Paths()
 	}
 	if n.dev.kern != nil {
 		ifname, skipped = n.dev.kern.status()
@@ -133,6 +138,13 @@ func (n *Node) Status() Status {
 			ps.Endpoint = s.endpoint
 			ps.LastHandshake = s.lastHandshake
 			ps.RxBytes, ps.TxBytes = s.rxBytes, s.txBytes
+		}
+		// WireGuard's endpoint is an address when the path is direct
+		// (chosen by probing, or learnt from the peer's packets).
+		if ps.Endpoint.IsValid() {
+			ps.Path = PathDirect
+		} else {
+			ps.Path = paths[k].Path
 		}
 		st.Peers = append(st.Peers, ps)
 	}

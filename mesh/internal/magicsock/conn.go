@@ -458,3 +458,12 @@ func (c *Conn) PeerPath(k api.Key) PathInfo {
 	}
 	return PathInfo{Path: p.pathName(c.relay.connected())}
 }
+
+// Paths returns how packets to every peer travel now.
+func (c *Conn) Paths() map[api.Key]PathInfo {
+	out := map[api.Key]PathInfo{}
+	for _, p := range c.snapshotPeers() {
+		out[p.key] = c.PeerPath(p.key)
+	}
+	return out
+}
