@@ -40,8 +40,8 @@ const holdDelay = 3 * time.Second
 // applyPeers and stats.
 type wgDevice struct {
 	dev  *device.Device
-	tnet *netstack.Net // userspace mode; nil in kernel mode
-	kern kernelPlane   // kernel mode; nil in userspace mode
+	tnet *netstack.Net   // userspace mode; nil in kernel mode
+	kern kernelPlane     // kernel mode; nil in userspace mode
 	ms   *magicsock.Conn // the bind: paths to peers (nat.go)
 	port uint16
 	pub  api.Key
