@@ -71,6 +71,11 @@ type SelfStatus struct {
 	Mode       Mode
 	// Interface is the TUN device in kernel mode; "" in userspace mode.
 	Interface string
+	// NAT is what the node learned about the NAT in front of it.
+	NAT api.NATType
+	// Relay reports whether the node is connected to the service's relay
+	// (it is while some peer has no direct path).
+	Relay bool
 }
 
 // PeerStatus is a peer with its WireGuard state.
@@ -103,6 +108,7 @@ func (n *Node) Status() Status {
 		ds, _ = n.dev.stats() // on error: peers without runtime stats
 		paths = n.dev.ms.Paths()
 	}
+	reach := n.dev.ms.Self()
 	if n.dev.kern != nil {
 		ifname, skipped = n.dev.kern.status()
 	}
@@ -122,6 +128,8 @@ func (n *Node) Status() Status {
 			Endpoints:  slices.Clone(n.self.endpoints),
 			Mode:       n.cfg.mode,
 			Interface:  ifname,
+			NAT:        reach.NAT,
+			Relay:      reach.Relay,
 		},
 		SkippedRoutes:    skipped,
 		ControlConnected: n.connected,

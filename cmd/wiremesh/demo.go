@@ -103,6 +103,7 @@ func demo(ctx context.Context, stdout io.Writer) (err error) {
 		from, addr, to string
 		tcp, udp       error
 		rtt            time.Duration
+		path           string
 		ping           error
 	}
 	var rows []row
@@ -115,12 +116,13 @@ func demo(ctx context.Context, stdout io.Writer) (err error) {
 			r.tcp = checkTCP(ctx, a, b.Addr())
 			r.udp = checkUDP(ctx, a, b.Addr())
 			r.rtt, r.ping = a.Ping(ctx, b.Addr())
+			r.path = pathTo(a, b)
 			rows = append(rows, r)
 		}
 	}
 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tADDRESS\tPEER\tTCP\tUDP\tPING RTT")
+	fmt.Fprintln(tw, "MEMBER\tADDRESS\tPEER\tPATH\tTCP\tUDP\tPING RTT")
 	ok := func(err error) string {
 		if err != nil {
 			return "FAIL"
@@ -133,7 +135,7 @@ func demo(ctx context.Context, stdout io.Writer) (err error) {
 		if r.ping != nil {
 			rtt = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.from, r.addr, r.to, ok(r.tcp), ok(r.udp), rtt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.from, r.addr, r.to, r.path, ok(r.tcp), ok(r.udp), rtt)
 		for what, err := range map[string]error{"tcp": r.tcp, "udp": r.udp, "ping": r.ping} {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s -> %s %s: %w", r.from, r.to, what, err))
@@ -146,6 +148,17 @@ func demo(ctx context.Context, stdout io.Writer) (err error) {
 	}
 	fmt.Fprintln(stdout, "all members reach each other over TCP, UDP and ICMP")
 	return nil
+}
+
+// pathTo says how a sends to b: "direct" or "relay" (see mesh.PeerStatus).
+func pathTo(a, b *mesh.Node) string {
+	k := b.Status().Self.PublicKey
+	for _, p := range a.Status().Peers {
+		if p.PublicKey == k && p.Path != "" {
+			return p.Path
+		}
+	}
+	return "-"
 }
 
 // serveEcho runs TCP and UDP echo servers on the node until it closes.

@@ -159,6 +159,7 @@ func TestPrintStatus(t *testing.T) {
 		Peers: []mesh.PeerStatus{{
 			Hostname: "node2", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.2")},
 			Prefixes:      []netip.Prefix{netip.MustParsePrefix("172.28.0.0/24")},
+			Path:          mesh.PathDirect,
 			Endpoint:      netip.MustParseAddrPort("192.0.2.12:51820"),
 			LastHandshake: now.Add(-12 * time.Second), RxBytes: 1536, TxBytes: 10,
 		}},
@@ -170,7 +171,8 @@ func TestPrintStatus(t *testing.T) {
 	require.Contains(t, out, `node1 in zone "default", interface wg0, WireGuard port 51820`)
 	require.Contains(t, out, "prefixes:  172.24.0.0/24")
 	require.Contains(t, out, "service:   connected (revision 7)")
-	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +192\.0\.2\.12:51820 +12s ago +1\.5 KiB +10 B$`, out)
+	require.Contains(t, out, "reach:     NAT unknown, relay not in use")
+	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +direct +192\.0\.2\.12:51820 +12s ago +1\.5 KiB +10 B$`, out)
 	require.Contains(t, out, "not routed: 10.88.0.0/24: overlaps 10.88.0.0/24 directly connected on eth1")
 }
 

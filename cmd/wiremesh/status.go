@@ -140,7 +140,8 @@ func readStatus(ctx context.Context, path string) (mesh.Status, error) {
 const statusUsage = `usage: wiremesh status [--interface wg0 | --socket PATH] [--json]
 
 Prints the local member and its peers (name, tunnel address, prefixes,
-endpoint, last handshake, bytes) as the running agent sees them.
+path (direct or relay), endpoint, last handshake, bytes) as the running
+agent sees them.
 
 flags:
 `
@@ -192,15 +193,19 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "%s in zone %q, %s, WireGuard port %d\n", self.Hostname, self.Zone, where, self.ListenPort)
 	fmt.Fprintf(w, "  addresses: %s\n", joinStrings(self.Addrs))
 	fmt.Fprintf(w, "  prefixes:  %s\n", joinStrings(self.Prefixes))
-	fmt.Fprintf(w, "  service:   %s (revision %d)\n\n", service, st.Revision)
+	fmt.Fprintf(w, "  service:   %s (revision %d)\n", service, st.Revision)
+	fmt.Fprintf(w, "  reach:     %s\n\n", reachLine(self))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
-		ep := "-"
+		ep, path := "-", p.Path
 		if p.Endpoint.IsValid() {
 			ep = p.Endpoint.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), ep,
+		if path == "" {
+			path = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), path, ep,
 			ago(now, p.LastHandshake), bytesStr(p.RxBytes), bytesStr(p.TxBytes))
 	}
 	if err := tw.Flush(); err != nil {
@@ -213,6 +218,19 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 		fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
 	}
 	return nil
+}
+
+// reachLine says how peers reach this member: its NAT and the relay.
+func reachLine(self mesh.SelfStatus) string {
+	nat := string(self.NAT)
+	if nat == "" {
+		nat = "unknown"
+	}
+	relay := "relay not in use"
+	if self.Relay {
+		relay = "relay connected"
+	}
+	return "NAT " + nat + ", " + relay
 }
 
 func ago(now, t time.Time) string {
