@@ -71,7 +71,7 @@ func TestJoinCommand(t *testing.T) {
 	meshtest.WaitFor(t, "status socket", func() bool { return statusSocketLive(sock) })
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock}, &stOut, &errOut))
 	require.Contains(t, stOut.String(), `cli in zone "default", userspace mode`)
-	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +127\.0\.0\.1:\d+ +`, stOut.String())
+	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +direct +127\.0\.0\.1:\d+ +`, stOut.String())
 	stOut.Reset()
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
 	var st mesh.Status
