@@ -37,12 +37,15 @@ type service struct {
 	bin     string
 }
 
-func startService(t *testing.T, l *netlab.Lab, wan *netlab.Switch, bin string) *service {
+// startService runs the service at 192.0.2.1 with STUN off; extra flags
+// come after the defaults (and so override them).
+func startService(t *testing.T, l *netlab.Lab, wan *netlab.Switch, bin string, extra ...string) *service {
 	t.Helper()
 	h := l.Host("service")
 	l.Connect(h, wan, pfx("192.0.2.1/24"))
 	s := &service{host: h, dataDir: t.TempDir(), bin: bin}
-	p := h.Start(t, bin, "serve", "--insecure-http", "--listen=192.0.2.1:8443", "--stun-listen=off", "--data-dir", s.dataDir)
+	args := append([]string{"serve", "--insecure-http", "--listen=192.0.2.1:8443", "--stun-listen=off", "--data-dir", s.dataDir}, extra...)
+	p := h.Start(t, bin, args...)
 	line := p.WaitFor(t, "wiremesh join --token", startTimeout)
 	m := regexp.MustCompile(`--token (\S+) (\S+)`).FindStringSubmatch(line)
 	require.NotNil(t, m, "join line %q", line)
@@ -81,6 +84,9 @@ func startAgent(t *testing.T, bin string, s *service, h *netlab.Host, state stri
 		for _, p := range prefixes {
 			args = append(args, "--child-prefix="+p)
 		}
+	}
+	if os.Getenv("WIREMESH_E2E_VERBOSE") != "" {
+		args = append(args, "-v") // debug logs in the failure output
 	}
 	args = append(args, "--token", s.token, "--insecure-http", "--hostname", a.name,
 		"--state-dir", state, "--socket", a.socket, "--listen-port", "51820", s.url)
@@ -211,7 +217,7 @@ func TestSeedScenario(t *testing.T) {
 		out := spoke.MustRun(t, bin, "status", "--socket", as.socket)
 		require.Contains(t, out, `spoke in zone "default", interface wg0`)
 		for _, m := range []*agent{a1, a2} {
-			require.Regexp(t, `(?m)^`+m.name+` +`+regexp.QuoteMeta(m.addr.String())+`\S* +172\.\d+\.0\.0/24 +192\.0\.2\.1\d:51820 +\S+ ago +`, out)
+			require.Regexp(t, `(?m)^`+m.name+` +`+regexp.QuoteMeta(m.addr.String())+`\S* +172\.\d+\.0\.0/24 +direct +192\.0\.2\.1\d:51820 +\S+ ago +`, out)
 		}
 		out = node1.MustRun(t, bin, "status", "--socket", a1.socket)
 		require.Regexp(t, `prefixes: +172\.24\.0\.0/24`, out)

@@ -55,9 +55,13 @@ func (h *Host) Masquerade(outDev string) {
 // NAT makes h a NAT router of the given kind towards outDev: source NAT
 // for everything leaving through outDev, and a forward policy that lets
 // established/related traffic back in and drops new connections arriving
-// on outDev (no inbound port is open). Everything lives in the table
-// [NATTable]. Only forwarded traffic is filtered: h's own ports stay
-// open. It enables forwarding too. It skips the test if `nft` is missing.
+// on outDev (no inbound port is open). New connections to h itself on
+// outDev are dropped too, as home and cloud routers do: besides closing
+// h's own ports, this keeps unsolicited packets (a peer's first hole
+// punching attempt) from leaving conntrack entries that would make the
+// router pick another public port for the reply flow. Everything lives in
+// the table [NATTable]. It enables forwarding too. It skips the test if
+// `nft` is missing.
 func (h *Host) NAT(outDev string, kind NATKind) {
 	h.lab.t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -88,6 +92,10 @@ func (h *Host) NAT(outDev string, kind NATKind) {
 		ct state established,related accept
 		ct state invalid drop
 		iifname != "%[2]s" accept
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "%[2]s" ct state new drop
 	}
 }
 `, NATTable, outDev, masq, block)

@@ -24,7 +24,7 @@ func (c *Client) DialRelay(ctx context.Context) (*websocket.Conn, error) {
 		return nil, errors.New("controlclient: relay: no device token (register first)")
 	}
 	h := http.Header{}
-	c.setHeaders(h, "Bearer "+tok)
+	c.setHeaders(h, tok)
 	ws, resp, err := websocket.Dial(ctx, c.base+api.RelayPath, &websocket.DialOptions{HTTPClient: c.stream, HTTPHeader: h})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
