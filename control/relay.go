@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -57,7 +58,7 @@ type relayConn struct {
 	rk       relayKey
 	deviceID string
 	ws       *websocket.Conn // set by activate, under relay.mu
-	out      chan []byte
+	out      chan *[]byte // from relayBufs
 	queued   atomic.Int64 // bytes in out
 	done     chan struct{}
 	doneOnce sync.Once
@@ -93,7 +94,7 @@ func newRelay(log *slog.Logger, reg *prometheus.Registry) *relay {
 // handle serves one member's relay connection until it ends.
 func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
 	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID,
-		out: make(chan []byte, relayQueueMessages), done: make(chan struct{})}
+		out: make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
 	if aerr := rl.reserve(c); aerr != nil {
 		writeError(w, aerr)
 		return
@@ -185,47 +186,86 @@ func (rl *relay) remove(c *relayConn) {
 
 func (c *relayConn) stop() { c.doneOnce.Do(func() { close(c.done) }) }
 
+// relayBufs recycles message buffers: a message is read into one, queued
+// and written, then the buffer comes back (io.ReadAll, which
+// websocket.Conn.Read uses, allocates and grows a new one per message).
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// readMessage reads one message into a buffer from relayBufs.
+func readMessage(ctx context.Context, ws *websocket.Conn) (websocket.MessageType, *[]byte, error) {
+	typ, r, err := ws.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	bp := relayBufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			*bp = b
+			return typ, bp, nil
+		}
+		if err != nil {
+			*bp = b[:0]
+			relayBufs.Put(bp)
+			return 0, nil, err
+		}
+	}
+}
+
 // readLoop forwards c's messages until the connection fails.
 func (rl *relay) readLoop(c *relayConn) error {
 	for {
-		typ, msg, err := c.ws.Read(rl.ctx)
+		typ, bp, err := readMessage(rl.ctx, c.ws)
 		if err != nil {
 			return err
 		}
+		msg := *bp
 		if typ != websocket.MessageBinary {
+			relayBufs.Put(bp)
 			return c.ws.Close(websocket.StatusUnsupportedData, "binary messages only")
 		}
 		dst, err := api.ParseRelayMessage(msg, nil)
 		if err != nil {
+			relayBufs.Put(bp)
 			rl.m.messages.WithLabelValues("malformed").Inc()
 			continue
 		}
-		rl.forward(c, relayKey{c.rk.zone, dst}, msg)
+		rl.forward(c, relayKey{c.rk.zone, dst}, bp)
 	}
 }
 
-// forward queues msg, with the sender's key in place of dst's, for dst.
-func (rl *relay) forward(from *relayConn, dst relayKey, msg []byte) {
+// forward queues the message in bp, with the sender's key in place of
+// dst's, for dst; the buffer goes back to relayBufs once written or
+// dropped.
+func (rl *relay) forward(from *relayConn, dst relayKey, bp *[]byte) {
 	rl.mu.Lock()
 	to := rl.byKey[dst]
 	rl.mu.Unlock()
 	if to == nil || to == from || dst.key == from.rk.key {
+		relayBufs.Put(bp)
 		rl.m.messages.WithLabelValues("unknown_destination").Inc()
 		return
 	}
-	copy(msg, from.rk.key[:])
-	n := int64(len(msg))
+	copy(*bp, from.rk.key[:])
+	n := int64(len(*bp))
 	if to.queued.Add(n) > relayQueueBytes {
 		to.queued.Add(-n)
+		relayBufs.Put(bp)
 		rl.m.messages.WithLabelValues("queue_full").Inc()
 		return
 	}
 	select {
-	case to.out <- msg:
+	case to.out <- bp:
 		rl.m.messages.WithLabelValues("forwarded").Inc()
 		rl.m.bytes.Add(float64(n))
 	default:
 		to.queued.Add(-n)
+		relayBufs.Put(bp)
 		rl.m.messages.WithLabelValues("queue_full").Inc()
 	}
 }
@@ -237,9 +277,11 @@ func (rl *relay) writeLoop(c *relayConn) {
 		select {
 		case <-c.done:
 			return
-		case msg := <-c.out:
-			c.queued.Add(-int64(len(msg)))
-			if err := c.ws.Write(rl.ctx, websocket.MessageBinary, msg); err != nil {
+		case bp := <-c.out:
+			c.queued.Add(-int64(len(*bp)))
+			err := c.ws.Write(rl.ctx, websocket.MessageBinary, *bp)
+			relayBufs.Put(bp)
+			if err != nil {
 				return
 			}
 		}

@@ -39,7 +39,7 @@ type service struct {
 
 // startService runs the service at 192.0.2.1 with STUN off; extra flags
 // come after the defaults (and so override them).
-func startService(t *testing.T, l *netlab.Lab, wan *netlab.Switch, bin string, extra ...string) *service {
+func startService(t testing.TB, l *netlab.Lab, wan *netlab.Switch, bin string, extra ...string) *service {
 	t.Helper()
 	h := l.Host("service")
 	l.Connect(h, wan, pfx("192.0.2.1/24"))
@@ -55,7 +55,7 @@ func startService(t *testing.T, l *netlab.Lab, wan *netlab.Switch, bin string, e
 }
 
 // admin runs an admin command of the wiremesh CLI next to the service.
-func (s *service) admin(t *testing.T, args ...string) string {
+func (s *service) admin(t testing.TB, args ...string) string {
 	t.Helper()
 	args = append(args, "--server", s.url, "--data-dir", s.dataDir)
 	return s.host.MustRun(t, s.bin, args...)
@@ -74,7 +74,7 @@ type agent struct {
 
 // startAgent runs `wiremesh [router --child-prefix=P ...] URL` in h and
 // waits until it has joined.
-func startAgent(t *testing.T, bin string, s *service, h *netlab.Host, state string, prefixes ...string) *agent {
+func startAgent(t testing.TB, bin string, s *service, h *netlab.Host, state string, prefixes ...string) *agent {
 	t.Helper()
 	a := &agent{name: h.Name(), host: h, state: state}
 	a.socket = filepath.Join(state, "status.sock")

@@ -152,6 +152,10 @@ func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return nil, 0, err
 	}
 	s := &session{port: actual, wake: make(chan struct{}, 1)}
+	// A new socket (maybe on a new port): learn the candidates afresh.
+	c.self.mu.Lock()
+	c.self.round, c.self.roundEnd, c.self.nextRound, c.self.fails = nil, time.Time{}, time.Time{}, 0
+	c.self.mu.Unlock()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	c.open = s
 	out := make([]conn.ReceiveFunc, 0, len(fns)+1)
@@ -335,6 +339,9 @@ func (c *Conn) sendPeer(bufs [][]byte, p *peer) error {
 		switch wgType(bufs[0]) {
 		case wgInitiation:
 			p.init.Store(time.Now().UnixNano())
+			p.mu.Lock()
+			p.lastInit = append(p.lastInit[:0], bufs[0]...)
+			p.mu.Unlock()
 		case wgResponse: // we accepted the peer's initiation: ours is moot
 			p.init.Store(0)
 		}
@@ -342,15 +349,17 @@ func (c *Conn) sendPeer(bufs [][]byte, p *peer) error {
 	if d := p.cur.Load().direct; d != nil {
 		return c.inner.Send(bufs, d)
 	}
-	if c.relay.send(p.key, bufs) {
-		return nil
-	}
-	// No path yet: every candidate, as WireGuard would send to its one
-	// endpoint; the first that works wins.
+	relayed := c.relay.send(p.key, bufs)
+	// No direct path: every candidate too, as WireGuard would send to its
+	// one endpoint, while probing has not given up on them (the peer may
+	// not be on the relay yet); the first that works wins.
 	p.mu.Lock()
-	eps := make([]*udpbind.Endpoint, 0, len(p.cands))
-	for _, pc := range p.cands {
-		eps = append(eps, pc.ep)
+	var eps []*udpbind.Endpoint
+	if !relayed || p.burst < len(punchDelays) {
+		eps = make([]*udpbind.Endpoint, 0, len(p.cands))
+		for _, pc := range p.cands {
+			eps = append(eps, pc.ep)
+		}
 	}
 	p.mu.Unlock()
 	var errs []error
@@ -359,7 +368,7 @@ func (c *Conn) sendPeer(bufs [][]byte, p *peer) error {
 			errs = append(errs, err)
 		}
 	}
-	if len(eps) > 0 && len(errs) == len(eps) {
+	if !relayed && len(eps) > 0 && len(errs) == len(eps) {
 		return errors.Join(errs...)
 	}
 	return nil

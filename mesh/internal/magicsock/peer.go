@@ -35,6 +35,10 @@ const (
 	// initCrossWindow: an initiation from a peer arriving this soon after
 	// ours crossed it (see Conn.crossed).
 	initCrossWindow = time.Second
+	// initRetryWindow: an initiation still unanswered this long after it
+	// was sent is sent again on a direct path that opens (see
+	// Conn.updatePath).
+	initRetryWindow = 4 * time.Second
 )
 
 var punchDelays = []time.Duration{
@@ -103,6 +107,7 @@ type peer struct {
 	lastFull  time.Time // last round of pings to every candidate
 	since     time.Time // when the peer was added
 	lastPath  string    // for logging changes
+	lastInit  []byte    // our last handshake initiation (see Conn.updatePath)
 }
 
 // Endpoint is the conn.Endpoint of a peer: wireguard-go stores it as the

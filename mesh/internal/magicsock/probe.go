@@ -129,6 +129,15 @@ func (c *Conn) updatePath(p *peer) {
 		p.cur.Store(next)
 	}
 	name := p.pathName(c.relay.connected())
+	// An initiation sent before this path opened went to addresses that
+	// did not work (or a relay the peer is not on): send it again on the
+	// new direct path rather than wait for WireGuard's retry in 5 s. A
+	// responder that got the first copy rejects this one as a replay.
+	var retry []byte
+	if sent := p.init.Load(); next.direct != nil && p.lastPath != PathDirect && sent != 0 &&
+		time.Since(time.Unix(0, sent)) < initRetryWindow && len(p.lastInit) > 0 {
+		retry = append([]byte(nil), p.lastInit...)
+	}
 	changed := name != p.lastPath
 	old := p.lastPath
 	p.lastPath = name
@@ -138,6 +147,9 @@ func (c *Conn) updatePath(p *peer) {
 		ep = next.direct.DstToString()
 	}
 	p.mu.Unlock()
+	if retry != nil {
+		_ = c.inner.Send([][]byte{retry}, next.direct)
+	}
 	if changed && name != "" {
 		c.log.Info("mesh: path to peer changed", "peer", hostname, "path", name, "from", orNone(old), "endpoint", ep)
 	}

@@ -3,6 +3,7 @@ package magicsock
 import (
 	"context"
 	"encoding/binary"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -52,7 +53,7 @@ type relayClient struct {
 
 type relayIn struct {
 	p   *peer
-	msg []byte
+	buf *[]byte // from msgPool; the message, key included
 }
 
 var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -199,23 +200,53 @@ func (r *relayClient) setUp(up bool) {
 
 func (r *relayClient) readLoop(ctx context.Context, ws *websocket.Conn) {
 	for {
-		typ, msg, err := ws.Read(ctx)
+		typ, bp, err := readMessage(ctx, ws)
 		if err != nil {
 			return
 		}
-		if typ != websocket.MessageBinary || len(msg) <= 32 {
-			continue
-		}
+		msg := *bp
 		var k api.Key
 		copy(k[:], msg)
-		p := r.c.peer(k, false)
-		if p == nil {
-			continue // not (or no longer) a peer
+		var p *peer
+		if typ == websocket.MessageBinary && len(msg) > len(k) {
+			p = r.c.peer(k, false)
+		}
+		if p == nil { // not (or no longer) a peer
+			msgPool.Put(bp)
+			continue
 		}
 		select {
-		case r.in <- relayIn{p: p, msg: msg[32:]}:
+		case r.in <- relayIn{p: p, buf: bp}:
 		case <-ctx.Done():
+			msgPool.Put(bp)
 			return
+		}
+	}
+}
+
+// readMessage reads one message into a buffer from msgPool (Conn.Read
+// would allocate and grow a new one per message).
+func readMessage(ctx context.Context, ws *websocket.Conn) (websocket.MessageType, *[]byte, error) {
+	typ, rd, err := ws.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	bp := msgPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := rd.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			*bp = b
+			return typ, bp, nil
+		}
+		if err != nil {
+			*bp = b[:0]
+			msgPool.Put(bp)
+			return 0, nil, err
 		}
 	}
 }
@@ -260,13 +291,18 @@ func (r *relayClient) send(k api.Key, bufs [][]byte) bool {
 func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	var (
 		cur  *peer
+		held *[]byte // the message rest points into
 		rest []byte
 	)
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		if len(rest) == 0 {
+			if held != nil {
+				msgPool.Put(held)
+				held = nil
+			}
 			select {
 			case m := <-r.in:
-				cur, rest = m.p, m.msg
+				cur, held, rest = m.p, m.buf, (*m.buf)[32:]
 			case <-ctx.Done():
 				return 0, net.ErrClosed
 			}
