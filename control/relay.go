@@ -58,8 +58,8 @@ type relayConn struct {
 	rk       relayKey
 	deviceID string
 	ws       *websocket.Conn // set by activate, under relay.mu
-	out      chan *[]byte // from relayBufs
-	queued   atomic.Int64 // bytes in out
+	out      chan *[]byte    // from relayBufs
+	queued   atomic.Int64    // bytes in out
 	done     chan struct{}
 	doneOnce sync.Once
 }

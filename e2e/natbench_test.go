@@ -3,8 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
