@@ -365,6 +365,6 @@ func (c *Conn) loop(s *session) {
 		if d := c.relay.maintain(s, now); !d.IsZero() && d.Before(next) {
 			next = d
 		}
-		t.Reset(max(next.Sub(time.Now()), 10*time.Millisecond))
+		t.Reset(max(time.Until(next), 10*time.Millisecond))
 	}
 }
