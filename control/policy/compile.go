@@ -236,8 +236,8 @@ func (c *Compiled) Filter(i int) *api.Filter {
 	m := &c.members[i]
 	for k := range c.rules {
 		r := &c.rules[k]
-		if !r.dst.Has(i) {
-			continue
+		if !r.dst.Has(i) || len(r.srcP) == 0 {
+			continue // not for i, or from nobody (a tag without members)
 		}
 		for g := range r.to {
 			dst := r.to[g].intersect(i, m)
