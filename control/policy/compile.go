@@ -71,6 +71,7 @@ type destGroup struct {
 // that did not change are shared with it, so that comparing old and new
 // filters is cheap (see FiltersEqual).
 func Compile(p *Policy, members []Member, prev *Compiled) *Compiled {
+	members = slices.Clone(members) // the caller may reuse its slice
 	n := len(members)
 	c := &Compiled{members: members, rules: make([]compiledRule, 0, len(p.Rules))}
 	all := NewSet(n)

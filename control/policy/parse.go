@@ -481,3 +481,8 @@ func mergePorts(rs []api.PortRange) []api.PortRange {
 	}
 	return out
 }
+
+// CheckTagName reports whether name may be a tag ("tag:NAME", a join
+// token's --tag): 1 to MaxNameLen bytes of printable UTF-8 without spaces,
+// ':', '/', '*', ',', '"' or '\'.
+func CheckTagName(name string) error { return checkName("tag name", name) }
