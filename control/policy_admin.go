@@ -57,9 +57,7 @@ func (s *server) policyZone(w http.ResponseWriter, r *http.Request) (string, boo
 
 func toAPIPolicy(p store.ZonePolicy) api.ZonePolicy {
 	out := api.ZonePolicy{Zone: p.Zone, Revision: p.Rev, UpdatedAt: p.UpdatedAt}
-	if p.Document != nil {
-		out.Policy = json.RawMessage(p.Document)
-	}
+	out.Document = string(p.Document)
 	return out
 }
 

@@ -24,9 +24,10 @@ const (
 // DELETE removes the policy: the zone allows everything again.
 type ZonePolicy struct {
 	Zone string `json:"zone"`
-	// Policy is the document exactly as set, or null when the zone has no
-	// policy (everything allowed).
-	Policy json.RawMessage `json:"policy"`
+	// Document is the policy text exactly as set (a JSON document in a JSON
+	// string, so that its lines survive), or "" when the zone has no policy
+	// (everything allowed).
+	Document string `json:"document"`
 	// Revision is the watch revision at which the policy (or its removal)
 	// took effect; 0 if the zone never had one.
 	Revision  int64     `json:"revision"`
