@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -26,25 +25,15 @@ const (
 
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	secret, _, err := api.ParseJoinToken(bearer(r))
-	if err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "missing or malformed join token"))
+	if !s.allowRegistration(w, r) {
 		return
 	}
-	tokHash := sha256.Sum256([]byte(secret))
-	tok, aerr := s.lookupJoinToken(ctx, tokHash)
+	req, tok, tokHash, aerr := s.authorizeRegistration(w, r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-
-	body, aerr := readBody(w, r)
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	var req api.RegisterRequest
-	if aerr := decodeRegister(body, &req); aerr != nil {
+		if aerr.Code == api.CodeUnauthorized {
+			s.refuse(w, r, "join_token", tok.ID, aerr, "key", req.PublicKey.String())
+			return
+		}
 		writeError(w, aerr)
 		return
 	}
@@ -63,7 +52,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if zone.Name != tok.Zone {
-		writeError(w, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
+		s.refuse(w, r, "join_token", tok.ID, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName),
+			"key", req.PublicKey.String())
 		return
 	}
 
@@ -86,27 +76,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := s.cfg.Now()
-	ts := time.Unix(req.Timestamp, 0)
-	if d := now.Sub(ts); d > s.cfg.MaxClockSkew || d < -s.cfg.MaxClockSkew {
-		writeError(w, apiErr(api.CodeUnauthorized, "stale timestamp: %d is %s away from the service clock (max %s)",
-			req.Timestamp, d.Round(time.Second), s.cfg.MaxClockSkew))
-		return
-	}
-	if err := req.Verify(s.cfg.PrivateKey); err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "registration proof does not verify for key %s", req.PublicKey))
-		return
-	}
-	// The in-memory cache is the fast path (errReplayFull just skips it);
-	// the store records every proof durably and refuses a replay too.
-	if err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); errors.Is(err, errReplayed) {
-		writeError(w, apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already"))
-		return
-	}
-
 	devTok, err := randomToken(api.DeviceTokenPrefix)
 	if err != nil {
-		s.replay.remove(req.Proof)
 		writeError(w, apiErr(api.CodeInternal, "generating device token failed"))
 		return
 	}
@@ -119,20 +90,28 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
 		RequestedIPv4:   req.RequestedIPv4,
-		Proof:           req.Proof,
-		ProofExpires:    ts.Add(s.cfg.MaxClockSkew).UTC(),
-		Now:             now.UTC(),
+		// The proof was spent by authorizeRegistration already.
+		Now: s.cfg.Now().UTC(),
 	})
 	if err != nil {
-		s.replay.remove(req.Proof)
-		writeError(w, s.storeErr(ctx, "register", err))
+		aerr := s.storeErr(ctx, "register", err)
+		if aerr.Code == api.CodeUnauthorized { // the token was spent meanwhile
+			s.refuse(w, r, "join_token", tok.ID, aerr, "key", req.PublicKey.String())
+			return
+		}
+		writeError(w, aerr)
 		return
 	}
 	s.metrics.registrations.WithLabelValues(map[bool]string{true: "created", false: "updated"}[created]).Inc()
 	s.log.InfoContext(ctx, "device registered", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname,
 		"ipv4", d.IPv4, "created", created)
 	s.hub.update(d.Zone)
+	writeRegistered(w, d, zone, created, devTok)
+}
 
+// writeRegistered answers a successful registration: 201 for a new device,
+// 200 for a known key.
+func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, created bool, devTok string) {
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated

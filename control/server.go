@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -58,6 +59,15 @@ type Config struct {
 	Now func() time.Time
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are the addresses of reverse proxies in front of the
+	// service. Only for a peer inside one of them is X-Forwarded-For used
+	// to find the client address (rate limits, audit log); nil trusts no
+	// one and uses the connection's peer address.
+	TrustedProxies []netip.Prefix
+
+	// limits are the per-client and per-device limits; zero fields mean
+	// the defaults (limits.go).
+	limits limits
 }
 
 const (
@@ -78,6 +88,10 @@ type Server struct {
 	metrics *metrics
 	replay  *replayCache
 	handler http.Handler
+
+	registerLimit *clientLimiter // registrations per client address
+	authFailLimit *clientLimiter // refused authentications per client address
+	streams       *streamSet     // watch streams per device
 
 	closeOnce sync.Once
 }
@@ -103,16 +117,21 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	cfg.limits = cfg.limits.withDefaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	l := cfg.limits
 	s := &Server{
-		cfg:     cfg,
-		log:     log,
-		pub:     api.PublicKey(cfg.PrivateKey),
-		metrics: newMetrics(),
-		replay:  newReplayCache(maxReplayEntries),
+		cfg:           cfg,
+		log:           log,
+		pub:           api.PublicKey(cfg.PrivateKey),
+		metrics:       newMetrics(),
+		replay:        newReplayCache(maxReplayEntries),
+		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
+		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
+		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
 	s.handler = s.routes()
@@ -135,7 +154,7 @@ func (s *Server) PublicKey() api.Key { return s.pub }
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
+		mux.Handle(pattern, s.metrics.instrument(pattern, s.withReadDeadline(fn)))
 	}
 	h("GET /v1/info", s.handleInfo)
 
@@ -144,7 +163,7 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/devices/self", s.device(s.handleGetSelf))
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
-	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 
 	// Admin.
 	h("POST /v1/zones", s.admin(s.handleCreateZone))

@@ -29,6 +29,7 @@ const (
 	CodePrefixConflict = "prefix_conflict" // 409: a prefix overlaps another member's prefix or the zone's pools
 	CodeAddrInUse      = "addr_in_use"     // 409: a requested tunnel address is taken
 	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
+	CodeRateLimited    = "rate_limited"    // 429: too many requests or failed authentications from this client; see Retry-After
 	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
 	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
 	CodeUnavailable    = "unavailable"     // 503: the service is shutting down
@@ -49,6 +50,8 @@ func StatusForCode(code string) int {
 		return 409
 	case CodeTooLarge:
 		return 413
+	case CodeRateLimited:
+		return 429
 	case CodePoolExhausted:
 		return 507
 	case CodeUnavailable:
@@ -128,9 +131,12 @@ type Info struct {
 // RegisterRequest is the body of POST /v1/devices, authorized by a join
 // token (Authorization: Bearer TOKEN).
 //
-// Proof is HMAC-SHA256(k, r.SigningBytes()) with
+// Proof is HMAC-SHA256(k, r.SigningBytes(JoinTokenHash(joinSecret))) with
 // k = HKDF-SHA256(secret = X25519(device private, service public),
-// salt = nil, info = ProofInfo), 32 bytes. See ProofKey and Sign in proof.go.
+// salt = nil, info = ProofInfo), 32 bytes, where joinSecret is the join
+// token the request is sent with. See ProofKey and Sign in proof.go. The
+// service accepts a proof once, whether the registration succeeds or not,
+// so every attempt carries a new Timestamp or Nonce and a new Proof.
 type RegisterRequest struct {
 	PublicKey Key    `json:"public_key"`
 	Hostname  string `json:"hostname"`
