@@ -166,3 +166,15 @@ func TestClientLimiterBounded(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, 1, l.len())
 }
+
+// Options.TrustedProxies reaches the API: a request through the trusted
+// proxy is limited by its X-Forwarded-For client.
+func TestServiceTrustedProxies(t *testing.T) {
+	s := startService(t, Options{DataDir: t.TempDir(), InsecureHTTP: true, STUNListen: "off",
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	defer s.Close()
+	req := httptest.NewRequest("GET", "/", nil)
+	req.RemoteAddr = "127.0.0.1:5000"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	require.Equal(t, netip.MustParseAddr("203.0.113.9"), s.Server().clientAddr(req))
+}
