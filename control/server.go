@@ -12,7 +12,10 @@
 //   - admin token: every admin endpoint and GET /metrics.
 //
 // A credential of one kind never works where another is expected; wrong or
-// missing credentials give 401 unauthorized and change nothing.
+// missing credentials give 401 unauthorized and change nothing. A client
+// refused too often, or registering too often, gets 429 rate_limited with
+// Retry-After; every refusal and every admin action is written to the
+// audit log. docs/HARDENING.md has the limits and deadlines.
 package control
 
 import (
