@@ -30,11 +30,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	req, tok, tokHash, aerr := s.authorizeRegistration(w, r)
 	if aerr != nil {
-		if aerr.Code == api.CodeUnauthorized {
-			s.refuse(w, r, "join_token", tok.ID, aerr, "key", req.PublicKey.String())
-			return
-		}
-		writeError(w, aerr)
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, aerr)
 		return
 	}
 
@@ -52,8 +48,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if zone.Name != tok.Zone {
-		s.refuse(w, r, "join_token", tok.ID, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName),
-			"key", req.PublicKey.String())
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
 		return
 	}
 
@@ -93,13 +88,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		// The proof was spent by authorizeRegistration already.
 		Now: s.cfg.Now().UTC(),
 	})
-	if err != nil {
-		aerr := s.storeErr(ctx, "register", err)
-		if aerr.Code == api.CodeUnauthorized { // the token was spent meanwhile
-			s.refuse(w, r, "join_token", tok.ID, aerr, "key", req.PublicKey.String())
-			return
-		}
-		writeError(w, aerr)
+	if err != nil { // unauthorized if the token was spent meanwhile
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, s.storeErr(ctx, "register", err))
 		return
 	}
 	s.metrics.registrations.WithLabelValues(map[bool]string{true: "created", false: "updated"}[created]).Inc()

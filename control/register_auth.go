@@ -77,4 +77,19 @@ func (s *Server) spendProof(ctx context.Context, req *api.RegisterRequest, tokHa
 	return nil
 }
 
+// refuseRegistration answers a registration error; an unauthorized one is
+// a refused authentication (audited, counted against the client), naming
+// the join token (tokID, when it was found) and the key that tried.
+func (s *Server) refuseRegistration(w http.ResponseWriter, r *http.Request, tokID string, key api.Key, aerr *api.Error) {
+	if aerr.Code != api.CodeUnauthorized {
+		writeError(w, aerr)
+		return
+	}
+	if key.IsZero() { // the body did not get that far
+		s.refuse(w, r, "join_token", tokID, aerr)
+		return
+	}
+	s.refuse(w, r, "join_token", tokID, aerr, "key", key.String())
+}
+
 var errReplayedRegistration = apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
