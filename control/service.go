@@ -48,6 +48,10 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are reverse proxies in front of the service: only for
+	// connections from them is X-Forwarded-For used to find the client
+	// address that rate limits and the audit log go by. Nil trusts none.
+	TrustedProxies []netip.Prefix
 }
 
 // Service is a running coordination service: API listener, STUN responder
@@ -171,6 +175,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
+		TrustedProxies:    o.TrustedProxies,
 	})
 	if err != nil {
 		ln.Close()

@@ -50,6 +50,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	insecure := fs.Bool("insecure-http", false, "serve plain HTTP (behind a TLS-terminating proxy, or for tests)")
 	var hosts stringList
 	fs.Var(&hosts, "tls-host", "extra name or address for the self-signed certificate (repeatable; only when it is first created)")
+	var proxies stringList
+	fs.Var(&proxies, "trusted-proxy", "address or CIDR of a reverse proxy whose X-Forwarded-For names the client, for rate limits and the audit log (repeatable; default: trust none)")
 	verbose := fs.Bool("v", false, "debug logs")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -64,6 +66,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *insecure && *tlsCert != "" {
 		return usageErr("serve: --insecure-http and --tls-cert are mutually exclusive")
 	}
+	trusted, err := parseProxies(proxies)
+	if err != nil {
+		return usageErr("serve: %v", err)
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -75,15 +81,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
 	svc, err := control.Start(ctx, control.Options{
-		DataDir:      *dataDir,
-		Listen:       *listen,
-		STUNListen:   *stunListen,
-		TLSCertFile:  *tlsCert,
-		TLSKeyFile:   *tlsKey,
-		TLSHosts:     hosts,
-		InsecureHTTP: *insecure,
-		AdminToken:   adminEnv,
-		Logger:       log,
+		DataDir:        *dataDir,
+		Listen:         *listen,
+		STUNListen:     *stunListen,
+		TLSCertFile:    *tlsCert,
+		TLSKeyFile:     *tlsKey,
+		TLSHosts:       hosts,
+		InsecureHTTP:   *insecure,
+		AdminToken:     adminEnv,
+		Logger:         log,
+		TrustedProxies: trusted,
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -145,4 +152,22 @@ func joinURL(svc *control.Service) string {
 		}
 	}
 	return svc.URL()
+}
+
+// parseProxies parses --trusted-proxy values: a CIDR prefix or a single
+// address.
+func parseProxies(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range in {
+		if p, err := netip.ParsePrefix(v); err == nil && p == p.Masked() {
+			out = append(out, p)
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("--trusted-proxy %q: want an address or a CIDR prefix without host bits", v)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
