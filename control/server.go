@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/dashboard"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
@@ -76,7 +77,9 @@ type Server struct {
 	pub     api.Key
 	hub     *hub
 	metrics *metrics
-	replay  *replayCache
+	// presence tracks members' watch streams (online, last seen).
+	presence *presence
+	replay   *replayCache
 	handler http.Handler
 
 	closeOnce sync.Once
@@ -107,15 +110,23 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	m := newMetrics()
+	cfg.Store = newTimedStore(cfg.Store, m.storeLatency)
 	s := &Server{
-		cfg:     cfg,
-		log:     log,
-		pub:     api.PublicKey(cfg.PrivateKey),
-		metrics: newMetrics(),
-		replay:  newReplayCache(maxReplayEntries),
+		cfg:      cfg,
+		log:      log,
+		pub:      api.PublicKey(cfg.PrivateKey),
+		metrics:  m,
+		presence: newPresence(cfg.Now),
+		replay:   newReplayCache(maxReplayEntries),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.handler = s.routes()
+	dash, err := s.newDashboard()
+	if err != nil {
+		s.hub.close()
+		return nil, fmt.Errorf("control.NewServer: %w", err)
+	}
+	s.handler = s.routes(dash)
 	return s, nil
 }
 
@@ -132,7 +143,7 @@ func (s *Server) Close() error {
 // PublicKey returns the service's static public key.
 func (s *Server) PublicKey() api.Key { return s.pub }
 
-func (s *Server) routes() http.Handler {
+func (s *Server) routes(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
 		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
@@ -162,6 +173,9 @@ func (s *Server) routes() http.Handler {
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	// The web dashboard (its own login; see package dashboard).
+	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -100,6 +100,14 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 	if !send(backlog...) {
 		return
 	}
+	start := "resume"
+	if snapshot {
+		start = "snapshot"
+	}
+	s.metrics.watchStreams.WithLabelValues(start).Inc()
+	s.presence.connect(zone, d.ID)
+	deleted := false
+	defer func() { s.presence.disconnect(zone, d.ID, deleted) }()
 	s.log.DebugContext(ctx, "watch started", "zone", zone, "device", d.ID, "since", since, "rev", rev, "snapshot", snapshot)
 
 	hb := time.NewTicker(s.cfg.HeartbeatInterval)
@@ -119,7 +127,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			if !send(ev.line) {
 				return
 			}
+			s.metrics.watchLag.Observe(time.Since(ev.at).Seconds())
 			if ev.removed == d.ID {
+				deleted = true
 				// The device was deleted: its credentials are gone, and so
 				// is its view of the zone.
 				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", zone, "device", d.ID)
@@ -131,6 +141,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			// event was missed (a dropped hub subscription is closed, but
 			// be strict): check before every heartbeat.
 			if _, err := s.cfg.Store.Device(ctx, d.ID); errors.Is(err, store.ErrNotFound) {
+				deleted = true
 				return
 			}
 			if !send(encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})) {
