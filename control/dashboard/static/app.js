@@ -121,7 +121,7 @@ function render() {
     el("td", { class: "mono" }, d.ipv4, el("br"), el("span", { class: "muted" }, d.ipv6)),
     el("td", {}, d.child_prefixes.length ? d.child_prefixes.map(p => el("span", { class: "pill" }, p)) : el("span", { class: "muted" }, "—")),
     el("td", { class: "mono small" }, d.endpoints.length ? d.endpoints.join(" ") : "—"),
-    el("td", {}, d.online ? "now" : ago(d.last_seen)))), 6, "No members yet: join one with a token below.");
+    el("td", { class: "nowrap" }, d.online ? "now" : ago(d.last_seen)))), 6, "No members yet: join one with a token below.");
 
   const byId = Object.fromEntries(devices.map(d => [d.id, d]));
   fill("prefixes", prefixes.map(p => el("tr", { "data-prefix": p.prefix },
@@ -159,59 +159,74 @@ function usable(t) {
 }
 
 // drawMesh draws the zone's members on a circle, every pair joined (each
-// member has every other as a WireGuard peer), each member's child prefixes
-// outside it, and the service in the middle with a dashed line to every
-// member that holds a watch stream.
+// member has every other as a WireGuard peer), each member's name, address
+// and child prefixes on its outer side. The view box is fitted to what was
+// drawn.
 function drawMesh(devices) {
-  const W = 720, H = 480, cx = W / 2, cy = H / 2, n = devices.length;
-  const r = n <= 1 ? 0 : Math.min(165, 60 + 22 * n);
-  const pos = devices.map((d, i) => {
-    const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
-    return { d, a, x: cx + r * Math.cos(a), y: cy + r * Math.sin(a) };
-  });
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "mesh picture", id: "mesh" });
-  root.append(svg("rect", { x: 0, y: 0, width: W, height: H, rx: 10, fill: "#fbfcfe" }));
+  const n = devices.length, r = n <= 1 ? 0 : Math.min(200, 70 + 26 * n);
+  const root = svg("svg", { role: "img", "aria-label": "mesh picture", id: "mesh" });
+  const bg = svg("rect", { rx: 10, fill: "#fbfcfe" });
+  const content = svg("g", {});
+  root.append(bg, content);
+  const box = document.getElementById("picture");
+  box.replaceChildren(root);
   if (n === 0) {
-    root.append(svg("text", { x: cx, y: cy, "text-anchor": "middle", fill: "#6b7685", "font-size": 14 }, "No members in this zone yet"));
-    document.getElementById("picture").replaceChildren(root);
+    content.append(svg("text", { x: 0, y: 0, "text-anchor": "middle", fill: "#6b7685", "font-size": 14 }, "No members in this zone yet"));
+    fit(root, bg, content, 420, 220);
     return;
   }
+  const pos = devices.map((d, i) => {
+    const a = -Math.PI / 2 + (2 * Math.PI * i) / n;
+    return { d, x: r * Math.cos(a), y: r * Math.sin(a), dx: Math.cos(a), dy: Math.sin(a) };
+  });
   const links = svg("g", {});
   if (n <= 40) {
     for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++)
       links.append(svg("line", { x1: pos[i].x, y1: pos[i].y, x2: pos[j].x, y2: pos[j].y, stroke: "#c7d2fe", "stroke-width": 1.5 }));
   }
-  if (n > 1) {
-    for (const p of pos) if (p.d.online)
-      links.append(svg("line", { x1: cx, y1: cy, x2: p.x, y2: p.y, stroke: "#cbd5e1", "stroke-width": 1, "stroke-dasharray": "3 4" }));
-    links.append(svg("circle", { cx, cy, r: 16, fill: "#111827" }),
-      svg("text", { x: cx, y: cy + 32, "text-anchor": "middle", fill: "#6b7685", "font-size": 11 }, "service"));
-  }
-  root.append(links);
+  content.append(links);
+  const mono = "ui-monospace, Menlo, Consolas, monospace";
   for (const p of pos) {
     const g = svg("g", { class: "node", "data-host": p.d.hostname, "data-online": p.d.online ? "true" : "false" });
-    const dx = Math.cos(p.a), dy = Math.sin(p.a);
-    const prefixes = p.d.child_prefixes;
-    if (prefixes.length) {
-      const out = n === 1 ? { x: cx, y: cy + 95 } : { x: p.x + dx * 95, y: p.y + dy * 78 };
-      prefixes.slice(0, 4).forEach((pf, k) => {
-        const y = out.y + (k - (Math.min(prefixes.length, 4) - 1) / 2) * 24;
-        g.append(svg("line", { x1: p.x, y1: p.y, x2: out.x, y2: y, stroke: "#c4b5fd", "stroke-width": 1.5 }));
-        const w = 8 + 7.2 * pf.length;
-        g.append(svg("rect", { x: out.x - w / 2, y: y - 10, width: w, height: 20, rx: 10, fill: "#f3edff", stroke: "#7c3aed", "stroke-width": 1 }),
-          svg("text", { x: out.x, y: y + 4, "text-anchor": "middle", "font-size": 11.5, fill: "#5b21b6", "font-family": "ui-monospace, Menlo, Consolas, monospace", class: "prefix" }, pf));
-      });
-      if (prefixes.length > 4) g.append(svg("text", { x: out.x, y: out.y + 62, "text-anchor": "middle", "font-size": 11, fill: "#6b7685" }, `+${prefixes.length - 4} more`));
-    }
-    g.append(svg("circle", { cx: p.x, cy: p.y, r: 22, fill: p.d.online ? "#16a34a" : "#9aa3af", stroke: "#fff", "stroke-width": 3 }),
+    g.append(svg("circle", { cx: p.x, cy: p.y, r: 20, fill: p.d.online ? "#16a34a" : "#9aa3af", stroke: "#fff", "stroke-width": 3 }),
       svg("title", {}, `${p.d.hostname} ${p.d.ipv4} (${p.d.online ? "online" : "offline"})`));
-    const below = dy > -0.3 || n === 1;
-    const ly = below ? p.y + 38 : p.y - 42;
-    g.append(svg("text", { x: p.x, y: ly, "text-anchor": "middle", "font-size": 13, "font-weight": 600, fill: "#1c2430", class: "host" }, p.d.hostname),
-      svg("text", { x: p.x, y: ly + 15, "text-anchor": "middle", "font-size": 11.5, fill: "#6b7685", "font-family": "ui-monospace, Menlo, Consolas, monospace" }, p.d.ipv4));
-    root.append(g);
+    // Where the labels go: below, above, or beside the node.
+    const side = n === 1 || p.dy > 0.5 ? "below" : p.dy < -0.5 ? "above" : p.dx > 0 ? "right" : "left";
+    const anchor = side === "right" ? "start" : side === "left" ? "end" : "middle";
+    const tx = side === "right" ? p.x + 30 : side === "left" ? p.x - 30 : p.x;
+    const prefixes = p.d.child_prefixes.slice(0, 4);
+    if (p.d.child_prefixes.length > 4) prefixes.push(`+${p.d.child_prefixes.length - 4} more`);
+    // Lines of the label block, outward from the node.
+    const label = [{ t: p.d.hostname, cls: "host" }, { t: p.d.ipv4, cls: "addr" }];
+    const pills = prefixes.map(t => ({ t, cls: "prefix" }));
+    const lines = side === "above" ? [...pills, ...label] : [...label, ...pills];
+    let y = side === "below" ? p.y + 38 : side === "above" ? p.y - 30 - 20 * (lines.length - 1) - 4 * pills.length : p.y - 4;
+    for (const l of lines) {
+      if (l.cls === "prefix") {
+        y += 4;
+        const w = 12 + 7.1 * l.t.length;
+        const x0 = anchor === "start" ? tx : anchor === "end" ? tx - w : tx - w / 2;
+        g.append(svg("rect", { x: x0, y: y - 13, width: w, height: 19, rx: 9.5, fill: "#f3edff", stroke: "#a78bfa", "stroke-width": 1 }),
+          svg("text", { x: x0 + w / 2, y: y + 1, "text-anchor": "middle", "font-size": 11.5, fill: "#5b21b6", "font-family": mono, class: "prefix" }, l.t));
+      } else if (l.cls === "host") {
+        g.append(svg("text", { x: tx, y, "text-anchor": anchor, "font-size": 14, "font-weight": 600, fill: "#1c2430", class: "host" }, l.t));
+      } else {
+        g.append(svg("text", { x: tx, y: y - 2, "text-anchor": anchor, "font-size": 11.5, fill: "#6b7685", "font-family": mono }, l.t));
+      }
+      y += 20;
+    }
+    content.append(g);
   }
-  document.getElementById("picture").replaceChildren(root);
+  fit(root, bg, content, 460, 300);
+}
+
+// fit sets the view box around what was drawn (at least minW × minH).
+function fit(root, bg, content, minW, minH) {
+  const b = content.getBBox(), pad = 18;
+  const w = Math.max(minW, b.width + 2 * pad), h = Math.max(minH, b.height + 2 * pad);
+  const x = b.x + b.width / 2 - w / 2, y = b.y + b.height / 2 - h / 2;
+  root.setAttribute("viewBox", `${x} ${y} ${w} ${h}`);
+  for (const [k, v] of Object.entries({ x, y, width: w, height: h })) bg.setAttribute(k, v);
 }
 
 async function createToken(ev) {
