@@ -80,7 +80,7 @@ type Server struct {
 	// presence tracks members' watch streams (online, last seen).
 	presence *presence
 	replay   *replayCache
-	handler http.Handler
+	handler  http.Handler
 
 	closeOnce sync.Once
 }

@@ -98,7 +98,7 @@ var (
 	//go:embed static/login.html
 	loginHTML string
 	//go:embed static/style.css
-	styleCSS string
+	styleCSS  string
 	loginTmpl = template.Must(template.New("login").Parse(loginHTML))
 )
 
