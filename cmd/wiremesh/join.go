@@ -66,12 +66,14 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
 	var a agentFlags
 	a.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -85,6 +87,9 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
 	}
 	url := pos[0]
+	if err := checkServiceURL(name+": service URL", url); err != nil {
+		return err
+	}
 	opts, err := a.options(name, stderr)
 	if err != nil {
 		return err
@@ -190,6 +195,7 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	if a.token == "" {
 		a.token = os.Getenv("WIREMESH_TOKEN")
 	}
+
 	opts := []mesh.Option{
 		mesh.WithToken(a.token),
 		mesh.WithZone(a.zone),
@@ -249,7 +255,14 @@ func printSkipped(w io.Writer, before, now []mesh.SkippedRoute) {
 // joinError turns a Join error into an actionable message.
 func joinError(name, url string, err error) error {
 	var ae *api.Error
+	if https, ok := speaksHTTPS(url, err); ok {
+		return usageErr("%s: the service at %s speaks HTTPS: use %s", name, url, https)
+	}
 	switch {
+	case strings.Contains(err.Error(), "no join token"):
+		// mesh.Join had no token and no registration with this service
+		// saved in a state directory (mesh has no sentinel for it yet).
+		return usageErr("%s: no join token: pass --token or set WIREMESH_TOKEN (`wiremesh serve` prints one; `wiremesh token create` makes more)", name)
 	case errors.Is(err, mesh.ErrKernelModeUnsupported):
 		return fmt.Errorf("%s: %w (pass --userspace)", name, err)
 	case errors.Is(err, mesh.ErrUnauthorized):

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -64,6 +65,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *insecure && *tlsCert != "" {
 		return usageErr("serve: --insecure-http and --tls-cert are mutually exclusive")
 	}
+	if err := checkListen("serve: --listen", *listen); err != nil {
+		return err
+	}
+	if *stunListen != "off" {
+		if err := checkListen("serve: --stun-listen", *stunListen); err != nil {
+			return err
+		}
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -84,7 +93,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		InsecureHTTP: *insecure,
 		AdminToken:   adminEnv,
 		Logger:       log,
+		Version:      readBuildInfo().short(),
 	})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("serve: cannot listen on %s (TCP) or %s (UDP, STUN): the address is in use, maybe by another `wiremesh serve`: "+
+			"stop it or choose another --listen / --stun-listen (%s)", *listen, *stunListen, plainMessage(err))
+	}
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -106,6 +120,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if fp := svc.Fingerprint(); fp != nil {
 		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	if svc.AdminToken() != "" {
+		fmt.Fprintf(stdout, "dashboard: %s/ui/ (sign in with the admin token)\n", svc.URL())
 	}
 	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
 		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
