@@ -277,12 +277,16 @@ func joinError(name, url string, err error) error {
 		return fmt.Errorf("%s: the service at %s refused the registration: %w", name, url, err)
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s: interrupted: %w", name, err)
+	case strings.Contains(err.Error(), "certificate fingerprint mismatch"):
+		// controlclient.FingerprintMismatchError (internal to mesh).
+		return fmt.Errorf("%s: the service at %s presents a certificate that is not the one pinned in the join token "+
+			"(a token from another service, or the service's certificate was replaced): create a new token with `wiremesh token create`", name, url)
 	case errors.As(err, new(x509.UnknownAuthorityError)), errors.As(err, new(*tls.CertificateVerificationError)):
 		return fmt.Errorf("%s: the service at %s presents a certificate this machine does not trust: use a join token printed by `wiremesh serve` or `wiremesh token create` (it pins the service's certificate) (%w)", name, url, err)
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
-			return fmt.Errorf("%s: cannot reach the service at %s: %w", name, url, err)
+			return fmt.Errorf("%s: cannot reach the service at %s: is `wiremesh serve` running there? (%w)", name, url, err)
 		}
 		return fmt.Errorf("%s %s: %w", name, url, err)
 	}

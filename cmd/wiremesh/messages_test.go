@@ -153,3 +153,25 @@ func TestJoinHTTPToHTTPS(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(errOut), "\n")
 	require.Equal(t, "wiremesh: join: the service at "+httpURL+" speaks HTTPS: use "+url, lines[len(lines)-1])
 }
+
+// #3: a token from another service; #9: no service at the URL.
+func TestJoinWrongServiceAndNoService(t *testing.T) {
+	t.Setenv("WIREMESH_ADMIN_TOKEN", "")
+	dirA, dirB := t.TempDir(), t.TempDir()
+	urlA, urlB := startServe(t, dirA), startServe(t, dirB)
+	code, tok, errOut := cli(t, "token", "create", "--server", urlA, "--data-dir", dirA)
+	require.Equal(t, 0, code, errOut)
+	code, _, errOut = cli(t, "join", "--userspace", "--token", strings.TrimSpace(tok), urlB)
+	require.Equal(t, 1, code, errOut)
+	require.Equal(t, "wiremesh: join: the service at "+urlB+" presents a certificate that is not the one pinned in the join token "+
+		"(a token from another service, or the service's certificate was replaced): create a new token with `wiremesh token create`\n", errOut)
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gone := "https://" + closed.Addr().String()
+	closed.Close()
+	code, _, errOut = cli(t, "join", "--userspace", "--token", strings.TrimSpace(tok), gone)
+	require.Equal(t, 1, code, errOut)
+	require.Equal(t, 1, strings.Count(errOut, "\n"), "one line, no retry warnings: %s", errOut)
+	require.Contains(t, errOut, "wiremesh: join: cannot reach the service at "+gone+": is `wiremesh serve` running there?")
+}
