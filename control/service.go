@@ -141,13 +141,19 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
+	s.serve(l.api, tlsCfg)
+	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir)
+	return s, nil
+}
+
+// serve serves the API on ln (with TLS when tlsCfg is set) until Close.
+func (s *Service) serve(ln net.Listener, tlsCfg *tls.Config) {
 	s.http = &http.Server{
 		Handler:           s.srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	ln := l.api
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 		s.scheme = "https"
@@ -155,11 +161,9 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	go func() {
 		defer close(s.serveDone)
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API listener failed", "err", err)
+			s.log.Error("API listener failed", "err", err)
 		}
 	}()
-	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir)
-	return s, nil
 }
 
 // loadState reads (or creates, on first start) the service key, the admin

@@ -108,24 +108,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: creating a join token: %w", err)
 	}
 
-	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
-	if sa := svc.STUNAddr(); sa.IsValid() {
-		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
-	}
-	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
-	if adminEnv != "" {
-		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	} else {
-		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
-	}
-	if fp := svc.Fingerprint(); fp != nil {
-		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
-	}
-	if svc.AdminToken() != "" {
-		fmt.Fprintf(stdout, "dashboard: %s/ui/ (sign in with the admin token)\n", svc.URL())
-	}
-	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
-		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
+	printBanner(stdout, svc, *dataDir, adminEnv != "", tok)
 
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -162,4 +145,26 @@ func joinURL(svc *control.Service) string {
 		}
 	}
 	return svc.URL()
+}
+
+// printBanner prints what `wiremesh serve` tells a person at start-up.
+func printBanner(stdout io.Writer, svc *control.Service, dataDir string, adminFromEnv bool, tok string) {
+	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
+	if sa := svc.STUNAddr(); sa.IsValid() {
+		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+	}
+	fmt.Fprintf(stdout, "data directory: %s\n", dataDir)
+	if adminFromEnv {
+		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
+	} else {
+		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	}
+	if fp := svc.Fingerprint(); fp != nil {
+		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	if svc.AdminToken() != "" {
+		fmt.Fprintf(stdout, "dashboard: %s/ui/ (sign in with the admin token)\n", svc.URL())
+	}
+	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
+		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
 }
