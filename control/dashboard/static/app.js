@@ -268,7 +268,9 @@ function live() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("token-form").addEventListener("submit", createToken);
   window.addEventListener("hashchange", () => { state.newToken = null; render(); });
-  setInterval(() => { if (state.info) render(); }, 15000);
+  // A safety net for updates lost while the event stream was slow or
+  // reconnecting; it also refreshes the "last seen" times.
+  setInterval(load, 30000);
   load();
   live();
 });
