@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/dashboard"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
@@ -89,8 +90,10 @@ type server struct {
 	pub     api.Key
 	hub     *hub
 	metrics *metrics
-	replay  *replayCache
-	handler http.Handler
+	// presence tracks members' watch streams (online, last seen).
+	presence *presence
+	replay   *replayCache
+	handler  http.Handler
 
 	registerLimit *clientLimiter // registrations per client address
 	authFailLimit *clientLimiter // refused authentications per client address
@@ -126,18 +129,26 @@ func newServer(cfg serverConfig) (*server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	l := cfg.limits
+	m := newMetrics()
+	cfg.Store = newTimedStore(cfg.Store, m.storeLatency)
 	s := &server{
 		cfg:           cfg,
 		log:           log,
 		pub:           api.PublicKey(cfg.PrivateKey),
-		metrics:       newMetrics(),
+		metrics:       m,
+		presence:      newPresence(cfg.Now),
 		replay:        newReplayCache(maxReplayEntries),
 		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
 		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
 		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.handler = s.routes()
+	dash, err := s.newDashboard()
+	if err != nil {
+		s.hub.close()
+		return nil, fmt.Errorf("control.NewServer: %w", err)
+	}
+	s.handler = s.routes(dash)
 	return s, nil
 }
 
@@ -154,7 +165,7 @@ func (s *server) Close() error {
 // PublicKey returns the service's static public key.
 func (s *server) PublicKey() api.Key { return s.pub }
 
-func (s *server) routes() http.Handler {
+func (s *server) routes(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
 		mux.Handle(pattern, s.metrics.instrument(pattern, s.withReadDeadline(fn)))
@@ -184,6 +195,9 @@ func (s *server) routes() http.Handler {
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	// The web dashboard (its own login; see package dashboard).
+	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -70,6 +71,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageErr("serve: %v", err)
 	}
+	if err := checkListen("serve: --listen", *listen); err != nil {
+		return err
+	}
+	if *stunListen != "off" {
+		if err := checkListen("serve: --stun-listen", *stunListen); err != nil {
+			return err
+		}
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -91,7 +100,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		AdminToken:     adminEnv,
 		Logger:         log,
 		TrustedProxies: trusted,
+		Version:        readBuildInfo().short(),
 	})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("serve: cannot listen on %s (TCP) or %s (UDP, STUN): the address is in use, maybe by another `wiremesh serve`: "+
+			"stop it or choose another --listen / --stun-listen (%s)", *listen, *stunListen, plainMessage(err))
+	}
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -101,21 +115,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: creating a join token: %w", err)
 	}
 
-	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
-	if sa := svc.STUNAddr(); sa.IsValid() {
-		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
-	}
-	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
-	if adminEnv != "" {
-		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	} else {
-		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
-	}
-	if fp := svc.Fingerprint(); fp != nil {
-		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
-	}
-	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
-		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
+	printBanner(stdout, svc, *dataDir, adminEnv != "", tok)
 
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -170,4 +170,26 @@ func parseProxies(in []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// printBanner prints what `wiremesh serve` tells a person at start-up.
+func printBanner(stdout io.Writer, svc *control.Service, dataDir string, adminFromEnv bool, tok string) {
+	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
+	if sa := svc.STUNAddr(); sa.IsValid() {
+		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+	}
+	fmt.Fprintf(stdout, "data directory: %s\n", dataDir)
+	if adminFromEnv {
+		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
+	} else {
+		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	}
+	if fp := svc.Fingerprint(); fp != nil {
+		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	if svc.AdminToken() != "" {
+		fmt.Fprintf(stdout, "dashboard: %s/ui/ (sign in with the admin token)\n", svc.URL())
+	}
+	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
+		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
 }

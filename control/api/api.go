@@ -264,6 +264,14 @@ type Device struct {
 	Endpoints     []netip.AddrPort `json:"endpoints"`
 	CreatedAt     time.Time        `json:"created_at"`
 	UpdatedAt     time.Time        `json:"updated_at"`
+	// Online (admin API only) reports whether the device holds a watch
+	// stream to the service process that answered. Absent in answers to the
+	// device itself.
+	Online *bool `json:"online,omitempty"`
+	// LastSeen (admin API only) is when the device last held a watch stream
+	// to the service process that answered (the time of the answer while it
+	// holds one). Absent if not since that process started.
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // Peer is a member as other members see it in the watch stream.
