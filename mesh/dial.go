@@ -56,15 +56,7 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 			}
 			continue
 		}
-		var c net.Conn
-		switch {
-		case n.dev.kern != nil:
-			c, err = n.dev.kern.dial(ctx, proto, ap)
-		case proto == "tcp":
-			c, err = n.dev.tnet.DialContextTCPAddrPort(ctx, ap)
-		default:
-			c, err = n.dev.tnet.DialUDPAddrPort(netip.AddrPort{}, ap)
-		}
+		c, err := n.plane.dial(ctx, proto, ap)
 		if err == nil {
 			return c, nil
 		}
@@ -85,20 +77,7 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	var l net.Listener
-	switch {
-	case n.dev.kern != nil:
-		l, err = n.dev.kern.listen(ap)
-	case !ap.Addr().IsValid():
-		// Not the netstack's wildcard: with forwarding on, the netstack is
-		// promiscuous and a socket bound to the zero address would capture
-		// the traffic to the node's child prefixes too.
-		l, err = listenEach(n.Addrs(), ap.Port(), func(ap netip.AddrPort) (net.Listener, error) {
-			return n.dev.tnet.ListenTCPAddrPort(ap)
-		})
-	default:
-		l, err = n.dev.tnet.ListenTCPAddrPort(ap)
-	}
+	l, err := n.plane.listen(ap)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}
@@ -120,12 +99,7 @@ func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 		// capture the datagrams to the node's child prefixes too.
 		ap = netip.AddrPortFrom(n.Addr(), ap.Port())
 	}
-	var c net.PacketConn
-	if n.dev.kern != nil {
-		c, err = n.dev.kern.listenPacket(ap)
-	} else {
-		c, err = n.dev.tnet.ListenUDPAddrPort(ap)
-	}
+	c, err := n.plane.listenPacket(ap)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}
