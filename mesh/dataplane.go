@@ -25,9 +25,10 @@ import (
 // calls back from a data plane: what a plane needs (keys, addresses,
 // prefixes) is passed in planeConfig and through its methods.
 //
-// All methods are safe for concurrent use. After close, dial, listen,
-// listenPacket, ping and setPeers fail with an error wrapping
-// net.ErrClosed.
+// All methods are safe for concurrent use. After close, setPeers fails
+// with an error wrapping net.ErrClosed and dial, listen, listenPacket and
+// ping fail (the Node refuses them with net.ErrClosed before reaching the
+// plane).
 type dataPlane interface {
 	// dial connects with proto ("tcp" or "udp") to ap, a destination the
 	// Node's route check accepted. A plane may refuse a destination it
