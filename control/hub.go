@@ -31,6 +31,8 @@ type hubEvent struct {
 	// removed is the id of the device a remove event is about ("" for
 	// upserts): that device's own stream ends after it.
 	removed string
+	// at is when the hub read the change from the store (watch lag).
+	at time.Time
 }
 
 // subscriber is one watch stream of a zone. The hub closes ch when the
@@ -38,9 +40,12 @@ type hubEvent struct {
 type subscriber struct {
 	zone *hubZone
 	ch   chan hubEvent
-	gone bool // guarded by zone.mu; ch is closed
-	// device is the watching member ("": an observer, who sees the whole
-	// zone); view is what it was sent, guarded by zone.mu (hub_policy.go).
+	// member is a member's watch stream (counted in the watchers gauge);
+	// false for an observer such as the dashboard's event stream.
+	member bool
+	gone   bool // guarded by zone.mu; ch is closed
+	// device is the watching member ("": none, the whole zone is seen);
+	// view is what it was sent, guarded by zone.mu (hub_policy.go).
 	device string
 	view   subView
 }
@@ -139,13 +144,22 @@ func (h *hub) zone(name string) *hubZone {
 // after subscribing and skips live events at or below the backlog's
 // revision misses nothing and sees nothing twice.
 func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
-	return h.subscribeAs(ctx, zone, "")
+	return h.add(ctx, zone, "", true)
 }
 
-// subscribeAs is subscribe for the watch stream of device ("": an
-// observer of the whole zone). In a zone with a policy the device's view
-// starts as the one hub.snapshot returns.
+// subscribeAs is subscribe for the watch stream of device. In a zone with
+// a policy the device's view starts as the one hub.snapshot returns.
 func (h *hub) subscribeAs(ctx context.Context, zone, device string) (*subscriber, error) {
+	return h.add(ctx, zone, device, true)
+}
+
+// observe is subscribe for a reader that is not a member (the dashboard):
+// same delivery, the whole zone, not counted as a watch stream.
+func (h *hub) observe(ctx context.Context, zone string) (*subscriber, error) {
+	return h.add(ctx, zone, "", false)
+}
+
+func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subscriber, error) {
 	z := h.zone(zone)
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -158,10 +172,12 @@ func (h *hub) subscribeAs(ctx context.Context, zone, device string) (*subscriber
 		}
 		z.ready = true
 	}
-	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), device: device}
+	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member, device: device}
 	sub.view = z.view.viewOf(device)
 	z.subs[sub] = struct{}{}
-	h.metrics.watchers.Inc()
+	if member {
+		h.metrics.watchers.Inc()
+	}
 	return sub, nil
 }
 
@@ -182,7 +198,9 @@ func (h *hub) dropLocked(sub *subscriber) {
 	sub.gone = true
 	close(sub.ch)
 	delete(z.subs, sub)
-	h.metrics.watchers.Dec()
+	if sub.member {
+		h.metrics.watchers.Dec()
+	}
 	if len(z.subs) == 0 {
 		z.ready = false // re-read the revision when someone subscribes again
 		z.view = zoneView{}
@@ -241,7 +259,7 @@ func (h *hub) updateLocked(z *hubZone) {
 			return
 		}
 		if !handled {
-			ev := hubEvent{rev: c.Rev, line: h.encode(c)}
+			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
 			if c.Kind == store.ChangeRemove {
 				ev.removed = c.Device.ID
 			}

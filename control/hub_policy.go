@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/policy"
@@ -165,7 +166,7 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 	}
 	for sub := range z.subs {
 		if line := f.linesFor(sub); len(line) > 0 {
-			ev := hubEvent{rev: c.Rev, line: line}
+			ev := hubEvent{rev: c.Rev, line: line, at: time.Now()}
 			if c.Kind == store.ChangeRemove {
 				ev.removed = c.Device.ID
 			}

@@ -193,8 +193,8 @@ func TestPolicyReachesWatchers(t *testing.T) {
 	require.Equal(t, api.EventFilter, f.Type)
 	laptop := []netip.Prefix{netip.PrefixFrom(lt.IPv4, 32), netip.PrefixFrom(lt.IPv6, 128)}
 	require.Equal(t, []api.FilterRule{
-		{Rule: 1, Src: laptop, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")}, Proto: "tcp", Ports: []api.PortRange{{80, 80}}},
-		{Rule: 2, Src: laptop, Dst: []netip.Prefix{netip.PrefixFrom(n1.IPv4, 32), netip.PrefixFrom(n1.IPv6, 128)}, Proto: "tcp", Ports: []api.PortRange{{22, 22}}},
+		{Rule: 1, Src: laptop, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")}, Proto: "tcp", Ports: []api.PortRange{{First: 80, Last: 80}}},
+		{Rule: 2, Src: laptop, Dst: []netip.Prefix{netip.PrefixFrom(n1.IPv4, 32), netip.PrefixFrom(n1.IPv6, 128)}, Proto: "tcp", Ports: []api.PortRange{{First: 22, Last: 22}}},
 	}, f.Filter.Rules)
 	_, ok := f.Filter.Allows(lt.IPv4, netip.MustParseAddr("172.24.0.2"), api.ProtoTCP, 81)
 	require.False(t, ok)
