@@ -1,6 +1,8 @@
 package control
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -285,4 +287,43 @@ func TestPolicyDeletedDeviceLeavesViews(t *testing.T) {
 	as.quiet()
 	snap = e.watch("default", d.DeviceToken, 0).next()
 	require.Equal(t, []string{d.DeviceID}, peerIDs(snap.Peers))
+}
+
+func TestPolicyObserverSeesWholeZone(t *testing.T) {
+	e := newEnv(t)
+	web := e.taggedToken("default", "web")
+	_, a := e.mustRegister(web, "a")
+	var dev api.Device
+	_, ae := e.call("GET", "/v1/devices/"+a.DeviceID, e.admin, nil, &dev)
+	require.Nil(t, ae)
+	require.Equal(t, []string{"web"}, dev.Tags, "the device carries its token's tags")
+
+	_, ae = e.setPolicy("default", `{"tags": {"web": []}, "rules": []}`)
+	require.Nil(t, ae)
+	obs, err := e.srv.hub.observe(t.Context(), "default")
+	require.NoError(t, err)
+	defer e.srv.hub.unsubscribe(obs)
+	mem, err := e.srv.hub.subscribeAs(t.Context(), "default", a.DeviceID)
+	require.NoError(t, err)
+	defer e.srv.hub.unsubscribe(mem)
+
+	_, b := e.mustRegister(web, "b")
+	ev := <-obs.ch
+	var we api.WatchEvent
+	require.NoError(t, json.Unmarshal(ev.line, &we))
+	require.Equal(t, b.DeviceID, we.Peer.ID, "an observer sees every change")
+	require.Empty(t, mem.ch, "a member that may reach nothing sees nothing")
+
+	_, ae = e.setPolicy("default", `{"tags": {"web": []}, "rules": [{"from": ["tag:web"], "to": ["tag:web:*"]}]}`)
+	require.Nil(t, ae)
+	require.Empty(t, obs.ch, "policy changes are not an observer's business")
+	ev = <-mem.ch
+	lines := bytes.Split(bytes.TrimSpace(ev.line), []byte("\n"))
+	require.Len(t, lines, 2, "b's upsert and a's filter in one event: %s", ev.line)
+	require.NoError(t, json.Unmarshal(lines[0], &we))
+	require.Equal(t, api.EventUpsert, we.Type)
+	require.Equal(t, b.DeviceID, we.Peer.ID)
+	require.NoError(t, json.Unmarshal(lines[1], &we))
+	require.Equal(t, api.EventFilter, we.Type)
+	require.Len(t, we.Filter.Rules, 1)
 }
