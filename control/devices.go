@@ -21,6 +21,7 @@ func toAPIDevice(d store.Device) api.Device {
 		Endpoints:     nonNil(d.Endpoints),
 		Candidates:    toAPICandidates(d.Candidates),
 		NAT:           api.NATType(d.NAT),
+		Tags:          d.Tags,
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
 	}
@@ -159,7 +160,7 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, toAPIDevice)
+	writeList(s, w, r, "list devices", ds, err, func(d store.Device) api.Device { return s.withPresence(toAPIDevice(d)) })
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -173,7 +174,7 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, toAPIDevice(d))
+	writeJSON(w, http.StatusOK, s.withPresence(toAPIDevice(d)))
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {

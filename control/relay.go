@@ -140,7 +140,7 @@ func (rl *relay) reserve(c *relayConn) *api.Error {
 	}
 	set := rl.byDevice[c.deviceID]
 	if len(set) >= relayConnsPerDevice {
-		return apiErr(api.CodeTooMany, "device %s already holds %d relay connections", c.deviceID, len(set))
+		return apiErr(api.CodeRateLimited, "device %s already holds %d relay connections", c.deviceID, len(set))
 	}
 	if set == nil {
 		set = map[*relayConn]struct{}{}

@@ -12,7 +12,10 @@
 //   - admin token: every admin endpoint and GET /metrics.
 //
 // A credential of one kind never works where another is expected; wrong or
-// missing credentials give 401 unauthorized and change nothing.
+// missing credentials give 401 unauthorized and change nothing. A client
+// refused too often, or registering too often, gets 429 rate_limited with
+// Retry-After; every refusal and every admin action is written to the
+// audit log. docs/HARDENING.md has the limits and deadlines.
 package control
 
 import (
@@ -22,12 +25,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/dashboard"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
@@ -60,6 +65,15 @@ type serverConfig struct {
 	Now func() time.Time
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are the addresses of reverse proxies in front of the
+	// service. Only for a peer inside one of them is X-Forwarded-For used
+	// to find the client address (rate limits, audit log); nil trusts no
+	// one and uses the connection's peer address.
+	TrustedProxies []netip.Prefix
+
+	// limits are the per-client and per-device limits; zero fields mean
+	// the defaults (limits.go).
+	limits limits
 }
 
 const (
@@ -78,9 +92,15 @@ type server struct {
 	pub     api.Key
 	hub     *hub
 	metrics *metrics
-	replay  *replayCache
-	relay   *relay
-	handler http.Handler
+	// presence tracks members' watch streams (online, last seen).
+	presence *presence
+	replay   *replayCache
+	relay    *relay
+	handler  http.Handler
+
+	registerLimit *clientLimiter // registrations per client address
+	authFailLimit *clientLimiter // refused authentications per client address
+	streams       *streamSet     // watch streams per device
 
 	closeOnce sync.Once
 }
@@ -106,20 +126,33 @@ func newServer(cfg serverConfig) (*server, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	cfg.limits = cfg.limits.withDefaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	l := cfg.limits
+	m := newMetrics()
+	cfg.Store = newTimedStore(cfg.Store, m.storeLatency)
 	s := &server{
-		cfg:     cfg,
-		log:     log,
-		pub:     api.PublicKey(cfg.PrivateKey),
-		metrics: newMetrics(),
-		replay:  newReplayCache(maxReplayEntries),
+		cfg:           cfg,
+		log:           log,
+		pub:           api.PublicKey(cfg.PrivateKey),
+		metrics:       m,
+		presence:      newPresence(cfg.Now),
+		replay:        newReplayCache(maxReplayEntries),
+		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
+		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
+		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
 	s.relay = newRelay(log, s.metrics.reg)
-	s.handler = s.routes()
+	dash, err := s.newDashboard()
+	if err != nil {
+		s.hub.close()
+		return nil, fmt.Errorf("control.NewServer: %w", err)
+	}
+	s.handler = s.routes(dash)
 	return s, nil
 }
 
@@ -139,10 +172,10 @@ func (s *server) Close() error {
 // PublicKey returns the service's static public key.
 func (s *server) PublicKey() api.Key { return s.pub }
 
-func (s *server) routes() http.Handler {
+func (s *server) routes(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
+		mux.Handle(pattern, s.metrics.instrument(pattern, s.withReadDeadline(fn)))
 	}
 	h("GET /v1/info", s.handleInfo)
 
@@ -151,7 +184,7 @@ func (s *server) routes() http.Handler {
 	h("GET /v1/devices/self", s.device(s.handleGetSelf))
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
-	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 	h("GET "+api.RelayPath, s.device(s.relay.handle))
 
 	// Admin.
@@ -166,10 +199,17 @@ func (s *server) routes() http.Handler {
 	h("DELETE /v1/devices/{id}", s.admin(s.handleDeleteDevice))
 	h("GET /v1/prefixes", s.admin(s.handleListPrefixes))
 	h("DELETE /v1/zones/{zone}/prefixes/{prefix...}", s.admin(s.handleReleaseAdmin))
+	h("GET /v1/zones/{zone}/policy", s.admin(s.handleGetPolicy))
+	h("PUT /v1/zones/{zone}/policy", s.admin(s.handleSetPolicy))
+	h("DELETE /v1/zones/{zone}/policy", s.admin(s.handleDeletePolicy))
+	h("POST /v1/zones/{zone}/policy/check", s.admin(s.handleCheckPolicy))
 
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	// The web dashboard (its own login; see package dashboard).
+	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -193,14 +233,14 @@ func (s *server) handleInfo(w http.ResponseWriter, r *http.Request) {
 // (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
 // expires. store.ErrNotFound (wrapped) if the zone does not exist.
 func (s *server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
-	jt, err := s.createJoinToken(ctx, zone, reusable, ttl)
+	jt, err := s.createJoinToken(ctx, zone, reusable, ttl, nil)
 	if err != nil {
 		return "", fmt.Errorf("control.CreateJoinToken %q: %w", zone, err)
 	}
 	return jt.Token, nil
 }
 
-func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
+func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration, tags []string) (api.JoinToken, error) {
 	secret, err := randomToken(api.JoinTokenPrefix)
 	if err != nil {
 		return api.JoinToken{}, err
@@ -215,6 +255,7 @@ func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool
 		Hash:      sha256.Sum256([]byte(secret)),
 		Zone:      zone,
 		Reusable:  reusable,
+		Tags:      tags,
 		CreatedAt: now,
 	}
 	if ttl > 0 {

@@ -111,24 +111,21 @@ func (s *STUNServer) serve() {
 	}
 }
 
-// startSTUN starts the service's two STUN responders (see
-// Options.STUNListen and STUNAltListen) and returns their advertised
-// addresses ("" when off): an unspecified host becomes ":port", meaning
-// the host of the service URL.
-func (s *Service) startSTUN(ctx context.Context, o Options) (main, alt string, err error) {
-	if o.STUNListen == "off" {
-		return "", "", nil
-	}
+// bindSTUN starts the service's two STUN responders (see
+// Options.STUNListen and STUNAltListen) and records their advertised
+// addresses: an unspecified host becomes ":port", meaning the host of the
+// service URL. On error nothing stays open.
+func (l *listeners) bindSTUN(ctx context.Context, o Options, log *slog.Logger) error {
 	var lc net.ListenConfig
 	pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
 	if err != nil {
-		return "", "", fmt.Errorf("STUN: %w", err)
+		return fmt.Errorf("STUN listener: %w", err)
 	}
-	s.stun = NewSTUNServer(pc, s.log)
-	main = advertised(s.stun.Addr())
+	l.stun = NewSTUNServer(pc, log)
+	l.stunAdvertised = advertised(l.stun.Addr())
 	altListen := o.STUNAltListen
 	if altListen == "off" {
-		return main, "", nil
+		return nil
 	}
 	if altListen == "" {
 		host, port, _ := net.SplitHostPort(o.STUNListen)
@@ -138,12 +135,14 @@ func (s *Service) startSTUN(ctx context.Context, o Options) (main, alt string, e
 		}
 		altListen = net.JoinHostPort(host, next)
 	}
-	pc, err = lc.ListenPacket(ctx, "udp", altListen)
-	if err != nil {
-		return "", "", fmt.Errorf("second STUN port: %w", err)
+	if pc, err = lc.ListenPacket(ctx, "udp", altListen); err != nil {
+		l.stun.Close()
+		l.stun = nil
+		return fmt.Errorf("second STUN listener: %w", err)
 	}
-	s.stunAlt = NewSTUNServer(pc, s.log)
-	return main, advertised(s.stunAlt.Addr()), nil
+	l.stunAlt = NewSTUNServer(pc, log)
+	l.stunAltAdvertised = advertised(l.stunAlt.Addr())
+	return nil
 }
 
 func advertised(a netip.AddrPort) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	hexpkg "encoding/hex"
 	"io"
+	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 // without a service.
 type testDev struct {
 	*wgDevice
+	tnet      *netstack.Net
 	priv, pub api.Key
 	v4, v6    netip.Addr
 }
@@ -29,12 +31,11 @@ func newTestDev(t *testing.T, i int) *testDev {
 	require.NoError(t, err)
 	v4 := netip.AddrFrom4([4]byte{100, 64, 0, byte(i)})
 	v6 := netip.MustParseAddr("fd00::" + string(rune('0'+i)))
-	d, err := newWGDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, nil,
-		magicsock.New(magicsock.Config{PrivateKey: priv, Batch: netstack.DefaultBatchSize}))
+	d, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: priv})
 	require.NoError(t, err)
 	t.Cleanup(d.close)
 	require.NotZero(t, d.port)
-	return &testDev{wgDevice: d, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}
+	return &testDev{wgDevice: d, tnet: tnet, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}
 }
 
 // peer is d's configuration; hold marks it as seen live (see shouldHold).

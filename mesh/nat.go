@@ -20,20 +20,21 @@ const (
 	PathRelay = magicsock.PathRelay
 )
 
-// newBind returns the node's WireGuard transport: a magicsock.Conn that
-// finds a path to every peer through NATs (see package magicsock), tells
-// the service the node's candidates and uses the service's relay.
-func (n *Node) newBind(batch int) *magicsock.Conn {
+// bindConfig configures the node's WireGuard transport, a magicsock.Conn
+// that finds a path to every peer through NATs (see package magicsock).
+// Its hooks reach the service through the node's client: the STUN
+// responders from /v1/info, the relay, and the candidates it learns.
+func (n *Node) bindConfig() magicsock.Config {
 	var towardService netip.Addr
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	if a, err := n.client.LocalAddrFor(ctx); err == nil {
 		towardService = a
 	}
 	cancel()
-	ms := magicsock.New(magicsock.Config{
+	return magicsock.Config{
 		PrivateKey: n.priv,
-		Batch:      batch,
 		Logger:     n.log,
+		FindSTUN:   n.client.STUNServers,
 		DialRelay:  n.client.DialRelay,
 		Publish:    n.publishCandidates,
 		Manual:     n.cfg.endpoints,
@@ -45,29 +46,6 @@ func (n *Node) newBind(batch int) *magicsock.Conn {
 			return as
 		},
 		SkipLocal: n.ownsAddr,
-	})
-	n.wg.Add(1)
-	go n.findSTUN(ms)
-	return ms
-}
-
-// findSTUN gives ms the service's STUN responders, asking the service
-// until it answers.
-func (n *Node) findSTUN(ms *magicsock.Conn) {
-	defer n.wg.Done()
-	bo := backoff{min: n.cfg.backoffMin, max: n.cfg.backoffMax}
-	for {
-		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-		servers, err := n.client.STUNServers(ctx)
-		cancel()
-		if err == nil {
-			ms.SetSTUN(servers)
-			return
-		}
-		n.log.Debug("mesh: STUN responders of the service unknown yet", "err", err)
-		if !sleepCtx(n.ctx, bo.next()) {
-			return
-		}
 	}
 }
 

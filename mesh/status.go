@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
-	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 )
 
 // Peer is another member of the zone, as the service describes it.
@@ -100,18 +99,7 @@ type PeerStatus struct {
 // Status returns the node's state: itself, and each peer with the
 // WireGuard device's view of it.
 func (n *Node) Status() Status {
-	var ds devStats
-	var ifname string
-	var skipped []SkippedRoute
-	var paths map[api.Key]magicsock.PathInfo
-	if !n.isClosed() {
-		ds, _ = n.dev.stats() // on error: peers without runtime stats
-		paths = n.dev.ms.Paths()
-	}
-	reach := n.dev.ms.Self()
-	if n.dev.kern != nil {
-		ifname, skipped = n.dev.kern.status()
-	}
+	ps := n.plane.status() // after Close or on error: peers without runtime stats
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := Status{
@@ -124,14 +112,14 @@ func (n *Node) Status() Status {
 			Prefixes:   slices.Clone(n.self.prefixes),
 			ZoneIPv4:   n.self.zone4,
 			ZoneIPv6:   n.self.zone6,
-			ListenPort: n.dev.port,
+			ListenPort: n.port,
 			Endpoints:  slices.Clone(n.self.endpoints),
 			Mode:       n.cfg.mode,
-			Interface:  ifname,
-			NAT:        reach.NAT,
-			Relay:      reach.Relay,
+			Interface:  ps.ifname,
+			NAT:        ps.reach.NAT,
+			Relay:      ps.reach.Relay,
 		},
-		SkippedRoutes:    skipped,
+		SkippedRoutes:    ps.skipped,
 		ControlConnected: n.connected,
 		Revision:         n.revision,
 		EventsDropped:    n.events.dropped.Load(),
@@ -141,20 +129,13 @@ func (n *Node) Status() Status {
 	}
 	for _, k := range sortedPeerKeys(n.peers) {
 		p := publicPeer(n.peers[k])
-		ps := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
-		if s, ok := ds.peers[k]; ok {
-			ps.Endpoint = s.endpoint
-			ps.LastHandshake = s.lastHandshake
-			ps.RxBytes, ps.TxBytes = s.rxBytes, s.txBytes
+		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
+		if s, ok := ps.peers[k]; ok {
+			pst.Endpoint, pst.Path = s.endpoint, s.path
+			pst.LastHandshake = s.lastHandshake
+			pst.RxBytes, pst.TxBytes = s.rxBytes, s.txBytes
 		}
-		// WireGuard's endpoint is an address when the path is direct
-		// (chosen by probing, or learnt from the peer's packets).
-		if ps.Endpoint.IsValid() {
-			ps.Path = PathDirect
-		} else {
-			ps.Path = paths[k].Path
-		}
-		st.Peers = append(st.Peers, ps)
+		st.Peers = append(st.Peers, pst)
 	}
 	return st
 }

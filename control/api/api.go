@@ -35,8 +35,8 @@ const (
 	CodeAddrInUse       = "addr_in_use"       // 409: a requested tunnel address is taken
 	CodeTooManyPrefixes = "too_many_prefixes" // 409: the device would hold more child prefixes than the zone allows
 	CodeTooLarge        = "too_large"         // 413: body over MaxBodyBytes
+	CodeRateLimited     = "rate_limited"      // 429: too many requests or failed authentications from this client; see Retry-After
 	CodePoolExhausted   = "pool_exhausted"    // 507: no free tunnel address left in the zone
-	CodeTooMany         = "too_many"          // 429: a per-device limit is reached (relay connections)
 	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
 	CodeUnavailable     = "unavailable"       // 503: the service is shutting down
 )
@@ -45,6 +45,8 @@ const (
 func StatusForCode(code string) int {
 	switch code {
 	case CodeBadRequest, CodeInvalidPrefix, CodePrefixTooWide, CodeInvalidKey, CodeInvalidEndpoint:
+		return 400
+	case CodeInvalidPolicy, CodeUnknownTag, CodeInvalidSelector, CodeInvalidPort, CodeInvalidProto:
 		return 400
 	case CodeUnauthorized:
 		return 401
@@ -56,10 +58,10 @@ func StatusForCode(code string) int {
 		return 409
 	case CodeTooLarge:
 		return 413
+	case CodeRateLimited:
+		return 429
 	case CodePoolExhausted:
 		return 507
-	case CodeTooMany:
-		return 429
 	case CodeUnavailable:
 		return 503
 	default:
@@ -75,6 +77,9 @@ type Error struct {
 	// overlaps and the hostname (or "tunnel pool") that holds it.
 	Prefix string `json:"prefix,omitempty"`
 	Owner  string `json:"owner,omitempty"`
+	// Line is set on the policy codes (policy.go): the line of the policy
+	// document the error is about.
+	Line int `json:"line,omitempty"`
 	// Status is the HTTP status the error arrived with (client side only).
 	Status int `json:"-"`
 }
@@ -201,9 +206,12 @@ type Info struct {
 // RegisterRequest is the body of POST /v1/devices, authorized by a join
 // token (Authorization: Bearer TOKEN).
 //
-// Proof is HMAC-SHA256(k, r.SigningBytes()) with
+// Proof is HMAC-SHA256(k, r.SigningBytes(JoinTokenHash(joinSecret))) with
 // k = HKDF-SHA256(secret = X25519(device private, service public),
-// salt = nil, info = ProofInfo), 32 bytes. See ProofKey and Sign in proof.go.
+// salt = nil, info = ProofInfo), 32 bytes, where joinSecret is the join
+// token the request is sent with. See ProofKey and Sign in proof.go. The
+// service accepts a proof once, whether the registration succeeds or not,
+// so every attempt carries a new Timestamp or Nonce and a new Proof.
 type RegisterRequest struct {
 	PublicKey Key    `json:"public_key"`
 	Hostname  string `json:"hostname"`
@@ -274,8 +282,18 @@ type Device struct {
 	Endpoints     []netip.AddrPort `json:"endpoints"`
 	Candidates    []Candidate      `json:"candidates,omitempty"`
 	NAT           NATType          `json:"nat,omitempty"`
-	CreatedAt     time.Time        `json:"created_at"`
-	UpdatedAt     time.Time        `json:"updated_at"`
+	// Tags are those of the join token the device last registered with.
+	Tags      []string  `json:"tags,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Online (admin API only) reports whether the device holds a watch
+	// stream to the service process that answered. Absent in answers to the
+	// device itself.
+	Online *bool `json:"online,omitempty"`
+	// LastSeen (admin API only) is when the device last held a watch stream
+	// to the service process that answered (the time of the answer while it
+	// holds one). Absent if not since that process started.
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // Peer is a member as other members see it in the watch stream.
@@ -309,9 +327,17 @@ const (
 // The stream starts with a snapshot (since absent, 0, or older than the
 // retained history) or with the upserts and removes after since, in revision
 // order followed by one heartbeat; then one event per change, and
-// heartbeats while idle. Revisions are
-// strictly increasing across change events. The device's own entry is
-// included; clients skip it.
+// heartbeats while idle. Revisions never decrease, and increase from one
+// change to the next. The device's own entry is included; clients skip it.
+//
+// In a zone with a policy the stream is the receiving member's view: the
+// snapshot holds only the peers it may exchange traffic with (in either
+// direction) and its Filter; a change of policy or membership brings
+// upserts for peers that become visible, removes for peers that no longer
+// are, and an EventFilter event when its filter changes, all with the
+// revision of that change and in one write. A client resuming with since=
+// in such a zone (or from before the last policy change) gets a fresh
+// snapshot.
 //
 // A deleted device is told about its own removal: the remove event whose
 // Peer.ID is its own is the last line of its stream, and the service then
@@ -323,6 +349,9 @@ type WatchEvent struct {
 	Revision int64  `json:"revision"`
 	Peers    []Peer `json:"peers,omitempty"`
 	Peer     *Peer  `json:"peer,omitempty"`
+	// Filter is the receiving member's inbound filter, in a snapshot and in
+	// an EventFilter event (see Filter; nil: the zone has no policy).
+	Filter *Filter `json:"filter,omitempty"`
 }
 
 // Zone is a separate mesh: its own tunnel pools and prefix space.
@@ -359,6 +388,9 @@ type CreateTokenRequest struct {
 	Reusable bool   `json:"reusable,omitempty"`
 	// ExpiresInSeconds, when > 0, makes the token expire that long after creation.
 	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+	// Tags are given to every device that registers with the token (the
+	// policy's tag:NAME selectors; names as in the policy's "tags").
+	Tags []string `json:"tags,omitempty"`
 }
 
 // JoinToken describes a join token. Token (the secret) is only present in
@@ -368,6 +400,7 @@ type JoinToken struct {
 	Token     string    `json:"token,omitempty"`
 	Zone      string    `json:"zone"`
 	Reusable  bool      `json:"reusable"`
+	Tags      []string  `json:"tags,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	UsedAt    time.Time `json:"used_at,omitzero"`
 	CreatedAt time.Time `json:"created_at"`

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.candidates, d.nat, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags, d.candidates, d.nat`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -32,7 +32,8 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 	)
 	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		d, created = Device{}, false // fn runs once, but keep it self-contained
-		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
+		jt, err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now)
+		if err != nil {
 			return err
 		}
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
@@ -45,14 +46,14 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d, err = loadDevice(ctx, tx, `d.zone = ? AND d.public_key = ?`, p.Zone, p.PublicKey[:])
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
 			d.Candidates, d.NAT = nil, "" // reported again after registering
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
 		case errors.Is(err, ErrNotFound):
 			created = true
-			if d, err = insertDevice(ctx, tx, z, p, now); err != nil {
+			if d, err = insertDevice(ctx, tx, z, p, jt.Tags, now); err != nil {
 				return err
 			}
 		default:
@@ -76,7 +77,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 }
 
 // insertDevice allocates a host index and inserts a new device row.
-func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, now time.Time) (Device, error) {
+func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, tags []string, now time.Time) (Device, error) {
 	idx, err := allocIndex(ctx, tx, z, p.RequestedIPv4)
 	if err != nil {
 		return Device{}, err
@@ -94,6 +95,7 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		IPv4:      v4,
 		IPv6:      v6,
 		Endpoints: p.Endpoints,
+		Tags:      nilIfEmpty(slices.Clone(tags)),
 		CreatedAt: now,
 		UpdatedAt: now,
 	}
@@ -101,11 +103,15 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
+	tj, err := encodeTags(d.Tags)
+	if err != nil {
+		return Device{}, err
+	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano())
+		now.UnixNano(), now.UnixNano(), tj)
 	if err != nil {
 		return Device{}, err
 	}
@@ -162,12 +168,16 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
+	tags, err := encodeTags(d.Tags)
+	if err != nil {
+		return err
+	}
 	cands, err := encodeCandidates(d.Candidates)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, candidates = ?, nat = ?, updated_at = ? WHERE id = ?`,
-		d.Hostname, eps, cands, string(d.NAT), d.UpdatedAt.UnixNano(), d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, tags = ?, candidates = ?, nat = ? WHERE id = ?`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tags, cands, d.NAT, d.ID)
 	return err
 }
 
@@ -377,10 +387,10 @@ func scanDevice(r scanner) (Device, error) {
 	var (
 		d                Device
 		key, v4, v6      []byte
-		eps, cands, nat  string
+		eps, tags, cands string
 		created, updated sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &cands, &nat, &created, &updated); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags, &cands, &d.NAT); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -398,10 +408,13 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: stored endpoints: %w", d.ID, err)
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
+	if d.Tags, err = decodeTags(tags); err != nil {
+		return Device{}, fmt.Errorf("device %q: %w", d.ID, err)
+	}
 	if err := json.Unmarshal([]byte(cands), &d.Candidates); err != nil {
 		return Device{}, fmt.Errorf("device %q: stored candidates: %w", d.ID, err)
 	}
-	d.Candidates, d.NAT = nilIfEmpty(d.Candidates), nat
+	d.Candidates = nilIfEmpty(d.Candidates)
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return d, nil
 }

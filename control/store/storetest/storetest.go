@@ -44,6 +44,7 @@ func Run(t *testing.T, open Open) {
 		{"RegisterPoolExhausted", testPoolExhausted},
 		{"RegisterAtomic", testRegisterAtomic},
 		{"RegisterProofReplay", testRegisterProofReplay},
+		{"RecordProof", testRecordProof},
 		{"RegisterConcurrent", testRegisterConcurrent},
 		{"PrefixConflicts", testPrefixConflicts},
 		{"PrefixRules", testPrefixRules},
@@ -55,6 +56,8 @@ func Run(t *testing.T, open Open) {
 		{"ReleasePrefix", testReleasePrefix},
 		{"Listings", testListings},
 		{"SnapshotAndChanges", testSnapshotAndChanges},
+		{"Policy", testPolicy},
+		{"Tags", testTags},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}

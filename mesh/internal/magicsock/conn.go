@@ -57,6 +57,9 @@ type Config struct {
 	// host). Answers from any other address are ignored. None: no
 	// reflexive candidate.
 	STUN []netip.AddrPort
+	// FindSTUN, when STUN is empty, is asked for the STUN responders (the
+	// service's, from its /v1/info) until it answers. Nil: none.
+	FindSTUN func(ctx context.Context) ([]netip.AddrPort, error)
 	// DialRelay connects to the service's relay. Nil: no relay.
 	DialRelay RelayDialer
 	// Publish tells the service the node's candidates and NAT kind. It is
@@ -163,9 +166,10 @@ func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		out = append(out, c.wrapReceive(fn))
 	}
 	out = append(out, c.relay.receiveFunc(s.ctx))
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go c.loop(s)
 	go c.publishLoop(s)
+	go c.findSTUN(s)
 	c.mu.Unlock()
 	c.punchAll()
 	return out, actual, nil

@@ -72,6 +72,33 @@ func (c *Conn) SetSTUN(servers []netip.AddrPort) {
 	c.wakeLoop()
 }
 
+// findSTUN asks Config.FindSTUN for the STUN responders, with backoff,
+// until it answers or the session ends (nothing to do when they are
+// known).
+func (c *Conn) findSTUN(s *session) {
+	defer s.wg.Done()
+	if c.cfg.FindSTUN == nil || len(c.stunServers()) > 0 {
+		return
+	}
+	for fails := 0; ; fails++ {
+		ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
+		servers, err := c.cfg.FindSTUN(ctx)
+		cancel()
+		if err == nil {
+			c.SetSTUN(servers)
+			return
+		}
+		c.log.Debug("magicsock: STUN responders unknown yet", "err", err)
+		t := time.NewTimer(min(publishRetryMax, time.Second<<min(fails, 5)))
+		select {
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
 func (c *Conn) stunServers() []netip.AddrPort {
 	c.mu.Lock()
 	defer c.mu.Unlock()

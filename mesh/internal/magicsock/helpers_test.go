@@ -58,7 +58,9 @@ func (s *service) register(t testing.TB, priv api.Key, name string) string {
 	req := api.RegisterRequest{PublicKey: api.PublicKey(priv), Hostname: name, Timestamp: time.Now().Unix()}
 	var info api.Info
 	s.call(t, "GET", "/v1/info", "", nil, &info)
-	require.NoError(t, req.Sign(priv, info.PublicKey))
+	secret, _, err := api.ParseJoinToken(s.tok)
+	require.NoError(t, err)
+	require.NoError(t, req.Sign(priv, info.PublicKey, api.JoinTokenHash(secret)))
 	var resp api.RegisterResponse
 	s.call(t, "POST", "/v1/devices", s.tok, req, &resp)
 	return resp.DeviceToken
