@@ -69,9 +69,13 @@ func TestJoinCommand(t *testing.T) {
 	// wiremesh status reads the agent's socket.
 	var stOut bytes.Buffer
 	meshtest.WaitFor(t, "status socket", func() bool { return statusSocketLive(sock) })
-	require.NoError(t, runStatus(ctx, []string{"--socket", sock}, &stOut, &errOut))
+	// Probing finds the direct path within moments of the join.
+	peerLine := regexp.MustCompile(`(?m)^first +` + regexp.QuoteMeta(first.Addr().String()) + `[,0-9a-f:]* +- +direct +[0-9a-f.:\[\]]+:\d+ +`)
+	meshtest.WaitFor(t, "a direct path to first in the status", func() bool {
+		stOut.Reset()
+		return runStatus(ctx, []string{"--socket", sock}, &stOut, &errOut) == nil && peerLine.MatchString(stOut.String())
+	})
 	require.Contains(t, stOut.String(), `cli in zone "default", userspace mode`)
-	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +direct +127\.0\.0\.1:\d+ +`, stOut.String())
 	stOut.Reset()
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
 	var st mesh.Status
