@@ -34,16 +34,23 @@ func udpReflector(t *testing.T, h *netlab.Host, at netip.AddrPort) {
 }
 
 // reflexive sends from c to dst and returns the source address dst saw,
-// or an invalid one when no answer comes.
+// or an invalid one when no answer comes. Late answers to earlier
+// questions (from another destination) are skipped.
 func reflexive(t *testing.T, c *net.UDPConn, dst netip.AddrPort) netip.AddrPort {
 	for range 3 {
 		_, err := c.WriteToUDPAddrPort([]byte("?"), dst)
 		require.NoError(t, err)
-		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		end := time.Now().Add(300 * time.Millisecond)
+		c.SetReadDeadline(end)
 		buf := make([]byte, 100)
-		n, _, err := c.ReadFromUDPAddrPort(buf)
-		if err == nil {
-			return netip.MustParseAddrPort(string(buf[:n]))
+		for time.Now().Before(end) {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if from == dst {
+				return netip.MustParseAddrPort(string(buf[:n]))
+			}
 		}
 	}
 	return netip.AddrPort{}
