@@ -40,6 +40,20 @@
 // every route and rule the node added; a node started after a crash removes
 // the leftovers of its own first.
 //
+// # Behind NAT
+//
+// Members need no open port and no configuration to reach each other
+// through NATs. A node learns its public address with STUN sent from its
+// WireGuard socket (the service answers on two ports, which also tells a
+// symmetric NAT apart), tells the service its candidates (local, manual
+// from [WithEndpoints], reflexive), and probes every peer's candidates
+// with authenticated pings while the peer probes back, so both NATs open
+// (hole punching). Where no direct path works (symmetric NATs on both
+// sides, UDP blocked) the pair's WireGuard datagrams go through the
+// service's relay over its HTTPS port; probing goes on, and the pair moves
+// to a direct path when one opens. [PeerStatus].Path says which is in use
+// ([PathDirect], [PathRelay]), and the log has one line per change.
+//
 // # When the service goes away
 //
 // The data plane keeps working with the last known peers. The node
