@@ -250,5 +250,8 @@ func TestHoldAnsweredByPeer(t *testing.T) {
 	require.NoError(t, err)
 	hs := st.peers[b.pub].lastHandshake
 	require.False(t, hs.IsZero())
-	require.True(t, st.peers[b.pub].endpoint.IsValid(), "endpoint learnt from b's packets")
+	require.Eventually(t, func() bool { // once probing confirmed b's address
+		st, err := a.stats()
+		return err == nil && st.peers[b.pub].endpoint.IsValid()
+	}, 10*time.Second, 10*time.Millisecond, "endpoint learnt from b's packets")
 }

@@ -342,12 +342,21 @@ func (c *Conn) sendPeer(bufs [][]byte, p *peer) error {
 	if len(bufs) == 1 {
 		switch wgType(bufs[0]) {
 		case wgInitiation:
+			// Just answered the peer's initiation: the handshake completes
+			// with the peer's next packet. An initiation of ours now would
+			// cross it (wireguard-go sends one for packets it queued while
+			// it had no endpoint, the moment the peer's initiation gave it
+			// one) and leave both sides waiting for a retry.
+			if r := p.resp.Load(); r != 0 && time.Since(time.Unix(0, r)) < initCrossWindow {
+				return nil
+			}
 			p.init.Store(time.Now().UnixNano())
 			p.mu.Lock()
 			p.lastInit = append(p.lastInit[:0], bufs[0]...)
 			p.mu.Unlock()
 		case wgResponse: // we accepted the peer's initiation: ours is moot
 			p.init.Store(0)
+			p.resp.Store(time.Now().UnixNano())
 		}
 	}
 	if d := p.cur.Load().direct; d != nil {
@@ -409,11 +418,11 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					lastP = (*c.byAddr.Load())[ue.AddrPort()]
 				}
 				if lastP != nil {
-					if t == wgInitiation && c.crossed(lastP) {
+					if t == wgInitiation && c.withhold(lastP, b) {
 						continue
 					}
 					if t == wgResponse {
-						lastP.init.Store(0)
+						c.answered(lastP)
 					}
 					eps[i] = lastP.ep
 				}
@@ -435,16 +444,71 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 }
 
 // crossed reports whether an initiation from p crossed one this node sent
-// moments ago and should be dropped: when both sides initiate at once each
-// answers the other's and drops the answer to its own, and both wait for
-// WireGuard's 5 s retry. The side with the lower key keeps its initiation;
-// the other answers it (both apply the same rule).
+// moments ago: when both sides initiate at once each answers the other's
+// and drops the answer to its own, and both wait for WireGuard's 5 s
+// retry. The side with the lower key keeps its initiation and withholds
+// the peer's (see withhold); the other answers (both apply the same rule).
 func (c *Conn) crossed(p *peer) bool {
 	sent := p.init.Load()
 	if sent == 0 || time.Since(time.Unix(0, sent)) > initCrossWindow {
 		return false
 	}
 	return string(c.pub[:]) < string(p.key[:])
+}
+
+// withhold keeps an initiation b from p that crossed ours (see crossed)
+// away from wireguard-go for crossHold, and reports whether it did. When
+// the answer to ours arrives meanwhile (answered), the peer took our
+// initiation and b is dropped; otherwise b is delivered after all
+// (releaseHeld): the peer may have replaced its state for ours with a new
+// initiation of its own, and then only answering b completes a handshake.
+func (c *Conn) withhold(p *peer, b []byte) bool {
+	if !c.crossed(p) {
+		return false
+	}
+	p.mu.Lock()
+	p.heldInit = append(p.heldInit[:0], b...)
+	if p.heldTimer == nil {
+		p.heldTimer = time.AfterFunc(crossHold, func() { c.releaseHeld(p) })
+	} else {
+		p.heldTimer.Reset(crossHold)
+	}
+	p.mu.Unlock()
+	return true
+}
+
+// answered records a handshake response from p: our initiation is done,
+// and one of p's that crossed it is moot.
+func (c *Conn) answered(p *peer) {
+	p.init.Store(0)
+	p.mu.Lock()
+	p.heldInit = p.heldInit[:0]
+	if p.heldTimer != nil {
+		p.heldTimer.Stop()
+	}
+	p.mu.Unlock()
+}
+
+// releaseHeld delivers a withheld initiation through the relay's receive
+// function (which carries datagrams of any origin with the peer's
+// Endpoint).
+func (c *Conn) releaseHeld(p *peer) {
+	p.mu.Lock()
+	b := p.heldInit
+	p.heldInit = nil
+	p.mu.Unlock()
+	if len(b) == 0 || c.session() == nil {
+		return
+	}
+	bp := msgPool.Get().(*[]byte)
+	msg := append((*bp)[:0], p.key[:]...)
+	msg, _ = api.AppendRelayDatagram(msg, b)
+	*bp = msg
+	select {
+	case c.relay.in <- relayIn{p: p, buf: bp, released: true}:
+	default:
+		msgPool.Put(bp)
+	}
 }
 
 // PathInfo says how a peer's packets travel.

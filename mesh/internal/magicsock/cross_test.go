@@ -1,6 +1,7 @@
 package magicsock
 
 import (
+	"context"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -15,8 +16,10 @@ import (
 
 // TestCrossingInitiations: when both sides of a pair initiate at once,
 // the side with the higher key answers the other's initiation and the
-// side with the lower key drops it (its own is on the way), so one
+// side with the lower key withholds it (its own is on the way), so one
 // handshake completes instead of two that each side drops the answer to.
+// A withheld initiation is dropped when the answer to ours comes, and
+// delivered after all when it does not.
 func TestCrossingInitiations(t *testing.T) {
 	from := netip.MustParseAddrPort("192.0.2.7:51820")
 	initiation := make([]byte, 148)
@@ -68,6 +71,52 @@ func TestCrossingInitiations(t *testing.T) {
 			require.Same(t, p.ep, ep, "a known address of the peer gives the peer's endpoint")
 		})
 	}
+
+	// lowerConn returns an open Conn with the lower key of the pair, and
+	// the peer's state, with our initiation just sent.
+	lowerConn := func(t *testing.T) (*Conn, *peer) {
+		for {
+			c := New(Config{PrivateKey: newKey()})
+			k := pubOf(newKey())
+			if string(c.pub[:]) >= string(k[:]) {
+				continue
+			}
+			_, _, err := c.Open(0)
+			require.NoError(t, err)
+			t.Cleanup(func() { c.Close() })
+			c.SetPeers([]PeerInfo{{Key: k, Candidates: []api.Candidate{{Addr: from, Type: api.CandidateReflexive}}}})
+			p := c.peer(k, false)
+			p.init.Store(time.Now().UnixNano())
+			return c, p
+		}
+	}
+	// released reads what the Conn delivers on its own (not from a socket).
+	released := func(t *testing.T, c *Conn, within time.Duration) (int, []byte, conn.Endpoint) {
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		fn := c.relay.receiveFunc(ctx)
+		bufs, sizes, eps := [][]byte{make([]byte, 2000)}, []int{0}, []conn.Endpoint{nil}
+		n, _ := fn(bufs, sizes, eps)
+		return n, bufs[0][:sizes[0]], eps[0]
+	}
+	t.Run("a withheld initiation is delivered when no answer comes", func(t *testing.T) {
+		c, p := lowerConn(t)
+		n, _ := receive(c, initiation)
+		require.Zero(t, n)
+		n, b, ep := released(t, c, 10*time.Second)
+		require.Equal(t, 1, n)
+		require.Equal(t, initiation, b)
+		require.Same(t, p.ep, ep)
+	})
+	t.Run("a withheld initiation is dropped when ours is answered", func(t *testing.T) {
+		c, _ := lowerConn(t)
+		n, _ := receive(c, initiation)
+		require.Zero(t, n)
+		n, _ = receive(c, response)
+		require.Equal(t, 1, n)
+		n, _, _ = released(t, c, 3*crossHold)
+		require.Zero(t, n, "nothing delivered")
+	})
 
 	t.Run("a response ends the crossing window", func(t *testing.T) {
 		c := New(Config{PrivateKey: newKey()})

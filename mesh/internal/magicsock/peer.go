@@ -35,6 +35,9 @@ const (
 	// initCrossWindow: an initiation from a peer arriving this soon after
 	// ours crossed it (see Conn.crossed).
 	initCrossWindow = time.Second
+	// crossHold is how long a crossing initiation is withheld: longer than
+	// the round trip that brings the answer to ours.
+	crossHold = 250 * time.Millisecond
 	// initRetryWindow: an initiation still unanswered this long after it
 	// was sent is sent again on a direct path that opens (see
 	// Conn.updatePath).
@@ -94,6 +97,7 @@ type peer struct {
 	mac  []byte // disco MAC key; nil for an unusable (low-order) key
 	cur  atomic.Pointer[path]
 	init atomic.Int64 // unix nanos of our last unanswered initiation, 0 if none
+	resp atomic.Int64 // unix nanos of our last handshake response, 0 if none
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -108,6 +112,8 @@ type peer struct {
 	since     time.Time // when the peer was added
 	lastPath  string    // for logging changes
 	lastInit  []byte    // our last handshake initiation (see Conn.updatePath)
+	heldInit  []byte    // the peer's initiation withheld (see Conn.withhold)
+	heldTimer *time.Timer
 }
 
 // Endpoint is the conn.Endpoint of a peer: wireguard-go stores it as the

@@ -52,8 +52,9 @@ type relayClient struct {
 }
 
 type relayIn struct {
-	p   *peer
-	buf *[]byte // from msgPool; the message, key included
+	p        *peer
+	buf      *[]byte // from msgPool; the message, key included
+	released bool    // a withheld initiation (see Conn.withhold)
 }
 
 var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -290,9 +291,10 @@ func (r *relayClient) send(k api.Key, bufs [][]byte) bool {
 // receiveFunc returns the conn.ReceiveFunc of the relay for one session.
 func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	var (
-		cur  *peer
-		held *[]byte // the message rest points into
-		rest []byte
+		cur      *peer
+		held     *[]byte // the message rest points into
+		rest     []byte
+		released bool
 	)
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		if len(rest) == 0 {
@@ -302,7 +304,7 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 			}
 			select {
 			case m := <-r.in:
-				cur, held, rest = m.p, m.buf, (*m.buf)[32:]
+				cur, held, rest, released = m.p, m.buf, (*m.buf)[32:], m.released
 			case <-ctx.Done():
 				return 0, net.ErrClosed
 			}
@@ -318,11 +320,11 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 			rest = rest[2+n:]
 			switch wgType(d) {
 			case wgInitiation:
-				if r.c.crossed(cur) {
+				if !released && r.c.withhold(cur, d) {
 					continue
 				}
 			case wgResponse:
-				cur.init.Store(0)
+				r.c.answered(cur)
 			}
 			sizes[k] = copy(bufs[k], d)
 			eps[k] = cur.ep
