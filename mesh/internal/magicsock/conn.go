@@ -365,12 +365,20 @@ func (c *Conn) sendPeer(bufs [][]byte, p *peer) error {
 	relayed := c.relay.send(p.key, bufs)
 	// No direct path: every candidate too, as WireGuard would send to its
 	// one endpoint, while probing has not given up on them (the peer may
-	// not be on the relay yet); the first that works wins.
+	// not be on the relay yet); the first that works wins. A handshake
+	// initiation goes out once only: copies arriving together could be
+	// taken by two of the responder's handshake workers at the same time
+	// (two answers, two different keys); it is sent again on the direct
+	// path once probing finds one (updatePath).
+	init := len(bufs) == 1 && wgType(bufs[0]) == wgInitiation
 	p.mu.Lock()
 	var eps []*udpbind.Endpoint
 	if !relayed || p.burst < len(punchDelays) {
 		eps = make([]*udpbind.Endpoint, 0, len(p.cands))
 		for _, pc := range p.cands {
+			if init && (relayed || len(eps) == 1) {
+				break
+			}
 			eps = append(eps, pc.ep)
 		}
 	}

@@ -42,6 +42,8 @@ const (
 	// was sent is sent again on a direct path that opens (see
 	// Conn.updatePath).
 	initRetryWindow = 4 * time.Second
+	// initRetryMinAge spaces such a resend from the first copy.
+	initRetryMinAge = 100 * time.Millisecond
 )
 
 var punchDelays = []time.Duration{

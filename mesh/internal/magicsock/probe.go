@@ -133,11 +133,9 @@ func (c *Conn) updatePath(p *peer) {
 	// did not work (or a relay the peer is not on): send it again on the
 	// new direct path rather than wait for WireGuard's retry in 5 s. A
 	// responder that got the first copy rejects this one as a replay.
-	var retry []byte
-	if sent := p.init.Load(); next.direct != nil && p.lastPath != PathDirect && sent != 0 &&
-		time.Since(time.Unix(0, sent)) < initRetryWindow && len(p.lastInit) > 0 {
-		retry = append([]byte(nil), p.lastInit...)
-	}
+	sent := p.init.Load()
+	retry := next.direct != nil && p.lastPath != PathDirect && sent != 0 &&
+		time.Since(time.Unix(0, sent)) < initRetryWindow && len(p.lastInit) > 0
 	changed := name != p.lastPath
 	old := p.lastPath
 	p.lastPath = name
@@ -147,14 +145,34 @@ func (c *Conn) updatePath(p *peer) {
 		ep = next.direct.DstToString()
 	}
 	p.mu.Unlock()
-	if retry != nil {
-		_ = c.inner.Send([][]byte{retry}, next.direct)
+	if retry {
+		// Not at once: a copy arriving together with the first (if that
+		// one got through after all) could be taken by two of the
+		// responder's handshake workers at the same time, and the two
+		// answers would leave the pair with different keys.
+		wait := initRetryMinAge - time.Since(time.Unix(0, sent))
+		time.AfterFunc(max(wait, 0), func() { c.retryInit(p, sent) })
 	}
 	if changed && name != "" {
 		c.log.Info("mesh: path to peer changed", "peer", hostname, "path", name, "from", orNone(old), "endpoint", ep)
 	}
 	if changed {
 		c.relay.needChanged()
+	}
+}
+
+// retryInit sends our initiation of time sent again on p's direct path,
+// if it is still the last one and unanswered.
+func (c *Conn) retryInit(p *peer, sent int64) {
+	d := p.cur.Load().direct
+	if d == nil || p.init.Load() != sent || c.session() == nil {
+		return
+	}
+	p.mu.Lock()
+	b := append([]byte(nil), p.lastInit...)
+	p.mu.Unlock()
+	if len(b) > 0 {
+		_ = c.inner.Send([][]byte{b}, d)
 	}
 }
 
