@@ -147,6 +147,18 @@ func useJoinToken(ctx context.Context, tx *sql.Tx, hash [32]byte, zone string, n
 		return fmt.Errorf("%w: unknown token", ErrTokenInvalid)
 	case err != nil:
 		return err
+	}
+	if err := checkJoinToken(t, zone, now); err != nil {
+		return err
+	}
+	// A single-use token is consumed; a reusable one records its last use.
+	_, err = tx.ExecContext(ctx, `UPDATE join_tokens SET used_at = ? WHERE id = ?`, now.UnixNano(), t.ID)
+	return err
+}
+
+// checkJoinToken checks that t may register a device in zone at now.
+func checkJoinToken(t JoinToken, zone string, now time.Time) error {
+	switch {
 	case t.Zone != zone:
 		return fmt.Errorf("%w: token %s is for zone %q, not %q", ErrTokenInvalid, t.ID, t.Zone, zone)
 	case !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt):
@@ -154,9 +166,7 @@ func useJoinToken(ctx context.Context, tx *sql.Tx, hash [32]byte, zone string, n
 	case !t.Reusable && !t.UsedAt.IsZero():
 		return fmt.Errorf("%w: single-use token %s was used at %s", ErrTokenInvalid, t.ID, t.UsedAt.Format(time.RFC3339))
 	}
-	// A single-use token is consumed; a reusable one records its last use.
-	_, err = tx.ExecContext(ctx, `UPDATE join_tokens SET used_at = ? WHERE id = ?`, now.UnixNano(), t.ID)
-	return err
+	return nil
 }
 
 // addDeviceToken adds a device token hash to a device.

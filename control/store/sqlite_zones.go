@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/ipam"
@@ -16,7 +17,7 @@ import (
 // zero CreatedAt means now. Pools must pass ipam.ValidatePool.
 func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 	op := fmt.Sprintf("create zone %q", z.Name)
-	z, err := s.normalizeZone(z)
+	z, err := normalizeZone(z, s.now())
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -35,7 +36,7 @@ func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 
 // ensureDefaultZone creates the zone "default" unless it exists.
 func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
-	z, err := s.normalizeZone(Zone{Name: api.DefaultZone})
+	z, err := normalizeZone(Zone{Name: api.DefaultZone}, s.now())
 	if err != nil {
 		return err
 	}
@@ -53,8 +54,8 @@ func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
 	})
 }
 
-// normalizeZone fills defaults and validates the pools.
-func (s *SQLite) normalizeZone(z Zone) (Zone, error) {
+// normalizeZone fills defaults (CreatedAt: now) and validates the pools.
+func normalizeZone(z Zone, now time.Time) (Zone, error) {
 	if z.Name == "" {
 		return z, errors.New("empty zone name")
 	}
@@ -75,7 +76,9 @@ func (s *SQLite) normalizeZone(z Zone) (Zone, error) {
 			return z, fmt.Errorf("tunnel pool: %w", err)
 		}
 	}
-	z.CreatedAt = s.clock(z.CreatedAt)
+	if z.CreatedAt.IsZero() {
+		z.CreatedAt = now
+	}
 	return z, nil
 }
 

@@ -1,0 +1,41 @@
+package store
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Helpers for Store implementations outside this package (PostgreSQL), so
+// that every store applies the same rules and writes the same change-log
+// format.
+
+// NewDeviceID returns a random device id, "dev_" and 16 hex digits.
+func NewDeviceID() string { return newDeviceID() }
+
+// NormalizeZone fills z's defaults (pools, CreatedAt = now when zero) and
+// validates its pools, as CreateZone requires.
+func NormalizeZone(z Zone, now time.Time) (Zone, error) { return normalizeZone(z, now) }
+
+// CheckJoinToken checks that t may register a device in zone at now:
+// ErrTokenInvalid (with the reason, never the secret) otherwise.
+func CheckJoinToken(t JoinToken, zone string, now time.Time) error {
+	return checkJoinToken(t, zone, now)
+}
+
+// CanonicalPrefixes checks child prefixes for form (valid, canonical, not
+// IPv4-mapped) and returns them sorted in address order without duplicates.
+func CanonicalPrefixes(ps []netip.Prefix) ([]netip.Prefix, error) { return canonicalPrefixes(ps) }
+
+// ComparePrefix orders prefixes by address, then length: the order of
+// Device.Prefixes and of Prefixes listings.
+func ComparePrefix(a, b netip.Prefix) int { return comparePrefix(a, b) }
+
+// CheckEndpoints rejects an invalid endpoint.
+func CheckEndpoints(eps []netip.AddrPort) error { return checkEndpoints(eps) }
+
+// EncodeChangeDevice is the stored form of a device in the change log
+// (JSON with names of its own, stable across Go renames).
+func EncodeChangeDevice(d Device) (string, error) { return encodeDevice(d) }
+
+// DecodeChangeDevice is the inverse of EncodeChangeDevice.
+func DecodeChangeDevice(s string) (Device, error) { return decodeDevice(s) }
