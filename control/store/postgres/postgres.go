@@ -74,7 +74,7 @@ type Store struct {
 
 	mu     sync.Mutex // orders ListenChanges' wg.Add before Close's wg.Wait
 	closed atomic.Bool
-	done   chan struct{} // closed by Close: ends ListenChanges
+	done   chan struct{}  // closed by Close: ends ListenChanges
 	wg     sync.WaitGroup // ListenChanges calls
 }
 
