@@ -357,3 +357,33 @@ func NotRun(t testing.TB, format string, args ...any) {
 	})
 	t.Skip(msg)
 }
+
+// Own starts a server of t's own (for tests that stop or restart it),
+// stopped and removed when t ends. It skips t (see NotRun) when PostgreSQL
+// is not installed, and when the shared server is an external one (a test
+// that restarts servers must not need a second external one).
+func Own(t testing.TB) *Server {
+	t.Helper()
+	if s := Shared(t); s.External() {
+		NotRun(t, "this test starts its own server; $%s is set", DSNEnv)
+	}
+	// Not t.TempDir: its parents are private to root, and the server runs
+	// as another user.
+	dir, err := os.MkdirTemp("", "wmpg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("stop server: %v", err)
+		}
+	})
+	return s
+}
