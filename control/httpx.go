@@ -30,12 +30,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// retryAfterSeconds is the Retry-After of a 503: a database restart or a
+// replica failing over takes seconds.
+const retryAfterSeconds = "2"
+
 func writeError(w http.ResponseWriter, e *api.Error) {
 	b, _ := json.Marshal(e)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	if e.Code == api.CodeUnauthorized {
+	switch e.Code {
+	case api.CodeUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="wiremesh"`)
+	case api.CodeUnavailable:
+		w.Header().Set("Retry-After", retryAfterSeconds)
 	}
 	w.WriteHeader(api.StatusForCode(e.Code))
 	w.Write(append(b, '\n'))
@@ -110,6 +117,9 @@ func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Erro
 		return apiErr(api.CodeNotFound, "%s: not found", what)
 	case errors.Is(err, store.ErrExists):
 		return apiErr(api.CodeConflict, "%s: already exists", what)
+	case errors.Is(err, store.ErrUnavailable):
+		s.log.WarnContext(ctx, "database unavailable", "op", what, "err", err)
+		return apiErr(api.CodeUnavailable, "%s: the service's database is unavailable; try again shortly", what)
 	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
 		return apiErr(api.CodeUnavailable, "%s: the service is shutting down", what)
 	}

@@ -52,8 +52,8 @@ type hubZone struct {
 }
 
 // hub fans the store's change log out to watch streams. After a mutation
-// (update) and on a slow poll (so changes made through another replica
-// sharing the store are seen), it reads store.Changes(zone, lastRev),
+// (update), when a store.ChangeListener says another replica committed one,
+// and on a slow poll (the safety net), it reads store.Changes(zone, lastRev),
 // encodes each change once and hands the same bytes to every subscriber of
 // the zone with a non-blocking send: cost per change is O(watchers).
 type hub struct {
@@ -88,7 +88,28 @@ func newHub(st store.Store, log *slog.Logger, m *metrics, poll time.Duration) *h
 		h.wg.Add(1)
 		go h.pollLoop(poll)
 	}
+	if l, ok := st.(store.ChangeListener); ok {
+		h.wg.Add(1)
+		go h.listen(l)
+	}
 	return h
+}
+
+// listen wakes the zones that other replicas sharing the store change, as
+// soon as they commit; the poll loop stays as the safety net for
+// notifications lost with their connection.
+func (h *hub) listen(l store.ChangeListener) {
+	defer h.wg.Done()
+	err := l.ListenChanges(h.ctx, func(zone string) {
+		if zone == "" {
+			h.updateAll() // reconnected: anything may have changed
+			return
+		}
+		h.update(zone)
+	})
+	if h.ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
+		h.log.Error("change notifications ended; falling back to polling", "err", err)
+	}
 }
 
 func (h *hub) pollLoop(every time.Duration) {
@@ -101,15 +122,20 @@ func (h *hub) pollLoop(every time.Duration) {
 			return
 		case <-t.C:
 		}
-		h.mu.Lock()
-		names := make([]string, 0, len(h.zones))
-		for n := range h.zones {
-			names = append(names, n)
-		}
-		h.mu.Unlock()
-		for _, n := range names {
-			h.update(n)
-		}
+		h.updateAll()
+	}
+}
+
+// updateAll updates every zone that has watchers.
+func (h *hub) updateAll() {
+	h.mu.Lock()
+	names := make([]string, 0, len(h.zones))
+	for n := range h.zones {
+		names = append(names, n)
+	}
+	h.mu.Unlock()
+	for _, n := range names {
+		h.update(n)
 	}
 }
 

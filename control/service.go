@@ -18,11 +18,21 @@ import (
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
-// Options configures a Service. Only DataDir is required.
+// Options configures a Service. DataDir is required unless Store names a
+// PostgreSQL database.
 type Options struct {
 	// DataDir holds the state: wiremesh.db, server.key (0600), admin.token
 	// (0600) and the self-signed tls.crt/tls.key. Created (0700) if missing.
+	// With a PostgreSQL Store the state is in the database and DataDir, if
+	// set, only receives copies of admin.token and tls.crt for the admin
+	// commands run on this machine.
 	DataDir string
+	// Store names the database. Empty means SQLite, DataDir/wiremesh.db. A
+	// postgres:// or postgresql:// URL means PostgreSQL, which several
+	// replicas of the service may share: the service's key, admin token
+	// and self-signed certificate are then kept in the database too, so
+	// every replica serves with the same ones.
+	Store string
 	// Listen is the TCP address of the API. Empty means ":8443".
 	Listen string
 	// STUNListen is the UDP address of the STUN responder. Empty means
@@ -30,7 +40,9 @@ type Options struct {
 	STUNListen string
 	// TLSCertFile and TLSKeyFile give a certificate to serve (both or
 	// neither). Neither means a self-signed certificate (ECDSA P-256)
-	// created on first start in DataDir and reused after.
+	// created on first start (in DataDir, or in a PostgreSQL Store) and
+	// reused after. Replicas given files must all serve the same
+	// certificate: members pin its fingerprint.
 	TLSCertFile, TLSKeyFile string
 	// TLSHosts are extra names or addresses for the self-signed
 	// certificate, beyond localhost, 127.0.0.1, ::1 and the hostname. They
@@ -40,7 +52,8 @@ type Options struct {
 	// tests). Join tokens then carry no fingerprint.
 	InsecureHTTP bool
 	// AdminToken is the admin credential. Empty means the one kept in
-	// DataDir/admin.token, generated on first start.
+	// DataDir/admin.token (or in a PostgreSQL Store), generated on first
+	// start.
 	AdminToken string
 	// Logger receives operational logs. Nil is quiet.
 	Logger *slog.Logger
@@ -68,112 +81,60 @@ type Service struct {
 	closed bool
 }
 
-// Start opens the state in o.DataDir, binds the listeners and serves until
-// Close. It returns once the service accepts connections.
+// Start opens the state (o.Store, or o.DataDir), binds the listeners and
+// serves until Close. It returns once the service accepts connections.
 func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	wrap := func(err error) error { return fmt.Errorf("control.Start: %w", err) }
-	if o.DataDir == "" {
-		return nil, wrap(errors.New("Options.DataDir is required"))
-	}
-	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
-		return nil, wrap(errors.New("TLS certificate and key files must be given together"))
-	}
-	if o.InsecureHTTP && o.TLSCertFile != "" {
-		return nil, wrap(errors.New("InsecureHTTP and a TLS certificate are mutually exclusive"))
-	}
-	if o.Listen == "" {
-		o.Listen = ":8443"
-	}
-	if o.STUNListen == "" {
-		o.STUNListen = ":3478"
+	if err := checkOptions(&o); err != nil {
+		return nil, wrap(err)
 	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return nil, wrap(fmt.Errorf("data directory: %w", err))
-	}
-
-	key, err := loadOrCreateServerKey(o.DataDir)
+	st, err := openStore(ctx, o, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	admin := o.AdminToken
-	if admin == "" {
-		if admin, err = loadOrCreateAdminToken(o.DataDir); err != nil {
-			return nil, wrap(err)
-		}
-	}
-	var tlsCfg *tls.Config
-	var fp []byte
-	if !o.InsecureHTTP {
-		var cert tls.Certificate
-		if o.TLSCertFile != "" {
-			cert, fp, err = loadKeyPair(o.TLSCertFile, o.TLSKeyFile)
-		} else {
-			var missing []string
-			cert, fp, missing, err = loadOrCreateSelfSigned(o.DataDir, o.TLSHosts)
-			if len(missing) > 0 {
-				log.Warn("the existing self-signed certificate does not cover some names; members pin its fingerprint, so it is kept",
-					"cert", filepath.Join(o.DataDir, TLSCertFile), "missing", missing)
-			}
-		}
-		if err != nil {
-			return nil, wrap(err)
-		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	}
-
-	st, err := store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log))
-	if err != nil {
-		return nil, wrap(err)
-	}
-	s := &Service{log: log, store: st, fp: fp, adminToken: admin, scheme: "http", serveDone: make(chan struct{})}
+	s := &Service{log: log, store: st, scheme: "http", serveDone: make(chan struct{})}
+	var ln net.Listener
 	defer func() {
 		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
 			if s.stun != nil {
 				s.stun.Close()
 			}
 			st.Close()
 		}
 	}()
-
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Listen)
+	creds, err := loadCredentials(ctx, o, st, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
+	s.fp, s.adminToken = creds.fp, creds.admin
 
-	stunAdvertised := ""
-	if o.STUNListen != "off" {
-		pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
-		if err != nil {
-			ln.Close()
-			return nil, wrap(fmt.Errorf("STUN: %w", err))
-		}
-		s.stun = NewSTUNServer(pc, log)
-		sa := s.stun.Addr()
-		if sa.Addr().IsUnspecified() {
-			stunAdvertised = ":" + strconv.Itoa(int(sa.Port()))
-		} else {
-			stunAdvertised = sa.String()
-		}
+	var lc net.ListenConfig
+	if ln, err = lc.Listen(ctx, "tcp", o.Listen); err != nil {
+		return nil, wrap(err)
 	}
-
+	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
+	stunAdvertised, err := s.startSTUN(ctx, o.STUNListen)
+	if err != nil {
+		return nil, wrap(err)
+	}
 	s.srv, err = NewServer(Config{
 		Store:             st,
-		PrivateKey:        key,
-		AdminToken:        admin,
+		PrivateKey:        creds.key,
+		AdminToken:        creds.admin,
 		STUNAddr:          stunAdvertised,
-		Fingerprint:       fp,
+		Fingerprint:       creds.fp,
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
 	})
 	if err != nil {
-		ln.Close()
 		return nil, wrap(err)
 	}
 	s.http = &http.Server{
@@ -182,18 +143,74 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	if tlsCfg != nil {
-		ln = tls.NewListener(ln, tlsCfg)
+	if creds.tls != nil {
+		ln = tls.NewListener(ln, creds.tls)
 		s.scheme = "https"
 	}
-	go func() {
+	go func(ln net.Listener) {
 		defer close(s.serveDone)
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("API listener failed", "err", err)
 		}
-	}()
-	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir)
+	}(ln)
+	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir,
+		"store", storeKind(o.Store))
 	return s, nil
+}
+
+// checkOptions validates o and fills its defaults.
+func checkOptions(o *Options) error {
+	pg := isPostgres(o.Store)
+	switch {
+	case o.Store != "" && !pg:
+		return fmt.Errorf("store %q: want a postgres:// or postgresql:// URL, or nothing for SQLite in the data directory", redactDSN(o.Store))
+	case o.DataDir == "" && !pg:
+		return errors.New("Options.DataDir is required")
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return errors.New("TLS certificate and key files must be given together")
+	case o.InsecureHTTP && o.TLSCertFile != "":
+		return errors.New("InsecureHTTP and a TLS certificate are mutually exclusive")
+	}
+	if o.Listen == "" {
+		o.Listen = ":8443"
+	}
+	if o.STUNListen == "" {
+		o.STUNListen = ":3478"
+	}
+	if o.DataDir == "" {
+		return nil
+	}
+	if pg {
+		// The copies of the admin token and certificate left in DataDir
+		// must not replace a SQLite service's own files.
+		if ok, err := exists(filepath.Join(o.DataDir, ServerKeyFile)); err != nil || ok {
+			return errors.Join(err, fmt.Errorf("data directory %s holds the state of a SQLite service (%s): give the PostgreSQL service a directory of its own",
+				o.DataDir, ServerKeyFile))
+		}
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	return nil
+}
+
+// startSTUN starts the STUN responder on addr ("off": none) and returns
+// the address to advertise.
+func (s *Service) startSTUN(ctx context.Context, addr string) (string, error) {
+	if addr == "off" {
+		return "", nil
+	}
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
+	if err != nil {
+		return "", fmt.Errorf("STUN: %w", err)
+	}
+	s.stun = NewSTUNServer(pc, s.log)
+	sa := s.stun.Addr()
+	if sa.Addr().IsUnspecified() {
+		return ":" + strconv.Itoa(int(sa.Port())), nil
+	}
+	return sa.String(), nil
 }
 
 // URL returns the base URL of the API, e.g. "https://127.0.0.1:8443"; an

@@ -31,7 +31,7 @@ const (
 	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
 	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
 	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
-	CodeUnavailable    = "unavailable"     // 503: the service is shutting down
+	CodeUnavailable    = "unavailable"     // 503: shutting down, or its database is unreachable; retry (Retry-After)
 )
 
 // StatusForCode returns the HTTP status that goes with an error code.
