@@ -75,6 +75,7 @@ type Service struct {
 	fp         []byte
 	adminToken string
 	scheme     string
+	storeName  string
 	serveDone  chan struct{}
 
 	mu     sync.Mutex // guards closed
@@ -96,7 +97,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s := &Service{log: log, store: st, scheme: "http", serveDone: make(chan struct{})}
+	s := &Service{log: log, store: st, scheme: "http", storeName: storeKind(o.Store), serveDone: make(chan struct{})}
 	var ln net.Listener
 	defer func() {
 		if err != nil {
@@ -154,7 +155,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		}
 	}(ln)
 	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir,
-		"store", storeKind(o.Store))
+		"store", s.storeName)
 	return s, nil
 }
 
@@ -237,6 +238,10 @@ func (s *Service) STUNAddr() netip.AddrPort {
 // Fingerprint returns the SHA-256 of the TLS certificate (nil with
 // InsecureHTTP).
 func (s *Service) Fingerprint() []byte { return s.fp }
+
+// StoreName names the store: "sqlite", or the PostgreSQL URL without its
+// password.
+func (s *Service) StoreName() string { return s.storeName }
 
 // AdminToken returns the admin token.
 func (s *Service) AdminToken() string { return s.adminToken }

@@ -43,6 +43,7 @@ const serveJoinTokenTTL = 24 * time.Hour
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr, "serve [flags]")
 	dataDir := fs.String("data-dir", defaultDataDir(), "state directory: database, keys, admin token, self-signed certificate (env WIREMESH_DATA_DIR)")
+	storeDSN := fs.String("store", os.Getenv("WIREMESH_STORE"), "database: empty for SQLite in the data dir, or a postgres://user:password@host/db URL shared by several replicas (env WIREMESH_STORE)")
 	listen := fs.String("listen", ":8443", "API listen address (TCP)")
 	stunListen := fs.String("stun-listen", ":3478", `STUN listen address (UDP); "off" disables STUN`)
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM); default: a self-signed certificate kept in the data dir")
@@ -76,6 +77,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
 	svc, err := control.Start(ctx, control.Options{
 		DataDir:      *dataDir,
+		Store:        *storeDSN,
 		Listen:       *listen,
 		STUNListen:   *stunListen,
 		TLSCertFile:  *tlsCert,
@@ -99,9 +101,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
 	}
 	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
-	if adminEnv != "" {
+	if *storeDSN != "" {
+		fmt.Fprintf(stdout, "database: %s (shared by replicas; it keeps the service key, admin token and certificate)\n", svc.StoreName())
+	}
+	switch {
+	case adminEnv != "":
 		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	} else {
+	case *storeDSN != "":
+		fmt.Fprintf(stdout, "admin token: kept in the database, copied to %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
+	default:
 		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
 	}
 	if fp := svc.Fingerprint(); fp != nil {

@@ -1,10 +1,10 @@
 // Package pgtest runs a throwaway PostgreSQL server for tests and hands
 // out one fresh database per test.
 //
-// A test binary calls [Main] from TestMain: it starts a cluster (initdb and
-// pg_ctl from the Debian package `postgresql`, or from PATH) in a temporary
-// directory, listening only on a Unix socket there, and stops and removes it
-// when the tests are done. When $WIREMESH_TEST_POSTGRES holds a DSN, that
+// A test binary calls [Main] from TestMain. The first test that asks for a
+// database starts a cluster (initdb and pg_ctl from the Debian package
+// `postgresql`, or from PATH) in a temporary directory, listening only on a
+// Unix socket there; Main stops and removes it when the tests are done. When $WIREMESH_TEST_POSTGRES holds a DSN, that
 // server is used instead (its role needs CREATEDB). Tests then call [DB] for
 // a database of their own, owned by a password-authenticated role without
 // superuser rights, as a real deployment would use.
@@ -270,34 +270,21 @@ func version(path string) int {
 	return v
 }
 
-// The server of this test binary, set by Main.
+// The server of this test binary, started by the first Shared.
 var (
-	shared    *Server
-	sharedErr error
-	noteOnce  sync.Once
+	sharedOnce sync.Once
+	shared     *Server
+	sharedErr  error
+	mainCalled bool
+	noteOnce   sync.Once
 )
 
-// Main starts a server (or connects to $WIREMESH_TEST_POSTGRES), runs the
-// tests and stops the server. Call it from TestMain:
+// Main runs the tests and then stops the server that Shared started, if
+// any. Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
-//
-// When no server can be had, the tests that ask for one skip (see DB).
 func Main(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	if dsn := os.Getenv(DSNEnv); dsn != "" {
-		shared, sharedErr = Connect(ctx, dsn)
-	} else {
-		dir, err := os.MkdirTemp("", "wmpg")
-		if err == nil {
-			shared, err = Start(ctx, dir)
-			if err != nil {
-				os.RemoveAll(dir)
-			}
-		}
-		sharedErr = err
-	}
-	cancel()
+	mainCalled = true
 	code := m.Run()
 	if shared != nil {
 		if err := shared.Stop(); err != nil {
@@ -307,16 +294,32 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Shared returns the server Main started, skipping t (see DB) when there
-// is none.
+// Shared returns the test binary's server, starting it (or connecting to
+// $WIREMESH_TEST_POSTGRES) on first use. Without one it skips t (see
+// NotRun).
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	if shared == nil {
-		err := sharedErr
-		if err == nil {
-			err = errors.New("pgtest.Main was not called from TestMain")
+	if !mainCalled {
+		t.Fatal("pgtest: call pgtest.Main from TestMain, so that the server is stopped after the tests")
+	}
+	sharedOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if dsn := os.Getenv(DSNEnv); dsn != "" {
+			shared, sharedErr = Connect(ctx, dsn)
+			return
 		}
-		NotRun(t, "%v", err)
+		dir, err := os.MkdirTemp("", "wmpg")
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		if shared, sharedErr = Start(ctx, dir); sharedErr != nil {
+			os.RemoveAll(dir)
+		}
+	})
+	if shared == nil {
+		NotRun(t, "%v", sharedErr)
 	}
 	return shared
 }
