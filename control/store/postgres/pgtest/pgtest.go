@@ -10,7 +10,8 @@
 // superuser rights, as a real deployment would use.
 //
 // Without PostgreSQL the tests skip, and one line saying so is appended to
-// the file named by $WIREMESH_TEST_NOTES (CI prints it).
+// the file named by $WIREMESH_TEST_NOTES (CI prints it). A
+// $WIREMESH_TEST_POSTGRES that does not answer fails the tests instead.
 package pgtest
 
 import (
@@ -318,7 +319,12 @@ func Shared(t testing.TB) *Server {
 			os.RemoveAll(dir)
 		}
 	})
-	if shared == nil {
+	switch {
+	case shared != nil:
+	case os.Getenv(DSNEnv) != "":
+		// Asked for explicitly: a broken one is an error, not a skip.
+		t.Fatal(sharedErr)
+	default:
 		NotRun(t, "%v", sharedErr)
 	}
 	return shared
@@ -343,11 +349,11 @@ func DB(t testing.TB) string {
 	return dsn
 }
 
-// NotRun skips t with a message starting "postgres tests did not run: "
-// and appends that line, once per test binary, to $WIREMESH_TEST_NOTES.
+// NotRun skips t with a message starting "postgres tests did not run" and
+// appends that line, once per test binary, to $WIREMESH_TEST_NOTES.
 func NotRun(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := "postgres tests did not run: " + fmt.Sprintf(format, args...)
+	msg := fmt.Sprintf("postgres tests did not run (%s): ", filepath.Base(os.Args[0])) + fmt.Sprintf(format, args...)
 	noteOnce.Do(func() {
 		path := os.Getenv(NotesEnv)
 		if path == "" {
