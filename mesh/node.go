@@ -145,6 +145,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	}
 	client, err := controlclient.New(controlclient.Config{
 		URL:              serviceURL,
+		FallbackURLs:     cfg.fallbackURLs,
 		Token:            cfg.token,
 		InsecureHTTP:     cfg.insecureHTTP,
 		Logger:           cfg.logger,

@@ -20,7 +20,7 @@ import (
 	"github.com/wiremesh/wiremesh/mesh"
 )
 
-const joinUsage = `usage: wiremesh [join] [flags] URL
+const joinUsage = `usage: wiremesh [join] [flags] URL [URL...]
 
 Joins the mesh coordinated by the service at URL as a member (a spoke) and
 stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
@@ -28,7 +28,9 @@ default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
 --userspace runs without root or TUN device (reachable only through the
 mesh library). On exit the interface and everything the agent added are
-removed; the registration stays (see 'wiremesh device delete').
+removed; the registration stays (see 'wiremesh device delete'). More URLs
+are replicas of the same service (on a shared database): the member moves
+on to the next when one is unreachable.
 
 flags:
 `
@@ -80,15 +82,16 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 		return &usageError{fmt.Errorf("%s: %w", name, err)}
 	}
-	if len(pos) != 1 {
+	if len(pos) == 0 {
 		fs.Usage()
-		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
+		return usageErr("%s: want a service URL (and optionally more URLs of its replicas)", name)
 	}
 	url := pos[0]
 	opts, err := a.options(name, stderr)
 	if err != nil {
 		return err
 	}
+	opts = append(opts, mesh.WithFallbackURLs(pos[1:]...))
 	if name == "router" && len(a.childPrefixes) == 0 {
 		fs.Usage()
 		return usageErr("router: at least one --child-prefix=CIDR is needed (a spoke is 'wiremesh URL')")

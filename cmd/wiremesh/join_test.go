@@ -104,7 +104,10 @@ func TestJoinCommandErrors(t *testing.T) {
 	require.ErrorContains(t, err, "not a wiremesh join token")
 
 	err = runJoin(context.Background(), []string{"--userspace"}, &out, &errOut)
-	require.ErrorContains(t, err, "want exactly one service URL")
+	require.ErrorContains(t, err, "want a service URL")
+
+	err = runJoin(context.Background(), []string{"--userspace", "--token", s.Token, s.URL, "ftp://replica"}, &out, &errOut)
+	require.ErrorContains(t, err, `fallback service URL "ftp://replica"`)
 }
 
 func TestJoinKernelModeNeedsRoot(t *testing.T) {
@@ -128,7 +131,7 @@ func TestRouterUsage(t *testing.T) {
 		{"bad prefix", []string{"--userspace", "--child-prefix", "nonsense", "http://127.0.0.1:1"}, `--child-prefix "nonsense": not a CIDR`},
 		{"host bits", []string{"--userspace", "--child-prefix", "172.24.0.1/24", "http://127.0.0.1:1"}, "did you mean 172.24.0.0/24"},
 		{"bad interface", []string{"--interface", "a/b", "--child-prefix", "172.24.0.0/24", "http://127.0.0.1:1"}, "WithInterfaceName"},
-		{"no URL", []string{"--child-prefix", "172.24.0.0/24"}, "want exactly one service URL"},
+		{"no URL", []string{"--child-prefix", "172.24.0.0/24"}, "want a service URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

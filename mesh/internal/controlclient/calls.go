@@ -109,6 +109,7 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 		if err != nil {
 			err = c.causeOr(ctx, err)
 		}
+		c.failed(attemptOf(hreq.Context()), resp, err) // the next attempt goes to another replica
 		retry, _ := checkRetry(ctx, resp, err)
 		if !retry || attempt >= c.retryMax {
 			if err != nil {
@@ -173,13 +174,14 @@ func (c *Client) ReleasePrefix(ctx context.Context, p netip.Prefix) error {
 }
 
 // LocalAddrFor returns the local IP address this host uses to reach the
-// service: the source address the kernel picks for a UDP "connect" to the
+// service (its current replica): the source address the kernel picks for a UDP "connect" to the
 // service host (no packet is sent). Host names are resolved.
 func (c *Client) LocalAddrFor(ctx context.Context) (netip.Addr, error) {
 	fail := func(err error) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("controlclient: local address: %w", err)
 	}
-	u, err := url.Parse(c.base)
+	_, base := c.replicas.current()
+	u, err := url.Parse(base)
 	if err != nil {
 		return fail(err)
 	}
@@ -248,7 +250,9 @@ func (c *Client) newRequest(ctx context.Context, method, path, auth string, body
 	if body != nil {
 		raw = body
 	}
-	req, err := retryablehttp.NewRequestWithContext(ctx, method, c.base+path, raw)
+	idx, base := c.replicas.current()
+	ctx = withAttempt(ctx, &attempt{idx: idx, base: base})
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, base+path, raw)
 	if err != nil {
 		return nil, err
 	}
