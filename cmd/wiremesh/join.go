@@ -126,6 +126,27 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 	}
 
+	st := printJoined(n, stdout)
+	srv, err := serveStatus(sock, n.Status)
+	if err != nil {
+		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
+	} else {
+		defer srv.Close()
+	}
+
+	reportEvents(ctx, n, st, stdout)
+	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
+	if srv != nil {
+		srv.Close()
+	}
+	if err := n.Close(); err != nil {
+		return fmt.Errorf("%s: close: %w", name, err)
+	}
+	return nil
+}
+
+// printJoined prints what the node joined as, and returns its status.
+func printJoined(n *mesh.Node, stdout io.Writer) mesh.Status {
 	st := n.Status()
 	// One write per line: readers (and tests) see whole lines.
 	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
@@ -145,13 +166,12 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	if !st.ControlConnected {
 		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
 	}
-	srv, err := serveStatus(sock, n.Status)
-	if err != nil {
-		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
-	} else {
-		defer srv.Close()
-	}
+	return st
+}
 
+// reportEvents prints the node's peers and what happens to them until ctx
+// ends.
+func reportEvents(ctx context.Context, n *mesh.Node, st mesh.Status, stdout io.Writer) {
 	events := n.Watch(ctx)
 	for _, p := range st.Peers {
 		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
@@ -175,14 +195,6 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		printSkipped(stdout, skipped, now)
 		skipped = now
 	}
-	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
-	if srv != nil {
-		srv.Close()
-	}
-	if err := n.Close(); err != nil {
-		return fmt.Errorf("%s: close: %w", name, err)
-	}
-	return nil
 }
 
 // options turns the flags into mesh options.

@@ -96,27 +96,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: creating a join token: %w", err)
 	}
 
-	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
-	if sa := svc.STUNAddr(); sa.IsValid() {
-		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
-	}
-	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
-	if *storeDSN != "" {
-		fmt.Fprintf(stdout, "database: %s (shared by replicas; it keeps the service key, admin token and certificate)\n", svc.StoreName())
-	}
-	switch {
-	case adminEnv != "":
-		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	case *storeDSN != "":
-		fmt.Fprintf(stdout, "admin token: kept in the database, copied to %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
-	default:
-		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
-	}
-	if fp := svc.Fingerprint(); fp != nil {
-		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
-	}
-	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
-		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
+	printServeSummary(stdout, svc, *dataDir, *storeDSN != "", adminEnv != "", tok)
 
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -124,6 +104,32 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: stopping: %w", err)
 	}
 	return nil
+}
+
+// printServeSummary tells the operator where the service is, where its
+// state is kept and how to join it.
+func printServeSummary(stdout io.Writer, svc *control.Service, dataDir string, shared, adminFromEnv bool, tok string) {
+	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
+	if sa := svc.STUNAddr(); sa.IsValid() {
+		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+	}
+	fmt.Fprintf(stdout, "data directory: %s\n", dataDir)
+	if shared {
+		fmt.Fprintf(stdout, "database: %s (shared by replicas; it keeps the service key, admin token and certificate)\n", svc.StoreName())
+	}
+	switch {
+	case adminFromEnv:
+		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
+	case shared:
+		fmt.Fprintf(stdout, "admin token: kept in the database, copied to %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	default:
+		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	}
+	if fp := svc.Fingerprint(); fp != nil {
+		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
+		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
 }
 
 // joinURL is the URL other machines use: the listen address, or when it is

@@ -85,48 +85,9 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 		return fail(errors.New("service info carries no public key"))
 	}
 
-	var resp *http.Response
-	for attempt := 0; ; attempt++ {
-		r := req // Sign only sets r.Proof; the slices are shared read-only
-		r.Timestamp = c.nextTimestamp()
-		r.Nonce = newNonce()
-		if err := r.Sign(private, info.PublicKey); err != nil {
-			return fail(fmt.Errorf("sign: %w", err))
-		}
-		body, err := json.Marshal(&r)
-		if err != nil {
-			return fail(err)
-		}
-		hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/devices", c.joinSecret, body)
-		if err != nil {
-			return fail(err)
-		}
-		resp, err = c.once.Do(hreq)
-		if err == nil && ctx.Err() != nil {
-			drainClose(resp)
-			err = context.Cause(ctx)
-		}
-		if err != nil {
-			err = c.causeOr(ctx, err)
-		}
-		c.failed(attemptOf(hreq.Context()), resp, err) // the next attempt goes to another replica
-		retry, _ := checkRetry(ctx, resp, err)
-		if !retry || attempt >= c.retryMax {
-			if err != nil {
-				return fail(err)
-			}
-			break
-		}
-		wait := backoff(retryWaitMin, retryWaitMax, attempt, resp)
-		if resp != nil {
-			drainClose(resp)
-			c.log.Debug("controlclient: register: retrying", "status", resp.StatusCode, "wait", wait, "remaining", c.retryMax-attempt)
-		} else {
-			c.log.Debug("controlclient: register: retrying", "err", err, "wait", wait, "remaining", c.retryMax-attempt)
-		}
-		if err := sleepCtx(ctx, wait); err != nil {
-			return fail(err)
-		}
+	resp, err := c.postRegistration(ctx, private, info.PublicKey, req)
+	if err != nil {
+		return fail(err)
 	}
 	defer drainClose(resp)
 	var out api.RegisterResponse
@@ -138,6 +99,55 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 	}
 	c.SetDeviceToken(out.DeviceToken)
 	return out, nil
+}
+
+// postRegistration POSTs the registration req, signed with private for the
+// service key pub, retrying as Register says (each attempt with a new
+// timestamp and proof, on the current replica), and returns the last
+// response.
+func (c *Client) postRegistration(ctx context.Context, private, pub api.Key, req api.RegisterRequest) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		r := req // Sign only sets r.Proof; the slices are shared read-only
+		r.Timestamp = c.nextTimestamp()
+		r.Nonce = newNonce()
+		if err := r.Sign(private, pub); err != nil {
+			return nil, fmt.Errorf("sign: %w", err)
+		}
+		body, err := json.Marshal(&r)
+		if err != nil {
+			return nil, err
+		}
+		hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/devices", c.joinSecret, body)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.once.Do(hreq)
+		if err == nil && ctx.Err() != nil {
+			drainClose(resp)
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			err = c.causeOr(ctx, err)
+		}
+		c.failed(attemptOf(hreq.Context()), resp, err) // the next attempt goes to another replica
+		retry, _ := checkRetry(ctx, resp, err)
+		if !retry || attempt >= c.retryMax {
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
+		}
+		wait := backoff(retryWaitMin, retryWaitMax, attempt, resp)
+		if resp != nil {
+			drainClose(resp)
+			c.log.Debug("controlclient: register: retrying", "status", resp.StatusCode, "wait", wait, "remaining", c.retryMax-attempt)
+		} else {
+			c.log.Debug("controlclient: register: retrying", "err", err, "wait", wait, "remaining", c.retryMax-attempt)
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // Self fetches GET /v1/devices/self (device token).

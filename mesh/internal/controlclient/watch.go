@@ -90,10 +90,19 @@ func (c *Client) Watch(ctx context.Context, zone string, since int64, fn func(ap
 		return fail(readAPIError(resp))
 	}
 	c.log.Debug("controlclient: watching", "zone", zone, "since", since)
+	return c.readEvents(ctx, resp.Body, a, idle, fn, fail)
+}
 
-	br := bufio.NewReaderSize(resp.Body, 8<<10) // lines longer than this are assembled by readLine
+// readEvents reads a watch stream's lines and calls fn for each event. It
+// returns fn's error unchanged, or why the stream ended wrapped by fail;
+// a stream that broke, ended or went idle moves the client on to the next
+// replica (a's replica failed).
+func (c *Client) readEvents(ctx context.Context, body io.Reader, a *attempt, idle *idleTimer,
+	fn func(api.WatchEvent) error, fail func(error) error) error {
+	br := bufio.NewReaderSize(body, 8<<10) // lines longer than this are assembled by readLine
 	var line []byte
 	for {
+		var err error
 		line, err = readLine(br, line[:0], c.maxLine)
 		if err != nil {
 			switch {
