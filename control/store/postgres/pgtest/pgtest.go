@@ -90,6 +90,11 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 			return nil, fmt.Errorf("pgtest: %w", err)
 		}
 	}
+	// Whose cluster this is: sweepOrphans stops it if this process dies
+	// without stopping it (a test binary killed by its timeout).
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
 	pwFile := filepath.Join(dir, "pw")
 	if err := s.writeFile(pwFile, "postgres-superuser-unused\n"); err != nil {
 		return nil, err
@@ -310,7 +315,8 @@ func Shared(t testing.TB) *Server {
 			shared, sharedErr = Connect(ctx, dsn)
 			return
 		}
-		dir, err := os.MkdirTemp("", "wmpg")
+		sweepOrphans()
+		dir, err := os.MkdirTemp("", tempPattern)
 		if err != nil {
 			sharedErr = err
 			return
@@ -378,7 +384,7 @@ func Own(t testing.TB) *Server {
 	}
 	// Not t.TempDir: its parents are private to root, and the server runs
 	// as another user.
-	dir, err := os.MkdirTemp("", "wmpg")
+	dir, err := os.MkdirTemp("", tempPattern)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,4 +401,42 @@ func Own(t testing.TB) *Server {
 		}
 	})
 	return s
+}
+
+// Clusters started by this package live in os.TempDir()/wmpg*, with the
+// pid of the process that started them in ownerFile.
+const (
+	tempPattern = "wmpg"
+	ownerFile   = "owner.pid"
+)
+
+// sweepOrphans stops and removes the clusters of test processes that died
+// without stopping them, so that a killed test run leaves no server
+// behind for long.
+func sweepOrphans() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tempPattern+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue // not (yet) one of ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // its owner still runs
+		}
+		bin, err := findBin()
+		if err != nil {
+			return
+		}
+		s := &Server{dir: dir, bin: bin}
+		if st, err := os.Stat(dir); err == nil && os.Geteuid() == 0 {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+				s.cred = &syscall.Credential{Uid: sys.Uid, Gid: sys.Gid}
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_ = s.StopServer(ctx, "immediate") // fails harmlessly when it is not running
+		cancel()
+		os.RemoveAll(dir)
+	}
 }
