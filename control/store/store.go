@@ -1,8 +1,9 @@
 // Package store persists the coordination service's state behind one
 // interface: zones, join tokens, devices with their tunnel addresses and
 // child prefixes, and the per-zone change log that the watch stream is
-// served from. The embedded default is SQLite (OpenSQLite); a PostgreSQL
-// implementation can satisfy the same interface for multi-replica services.
+// served from. The embedded default is SQLite (OpenSQLite); package
+// postgres implements the same interface for a service run as several
+// replicas on one database (and also ChangeListener and SecretStore).
 package store
 
 import (
