@@ -16,15 +16,18 @@ var zoneNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 func validZoneName(s string) bool { return zoneNameRE.MatchString(s) }
 
-// DefaultIPv4Pool is the tunnel IPv4 pool of a zone created without one.
-var DefaultIPv4Pool = netip.MustParsePrefix("100.64.0.0/16")
-
+// toAPIZone is z on the wire, with the prefix limits in force (defaults
+// filled in).
 func toAPIZone(z store.Zone) api.Zone {
+	pol := z.Policy().Effective()
 	return api.Zone{
 		Name:           z.Name,
 		IPv4Pool:       z.IPv4Pool,
 		IPv6Pool:       z.IPv6Pool,
 		AllowExitNodes: z.AllowExitNodes,
+		MinPrefixBits4: pol.MinBits4,
+		MinPrefixBits6: pol.MinBits6,
+		MaxPrefixes:    pol.MaxPrefixes,
 		CreatedAt:      z.CreatedAt,
 	}
 }
@@ -34,6 +37,7 @@ func toAPIToken(t store.JoinToken) api.JoinToken {
 		ID:        t.ID,
 		Zone:      t.Zone,
 		Reusable:  t.Reusable,
+		Tags:      t.Tags,
 		ExpiresAt: t.ExpiresAt,
 		UsedAt:    t.UsedAt,
 		CreatedAt: t.CreatedAt,
@@ -55,7 +59,7 @@ func parsePool(field, s string, family int) (netip.Prefix, *api.Error) {
 	return p, nil
 }
 
-func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.CreateZoneRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -68,10 +72,17 @@ func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	}
 	z := store.Zone{
 		Name:           req.Name,
-		IPv4Pool:       DefaultIPv4Pool,
+		IPv4Pool:       ipam.DefaultIPv4PoolPrefix,
 		IPv6Pool:       ipam.ULAPool(req.Name),
 		AllowExitNodes: req.AllowExitNodes,
+		MinPrefixBits4: req.MinPrefixBits4,
+		MinPrefixBits6: req.MinPrefixBits6,
+		MaxPrefixes:    req.MaxPrefixes,
 		CreatedAt:      s.cfg.Now().UTC().Truncate(time.Second),
+	}
+	if err := z.Policy().Validate(); err != nil {
+		writeError(w, apiErr(api.CodeBadRequest, "zone %q: %v", req.Name, err))
+		return
 	}
 	var aerr *api.Error
 	if req.IPv4Pool != "" {
@@ -101,12 +112,12 @@ func (s *Server) handleCreateZone(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, toAPIZone(z))
 }
 
-func (s *Server) handleListZones(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListZones(w http.ResponseWriter, r *http.Request) {
 	zs, err := s.cfg.Store.Zones(r.Context())
 	writeList(s, w, r, "list zones", zs, err, toAPIZone)
 }
 
-func (s *Server) handleGetZone(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleGetZone(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("zone")
 	if !validZoneName(name) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
@@ -127,7 +138,7 @@ func (s *Server) handleGetZone(w http.ResponseWriter, r *http.Request) {
 // maxTokenTTL bounds expires_in_seconds (ten years).
 const maxTokenTTL = 10 * 365 * 24 * time.Hour
 
-func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.CreateTokenRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -145,7 +156,12 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeBadRequest, "expires_in_seconds %d: want 0 (never) to %d", req.ExpiresInSeconds, int64(maxTokenTTL/time.Second)))
 		return
 	}
-	jt, err := s.createJoinToken(ctx, req.Zone, req.Reusable, time.Duration(req.ExpiresInSeconds)*time.Second)
+	tags, aerr := checkTags(req.Tags)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	jt, err := s.createJoinToken(ctx, req.Zone, req.Reusable, time.Duration(req.ExpiresInSeconds)*time.Second, tags)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", req.Zone))
 		return
@@ -154,11 +170,11 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(ctx, "create token", err))
 		return
 	}
-	s.log.InfoContext(ctx, "join token created", "zone", jt.Zone, "id", jt.ID, "reusable", jt.Reusable)
+	s.log.InfoContext(ctx, "join token created", "zone", jt.Zone, "id", jt.ID, "reusable", jt.Reusable, "tags", jt.Tags)
 	writeJSON(w, http.StatusCreated, jt)
 }
 
-func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -167,7 +183,7 @@ func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	writeList(s, w, r, "list tokens", ts, err, toAPIToken)
 }
 
-func (s *Server) handleDeleteToken(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleDeleteToken(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	err := s.cfg.Store.DeleteJoinToken(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {

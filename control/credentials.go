@@ -14,6 +14,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Names of the service's secrets in a store that keeps them
@@ -137,7 +138,7 @@ func sharedSelfSigned(ctx context.Context, ss store.SecretStore, dir string, hos
 	if err := mirrorFile(dir, TLSCertFile, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, nil, err
 	}
-	return cert, CertFingerprint(cert.Certificate[0]), nil
+	return cert, tlspin.Fingerprint(cert.Certificate[0]), nil
 }
 
 // mirrorFile makes dir/name hold data (replacing it atomically if it

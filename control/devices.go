@@ -14,11 +14,12 @@ func toAPIDevice(d store.Device) api.Device {
 		ID:            d.ID,
 		Zone:          d.Zone,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Tags:          d.Tags,
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
 	}
@@ -28,7 +29,7 @@ func toPeer(d store.Device) api.Peer {
 	return api.Peer{
 		ID:            d.ID,
 		Hostname:      d.Hostname,
-		PublicKey:     d.PublicKey,
+		PublicKey:     api.Key(d.PublicKey),
 		IPv4:          d.IPv4,
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
@@ -36,11 +37,11 @@ func toPeer(d store.Device) api.Peer {
 	}
 }
 
-func (s *Server) handleGetSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleGetSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	writeJSON(w, http.StatusOK, toAPIDevice(d))
 }
 
-func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	var req api.UpdateSelfRequest
 	if aerr := decodeBody(w, r, &req); aerr != nil {
@@ -74,7 +75,7 @@ func (s *Server) handlePatchSelf(w http.ResponseWriter, r *http.Request, d store
 			writeError(w, s.storeErr(ctx, "update device", err))
 			return
 		}
-		prefixes, aerr := checkPrefixes(zone, req.AddChildPrefixes)
+		prefixes, aerr := checkPrefixes(zone, d.Prefixes, req.AddChildPrefixes)
 		if aerr != nil {
 			writeError(w, aerr)
 			return
@@ -103,7 +104,7 @@ func parsePathPrefix(s string) (netip.Prefix, *api.Error) {
 	return p, nil
 }
 
-func (s *Server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
+func (s *server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
 	p, aerr := parsePathPrefix(r.PathValue("prefix"))
 	if aerr != nil {
@@ -125,7 +126,7 @@ func (s *Server) handleReleaseSelf(w http.ResponseWriter, r *http.Request, d sto
 
 // zoneQuery reads ?zone= for admin list calls; "" means all zones. A zone
 // that does not exist is 404.
-func (s *Server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool) {
 	z := r.URL.Query().Get("zone")
 	if z == "" {
 		return "", true
@@ -145,16 +146,16 @@ func (s *Server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 	return z, true
 }
 
-func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, toAPIDevice)
+	writeList(s, w, r, "list devices", ds, err, func(d store.Device) api.Device { return s.withPresence(toAPIDevice(d)) })
 }
 
-func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -165,10 +166,10 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, toAPIDevice(d))
+	writeJSON(w, http.StatusOK, s.withPresence(toAPIDevice(d)))
 }
 
-func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(ctx, id)
@@ -188,7 +189,7 @@ func (s *Server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -199,7 +200,7 @@ func (s *Server) handleListPrefixes(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) handleReleaseAdmin(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleReleaseAdmin(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	zone := r.PathValue("zone")
 	if !validZoneName(zone) {

@@ -41,7 +41,8 @@ func TestSelf(t *testing.T) {
 		{"other's prefix", api.UpdateSelfRequest{AddChildPrefixes: []string{"172.28.0.0/25"}}, api.CodePrefixConflict},
 		{"pool", api.UpdateSelfRequest{AddChildPrefixes: []string{"100.64.0.0/24"}}, api.CodePrefixConflict},
 		{"bad hostname", map[string]any{"hostname": ""}, api.CodeBadRequest},
-		{"bad endpoint", map[string]any{"endpoints": []string{"1.2.3.4:0"}}, api.CodeBadRequest},
+		{"bad endpoint", map[string]any{"endpoints": []string{"1.2.3.4:0"}}, api.CodeInvalidEndpoint},
+		{"broadcast endpoint", map[string]any{"endpoints": []string{"255.255.255.255:51820"}}, api.CodeInvalidEndpoint},
 		{"unknown field", map[string]any{"zone": "x"}, api.CodeBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

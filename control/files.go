@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Files kept in Options.DataDir.
@@ -119,13 +119,6 @@ func loadOrCreateAdminToken(dir string) (string, error) {
 	return t, nil
 }
 
-// CertFingerprint returns the SHA-256 of a certificate's DER encoding, the
-// value join tokens carry and agents pin.
-func CertFingerprint(der []byte) []byte {
-	sum := sha256.Sum256(der)
-	return sum[:]
-}
-
 // loadKeyPair loads a certificate and key and returns them with the leaf
 // fingerprint. Errors name the files.
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, []byte, error) {
@@ -136,7 +129,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, []byte, error) {
 	if len(cert.Certificate) == 0 {
 		return tls.Certificate{}, nil, fmt.Errorf("TLS certificate %s holds no certificate", certFile)
 	}
-	return cert, CertFingerprint(cert.Certificate[0]), nil
+	return cert, tlspin.Fingerprint(cert.Certificate[0]), nil
 }
 
 // loadOrCreateSelfSigned returns the self-signed certificate kept in dir,

@@ -22,27 +22,27 @@ import (
 
 const testAdmin = "wma_testadmintoken"
 
-// env is a Server over a real SQLite store behind httptest (plain HTTP).
+// env is a server over a real SQLite store behind httptest (plain HTTP).
 type env struct {
 	t     testing.TB
-	srv   *Server
+	srv   *server
 	st    *store.SQLite
 	ts    *httptest.Server
 	admin string
 	priv  api.Key
 }
 
-func newEnv(t testing.TB, mods ...func(*Config)) *env {
+func newEnv(t testing.TB, mods ...func(*serverConfig)) *env {
 	t.Helper()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), DBFile))
 	require.NoError(t, err)
 	var priv api.Key
 	_, _ = rand.Read(priv[:])
-	cfg := Config{Store: st, PrivateKey: priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour}
+	cfg := serverConfig{Store: st, PrivateKey: priv, AdminToken: testAdmin, HeartbeatInterval: time.Hour}
 	for _, m := range mods {
 		m(&cfg)
 	}
-	srv, err := NewServer(cfg)
+	srv, err := newServer(cfg)
 	require.NoError(t, err)
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
@@ -143,8 +143,8 @@ func newDevice() testDevice {
 	return d
 }
 
-// request builds a signed registration.
-func (e *env) request(d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
+// request builds a registration signed for the join token tok.
+func (e *env) request(tok string, d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
 	e.t.Helper()
 	r := api.RegisterRequest{
 		PublicKey:     d.pub,
@@ -152,8 +152,18 @@ func (e *env) request(d testDevice, hostname string, prefixes ...string) api.Reg
 		ChildPrefixes: prefixes,
 		Timestamp:     time.Now().Unix(),
 	}
-	require.NoError(e.t, r.Sign(d.priv, api.PublicKey(e.priv)))
+	e.sign(tok, d, &r)
 	return r
+}
+
+// sign (re-)signs r with d's key for the join token tok.
+func (e *env) sign(tok string, d testDevice, r *api.RegisterRequest) {
+	e.t.Helper()
+	secret, _, err := api.ParseJoinToken(tok)
+	if err != nil {
+		secret = tok // a malformed token in a refusal test: sign for it as is
+	}
+	require.NoError(e.t, r.Sign(d.priv, api.PublicKey(e.priv), api.JoinTokenHash(secret)))
 }
 
 func (e *env) register(tok string, r api.RegisterRequest) (int, api.RegisterResponse, *api.Error) {
@@ -167,7 +177,7 @@ func (e *env) register(tok string, r api.RegisterRequest) (int, api.RegisterResp
 func (e *env) mustRegister(tok, hostname string, prefixes ...string) (testDevice, api.RegisterResponse) {
 	e.t.Helper()
 	d := newDevice()
-	code, resp, ae := e.register(tok, e.request(d, hostname, prefixes...))
+	code, resp, ae := e.register(tok, e.request(tok, d, hostname, prefixes...))
 	require.Nil(e.t, ae)
 	require.Equal(e.t, http.StatusCreated, code)
 	return d, resp

@@ -35,6 +35,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 const retryAfterSeconds = "2"
 
 func writeError(w http.ResponseWriter, e *api.Error) {
+	noteErrorCode(w, e.Code)
 	b, _ := json.Marshal(e)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -93,16 +94,11 @@ func decodeJSON(body []byte, v any) *api.Error {
 
 // storeErr maps a store error to an API error. what names the operation for
 // the message of unexpected errors, which never leak their detail.
-func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Error {
-	var ce *store.ConflictError
+func (s *server) storeErr(ctx context.Context, what string, err error) *api.Error {
+	if aerr := prefixErr(err); aerr != nil {
+		return aerr
+	}
 	switch {
-	case errors.As(err, &ce):
-		return &api.Error{
-			Code:    api.CodePrefixConflict,
-			Message: fmt.Sprintf("prefix %s overlaps %s held by %s", ce.Prefix, ce.Existing, ce.Owner),
-			Prefix:  ce.Existing.String(),
-			Owner:   ce.Owner,
-		}
 	case errors.Is(err, store.ErrReplayed):
 		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):
@@ -129,7 +125,7 @@ func (s *Server) storeErr(ctx context.Context, what string, err error) *api.Erro
 
 // writeList answers a list request: the store's items in their wire form
 // (an empty JSON array, never null), or the store's error.
-func writeList[T, A any](s *Server, w http.ResponseWriter, r *http.Request, what string, items []T, err error, conv func(T) A) {
+func writeList[T, A any](s *server, w http.ResponseWriter, r *http.Request, what string, items []T, err error, conv func(T) A) {
 	if err != nil {
 		writeError(w, s.storeErr(r.Context(), what, err))
 		return

@@ -23,12 +23,16 @@ var errHubClosed = errors.New("watch hub closed")
 
 // hubEvent is one change, encoded once as its NDJSON line (with the
 // trailing newline). line is shared by every subscriber: never modify it.
+// In a zone with a policy it is one or more lines of the same revision for
+// one subscriber (hub_policy.go).
 type hubEvent struct {
 	rev  int64
 	line []byte
 	// removed is the id of the device a remove event is about ("" for
 	// upserts): that device's own stream ends after it.
 	removed string
+	// at is when the hub read the change from the store (watch lag).
+	at time.Time
 }
 
 // subscriber is one watch stream of a zone. The hub closes ch when the
@@ -36,7 +40,14 @@ type hubEvent struct {
 type subscriber struct {
 	zone *hubZone
 	ch   chan hubEvent
-	gone bool // guarded by zone.mu; ch is closed
+	// member is a member's watch stream (counted in the watchers gauge);
+	// false for an observer such as the dashboard's event stream.
+	member bool
+	gone   bool // guarded by zone.mu; ch is closed
+	// device is the watching member ("": none, the whole zone is seen);
+	// view is what it was sent, guarded by zone.mu (hub_policy.go).
+	device string
+	view   subView
 }
 
 // hubZone is the fan-out state of one zone.
@@ -49,6 +60,7 @@ type hubZone struct {
 	ready   bool  // lastRev is valid (there are subscribers)
 	lastRev int64 // every change <= lastRev was handed to all subscribers
 	subs    map[*subscriber]struct{}
+	view    zoneView // the zone at lastRev, valid when ready (hub_policy.go)
 }
 
 // hub fans the store's change log out to watch streams. After a mutation
@@ -88,11 +100,27 @@ func newHub(st store.Store, log *slog.Logger, m *metrics, poll time.Duration) *h
 		h.wg.Add(1)
 		go h.pollLoop(poll)
 	}
-	if l, ok := st.(store.ChangeListener); ok {
+	if l, ok := changeListener(st); ok {
 		h.wg.Add(1)
 		go h.listen(l)
 	}
 	return h
+}
+
+// changeListener finds a store.ChangeListener in st or in the stores it
+// wraps (Unwrap).
+func changeListener(st store.Store) (store.ChangeListener, bool) {
+	for st != nil {
+		if l, ok := st.(store.ChangeListener); ok {
+			return l, true
+		}
+		u, ok := st.(interface{ Unwrap() store.Store })
+		if !ok {
+			break
+		}
+		st = u.Unwrap()
+	}
+	return nil, false
 }
 
 // listen wakes the zones that other replicas sharing the store change, as
@@ -158,6 +186,22 @@ func (h *hub) zone(name string) *hubZone {
 // after subscribing and skips live events at or below the backlog's
 // revision misses nothing and sees nothing twice.
 func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
+	return h.add(ctx, zone, "", true)
+}
+
+// subscribeAs is subscribe for the watch stream of device. In a zone with
+// a policy the device's view starts as the one hub.snapshot returns.
+func (h *hub) subscribeAs(ctx context.Context, zone, device string) (*subscriber, error) {
+	return h.add(ctx, zone, device, true)
+}
+
+// observe is subscribe for a reader that is not a member (the dashboard):
+// same delivery, the whole zone, not counted as a watch stream.
+func (h *hub) observe(ctx context.Context, zone string) (*subscriber, error) {
+	return h.add(ctx, zone, "", false)
+}
+
+func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subscriber, error) {
 	z := h.zone(zone)
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -165,15 +209,17 @@ func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
 		return nil, errHubClosed
 	}
 	if !z.ready {
-		rev, _, err := h.store.Snapshot(ctx, zone)
-		if err != nil {
+		if err := h.loadView(ctx, z); err != nil {
 			return nil, err
 		}
-		z.lastRev, z.ready = rev, true
+		z.ready = true
 	}
-	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf)}
+	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member, device: device}
+	sub.view = z.view.viewOf(device)
 	z.subs[sub] = struct{}{}
-	h.metrics.watchers.Inc()
+	if member {
+		h.metrics.watchers.Inc()
+	}
 	return sub, nil
 }
 
@@ -194,9 +240,12 @@ func (h *hub) dropLocked(sub *subscriber) {
 	sub.gone = true
 	close(sub.ch)
 	delete(z.subs, sub)
-	h.metrics.watchers.Dec()
+	if sub.member {
+		h.metrics.watchers.Dec()
+	}
 	if len(z.subs) == 0 {
 		z.ready = false // re-read the revision when someone subscribes again
+		z.view = zoneView{}
 	}
 }
 
@@ -214,6 +263,12 @@ func (h *hub) update(zone string) {
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	h.updateLocked(z)
+}
+
+// updateLocked is update with z.mu held.
+func (h *hub) updateLocked(z *hubZone) {
+	zone := z.name
 	if !z.ready || len(z.subs) == 0 || h.closed.Load() {
 		return
 	}
@@ -239,21 +294,34 @@ func (h *hub) update(zone string) {
 		if c.Rev <= z.lastRev {
 			continue
 		}
-		ev := hubEvent{rev: c.Rev, line: h.encode(c)}
-		if c.Kind == store.ChangeRemove {
-			ev.removed = c.Device.ID
+		handled, err := h.applyPolicy(ctx, z, c)
+		if err != nil {
+			// Not consumed: the next update retries from here.
+			h.log.Error("applying a change to the watch views failed", "zone", zone, "rev", c.Rev, "err", err)
+			return
 		}
-		for sub := range z.subs {
-			select {
-			case sub.ch <- ev:
-				h.metrics.fanout.Inc()
-			default:
-				h.log.Warn("watcher too slow; disconnecting", "zone", zone)
-				h.metrics.dropped.Inc()
-				h.dropLocked(sub)
+		if !handled {
+			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
+			if c.Kind == store.ChangeRemove {
+				ev.removed = c.Device.ID
+			}
+			for sub := range z.subs {
+				h.send(sub, ev)
 			}
 		}
 		z.lastRev = c.Rev
+	}
+}
+
+// send hands ev to sub, dropping sub when it is too slow. z.mu is held.
+func (h *hub) send(sub *subscriber, ev hubEvent) {
+	select {
+	case sub.ch <- ev:
+		h.metrics.fanout.Inc()
+	default:
+		h.log.Warn("watcher too slow; disconnecting", "zone", sub.zone.name)
+		h.metrics.dropped.Inc()
+		h.dropLocked(sub)
 	}
 }
 
@@ -273,7 +341,7 @@ func encodeChange(c store.Change) []byte {
 		ev.Peer = &api.Peer{
 			ID:            c.Device.ID,
 			Hostname:      c.Device.Hostname,
-			PublicKey:     c.Device.PublicKey,
+			PublicKey:     api.Key(c.Device.PublicKey),
 			IPv4:          c.Device.IPv4,
 			IPv6:          c.Device.IPv6,
 			ChildPrefixes: []netip.Prefix{},

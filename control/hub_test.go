@@ -31,7 +31,7 @@ func registerDirect(t *testing.T, st store.Store, tok [32]byte, host string) sto
 	d := newDevice()
 	dev, _, err := st.Register(context.Background(), store.RegisterParams{
 		Zone: api.DefaultZone, JoinTokenHash: tok, DeviceTokenHash: sha256.Sum256(d.pub[:]),
-		PublicKey: d.pub, Hostname: host, Now: time.Now(),
+		PublicKey: store.Key(d.pub), Hostname: host, Now: time.Now(),
 	})
 	require.NoError(t, err)
 	return dev

@@ -5,16 +5,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"net/http"
-	"net/netip"
-	"slices"
 	"strings"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
-	"github.com/wiremesh/wiremesh/ipam"
 )
 
 // Limits on list fields of member requests.
@@ -24,28 +20,14 @@ const (
 	maxHostnameLen         = 63
 )
 
-func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	secret, _, err := api.ParseJoinToken(bearer(r))
-	if err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "missing or malformed join token"))
+	if !s.allowRegistration(w, r) {
 		return
 	}
-	tokHash := sha256.Sum256([]byte(secret))
-	tok, aerr := s.lookupJoinToken(ctx, tokHash)
+	req, tok, tokHash, aerr := s.authorizeRegistration(w, r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-
-	body, aerr := readBody(w, r)
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	var req api.RegisterRequest
-	if aerr := decodeRegister(body, &req); aerr != nil {
-		writeError(w, aerr)
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, aerr)
 		return
 	}
 
@@ -63,7 +45,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if zone.Name != tok.Zone {
-		writeError(w, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
 		return
 	}
 
@@ -72,7 +54,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	prefixes, aerr := checkPrefixes(zone, req.ChildPrefixes)
+	prefixes, aerr := checkPrefixes(zone, nil, req.ChildPrefixes)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -86,27 +68,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := s.cfg.Now()
-	ts := time.Unix(req.Timestamp, 0)
-	if d := now.Sub(ts); d > s.cfg.MaxClockSkew || d < -s.cfg.MaxClockSkew {
-		writeError(w, apiErr(api.CodeUnauthorized, "stale timestamp: %d is %s away from the service clock (max %s)",
-			req.Timestamp, d.Round(time.Second), s.cfg.MaxClockSkew))
-		return
-	}
-	if err := req.Verify(s.cfg.PrivateKey); err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "registration proof does not verify for key %s", req.PublicKey))
-		return
-	}
-	// The in-memory cache is the fast path (errReplayFull just skips it);
-	// the store records every proof durably and refuses a replay too.
-	if err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); errors.Is(err, errReplayed) {
-		writeError(w, apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already"))
-		return
-	}
-
 	devTok, err := randomToken(api.DeviceTokenPrefix)
 	if err != nil {
-		s.replay.remove(req.Proof)
 		writeError(w, apiErr(api.CodeInternal, "generating device token failed"))
 		return
 	}
@@ -114,25 +77,28 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Zone:            zone.Name,
 		JoinTokenHash:   tokHash,
 		DeviceTokenHash: sha256.Sum256([]byte(devTok)),
-		PublicKey:       req.PublicKey,
+		PublicKey:       store.Key(req.PublicKey),
 		Hostname:        hostname,
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
 		RequestedIPv4:   req.RequestedIPv4,
-		Proof:           req.Proof,
-		ProofExpires:    ts.Add(s.cfg.MaxClockSkew).UTC(),
-		Now:             now.UTC(),
+		// The proof was spent by authorizeRegistration already.
+		Now: s.cfg.Now().UTC(),
 	})
-	if err != nil {
-		s.replay.remove(req.Proof)
-		writeError(w, s.storeErr(ctx, "register", err))
+	if err != nil { // unauthorized if the token was spent meanwhile
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, s.storeErr(ctx, "register", err))
 		return
 	}
 	s.metrics.registrations.WithLabelValues(map[bool]string{true: "created", false: "updated"}[created]).Inc()
 	s.log.InfoContext(ctx, "device registered", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname,
 		"ipv4", d.IPv4, "created", created)
 	s.hub.update(d.Zone)
+	writeRegistered(w, d, zone, created, devTok)
+}
 
+// writeRegistered answers a successful registration: 201 for a new device,
+// 200 for a known key.
+func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, created bool, devTok string) {
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
@@ -151,7 +117,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeRegister parses and checks the shape of a registration body (no
-// store access): known fields only, a non-zero 32-byte key, a 32-byte proof.
+// store access): known fields only, a canonical X25519 public key
+// (api.ParsePublicKey), a 32-byte proof.
 func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	// A bad key is its own error code; find it before the generic decoder
 	// reports it as malformed JSON.
@@ -164,10 +131,8 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 	if probe.PublicKey == nil {
 		return apiErr(api.CodeInvalidKey, "public_key is missing")
 	}
-	if k, err := api.ParseKey(*probe.PublicKey); err != nil {
+	if _, err := api.ParsePublicKey(*probe.PublicKey); err != nil {
 		return apiErr(api.CodeInvalidKey, "public_key: %v", err)
-	} else if k.IsZero() {
-		return apiErr(api.CodeInvalidKey, "public_key is all zeroes")
 	}
 	if aerr := decodeJSON(body, req); aerr != nil {
 		return aerr
@@ -187,7 +152,7 @@ func decodeRegister(body []byte, req *api.RegisterRequest) *api.Error {
 // lookupJoinToken finds a usable join token by hash. The store checks it
 // again inside the registration transaction; this early look-up gives the
 // zone (and its prefix policy) and refuses bad tokens before any work.
-func (s *Server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
+func (s *server) lookupJoinToken(ctx context.Context, hash [32]byte) (store.JoinToken, *api.Error) {
 	t, err := s.cfg.Store.JoinTokenByHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.JoinToken{}, apiErr(api.CodeUnauthorized, "join token unknown, expired, or already used")
@@ -226,54 +191,6 @@ func checkHostname(h string) (string, *api.Error) {
 		}
 	}
 	return b.String(), nil
-}
-
-// checkPrefixes parses child prefixes under the zone's policy, deduplicates
-// them, and refuses overlaps with the zone's tunnel pools or each other.
-func checkPrefixes(z store.Zone, in []string) ([]netip.Prefix, *api.Error) {
-	pol := ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}
-	var out []netip.Prefix
-	for _, s := range in {
-		p, err := ipam.ParsePrefix(s, pol)
-		if err != nil {
-			return nil, apiErr(api.CodeInvalidPrefix, "child prefix: %v", err)
-		}
-		if slices.Contains(out, p) {
-			continue
-		}
-		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
-			// A default route (exit node, allowed by policy) covers the
-			// pools by definition; more specific routes win.
-			if pool.IsValid() && p.Bits() > 0 && ipam.Overlaps(p, pool) {
-				return nil, &api.Error{
-					Code:    api.CodePrefixConflict,
-					Message: "prefix " + p.String() + " overlaps the zone's tunnel pool " + pool.String(),
-					Prefix:  pool.String(),
-					Owner:   "tunnel pool",
-				}
-			}
-		}
-		for _, q := range out {
-			if ipam.Overlaps(p, q) {
-				return nil, apiErr(api.CodeInvalidPrefix, "child prefixes %q and %q overlap each other", s, q)
-			}
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-func checkEndpoints(eps []netip.AddrPort) *api.Error {
-	if len(eps) > maxEndpointsPerRequest {
-		return apiErr(api.CodeBadRequest, "too many endpoints: %d (max %d)", len(eps), maxEndpointsPerRequest)
-	}
-	for _, e := range eps {
-		a := e.Addr()
-		if !e.IsValid() || e.Port() == 0 || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
-			return apiErr(api.CodeBadRequest, "endpoint %q is not a usable unicast address and port", e)
-		}
-	}
-	return nil
 }
 
 func nonNil[T any](s []T) []T {

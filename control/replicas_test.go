@@ -18,11 +18,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/control/adminclient"
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store/postgres"
 	"github.com/wiremesh/wiremesh/control/store/postgres/pgtest"
 	"github.com/wiremesh/wiremesh/control/store/storetest"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -39,7 +39,7 @@ func startReplica(t *testing.T, dsn string, o Options) *Service {
 
 // httpClient trusts s's certificate (or speaks plain HTTP).
 func httpClient(t *testing.T, s *Service) *http.Client {
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: adminclient.TLSConfig(s.Fingerprint(), nil)}}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(s.Fingerprint(), nil)}}
 	t.Cleanup(hc.CloseIdleConnections)
 	return hc
 }
@@ -47,6 +47,12 @@ func httpClient(t *testing.T, s *Service) *http.Client {
 // post sends a JSON request without failing the test (usable from any
 // goroutine) and decodes a 2xx answer into out.
 func post(hc *http.Client, method, url, token string, body, out any) (int, http.Header, error) {
+	return postFrom(hc, netip.Addr{}, method, url, token, body, out)
+}
+
+// postFrom is post on behalf of client (sent as X-Forwarded-For, for a
+// service that trusts the test as its proxy), when valid.
+func postFrom(hc *http.Client, client netip.Addr, method, url, token string, body, out any) (int, http.Header, error) {
 	j, err := json.Marshal(body)
 	if err != nil {
 		return 0, nil, err
@@ -56,6 +62,9 @@ func post(hc *http.Client, method, url, token string, body, out any) (int, http.
 		return 0, nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
+	if client.IsValid() {
+		req.Header.Set("X-Forwarded-For", client.String())
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -74,12 +83,16 @@ func post(hc *http.Client, method, url, token string, body, out any) (int, http.
 	return resp.StatusCode, resp.Header, err
 }
 
-// signed returns a registration of a new device, signed for service key pub.
-func signed(t *testing.T, pub api.Key, hostname string, prefixes ...string) api.RegisterRequest {
+// signed returns a registration of a new device with join token tok,
+// signed for service key pub.
+func signed(t *testing.T, pub api.Key, tok, hostname string, prefixes ...string) api.RegisterRequest {
 	t.Helper()
+	secret, _, err := api.ParseJoinToken(tok)
+	require.NoError(t, err)
 	d := newDevice()
-	r := api.RegisterRequest{PublicKey: d.pub, Hostname: hostname, ChildPrefixes: prefixes, Timestamp: time.Now().Unix()}
-	require.NoError(t, r.Sign(d.priv, pub))
+	r := api.RegisterRequest{PublicKey: d.pub, Hostname: hostname, ChildPrefixes: prefixes,
+		Timestamp: time.Now().Unix(), Nonce: fmt.Sprintf("%x", d.pub[:8])}
+	require.NoError(t, r.Sign(d.priv, pub, api.JoinTokenHash(secret)))
 	return r
 }
 
@@ -94,13 +107,13 @@ func TestReplicasShareIdentity(t *testing.T) {
 	require.Equal(t, a.Fingerprint(), b.Fingerprint())
 	require.NotEmpty(t, a.Fingerprint())
 	require.Equal(t, a.AdminToken(), b.AdminToken())
-	require.Equal(t, a.Server().PublicKey(), b.Server().PublicKey())
+	require.Equal(t, a.srv.PublicKey(), b.srv.PublicKey())
 	require.Contains(t, b.StoreName(), "xxxxx", "the password is not shown")
 
 	tok, err := os.ReadFile(filepath.Join(dir, AdminTokenFile))
 	require.NoError(t, err)
 	require.Equal(t, a.AdminToken()+"\n", string(tok))
-	fp, err := adminclient.FingerprintFromCertFile(filepath.Join(dir, TLSCertFile))
+	fp, err := tlspin.FromCertFile(filepath.Join(dir, TLSCertFile))
 	require.NoError(t, err)
 	require.Equal(t, a.Fingerprint(), fp)
 	_, err = os.Stat(filepath.Join(dir, TLSKeyFile))
@@ -109,7 +122,7 @@ func TestReplicasShareIdentity(t *testing.T) {
 	// A token from one replica registers on the other.
 	jt, err := a.CreateJoinToken(t.Context(), api.DefaultZone, false, time.Hour)
 	require.NoError(t, err)
-	resp := registerTLS(t, b, jt, signed(t, b.Server().PublicKey(), "h"))
+	resp := registerTLS(t, b, jt, signed(t, b.srv.PublicKey(), jt, "h"))
 	require.Equal(t, netip.MustParseAddr("100.64.0.1"), resp.IPv4)
 
 	// A SQLite service's data directory is not reused.
@@ -156,7 +169,10 @@ func replacePassword(t *testing.T, dsn, pw string) string {
 // registration is there afterwards.
 func TestReplicasRegisterConcurrently(t *testing.T) {
 	dsn := pgtest.DB(t)
-	reps := []*Service{startReplica(t, dsn, Options{InsecureHTTP: true}), startReplica(t, dsn, Options{InsecureHTTP: true})}
+	// Behind a proxy (the test), each member from an address of its own:
+	// the per-client registration limit does not throttle 500 members.
+	proxied := Options{InsecureHTTP: true, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
+	reps := []*Service{startReplica(t, dsn, proxied), startReplica(t, dsn, proxied)}
 	const n = 500
 	toks := make([]string, n)
 	for i := range toks {
@@ -164,12 +180,12 @@ func TestReplicasRegisterConcurrently(t *testing.T) {
 		toks[i], err = reps[i%2].CreateJoinToken(t.Context(), api.DefaultZone, false, time.Hour)
 		require.NoError(t, err)
 	}
-	pub := reps[0].Server().PublicKey()
+	pub := reps[0].srv.PublicKey()
 	reqs := make([]api.RegisterRequest, n)
 	for i := range reqs {
 		// Members 2k and 2k+1 ask for 10.k.0.0/16 and 10.k.1.0/24.
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i / 2), byte(i % 2), 0}), 16+8*(i%2))
-		reqs[i] = signed(t, pub, fmt.Sprintf("m%03d", i), p.String())
+		reqs[i] = signed(t, pub, toks[i], fmt.Sprintf("m%03d", i), p.String())
 	}
 	hcs := []*http.Client{httpClient(t, reps[0]), httpClient(t, reps[1])}
 	var (
@@ -184,7 +200,8 @@ func TestReplicasRegisterConcurrently(t *testing.T) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			var resp api.RegisterResponse
-			_, _, err := post(hcs[i%2], "POST", reps[i%2].URL()+"/v1/devices", toks[i], reqs[i], &resp)
+			member := netip.AddrFrom4([4]byte{192, 0, byte(2 + i/250), byte(i % 250)})
+			_, _, err := postFrom(hcs[i%2], member, "POST", reps[i%2].URL()+"/v1/devices", toks[i], reqs[i], &resp)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -238,7 +255,8 @@ func TestReplicaNotificationWakesHub(t *testing.T) {
 	theirs, err := postgres.Open(t.Context(), dsn)
 	require.NoError(t, err)
 	defer theirs.Close()
-	h := newHub(mine, nil, newMetrics(), 0)
+	// Wrapped as the server wraps its store.
+	h := newHub(newTimedStore(mine, newMetrics().storeLatency), nil, newMetrics(), 0)
 	defer h.close()
 	sub, err := h.subscribe(t.Context(), api.DefaultZone)
 	require.NoError(t, err)
@@ -263,11 +281,11 @@ func TestReplicaDatabaseRestart(t *testing.T) {
 	require.NoError(t, err)
 	svc := startReplica(t, dsn, Options{InsecureHTTP: true, HeartbeatInterval: time.Hour})
 	hc := httpClient(t, svc)
-	pub := svc.Server().PublicKey()
+	pub := svc.srv.PublicKey()
 	tok, err := svc.CreateJoinToken(t.Context(), api.DefaultZone, true, time.Hour)
 	require.NoError(t, err)
 	var before api.RegisterResponse
-	_, _, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, "before"), &before)
+	_, _, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, tok, "before"), &before)
 	require.NoError(t, err)
 
 	events := watchLines(t, svc.URL(), before.DeviceToken)
@@ -277,7 +295,7 @@ func TestReplicaDatabaseRestart(t *testing.T) {
 	code, hdr, err := post(hc, "GET", svc.URL()+"/v1/devices/self", before.DeviceToken, nil, nil)
 	require.Equal(t, http.StatusServiceUnavailable, code, "%v", err)
 	require.Equal(t, "2", hdr.Get("Retry-After"))
-	code, hdr, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, "during"), nil)
+	code, hdr, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, tok, "during"), nil)
 	require.Equal(t, http.StatusServiceUnavailable, code, "%v", err)
 	require.NotEmpty(t, hdr.Get("Retry-After"))
 
@@ -287,7 +305,7 @@ func TestReplicaDatabaseRestart(t *testing.T) {
 		return code == http.StatusOK
 	}, 30*time.Second, 50*time.Millisecond)
 	var after api.RegisterResponse
-	_, _, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, "after"), &after)
+	_, _, err = post(hc, "POST", svc.URL()+"/v1/devices", tok, signed(t, pub, tok, "after"), &after)
 	require.NoError(t, err)
 	require.Equal(t, before.IPv4.Next(), after.IPv4, "the refused registration took nothing")
 	waitLine(t, events, after.DeviceID)

@@ -12,7 +12,10 @@
 //   - admin token: every admin endpoint and GET /metrics.
 //
 // A credential of one kind never works where another is expected; wrong or
-// missing credentials give 401 unauthorized and change nothing.
+// missing credentials give 401 unauthorized and change nothing. A client
+// refused too often, or registering too often, gets 429 rate_limited with
+// Retry-After; every refusal and every admin action is written to the
+// audit log. docs/HARDENING.md has the limits and deadlines.
 package control
 
 import (
@@ -22,18 +25,20 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/dashboard"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
-// Config configures a Server.
-type Config struct {
-	// Store holds the state. Required. The Server does not close it.
+// serverConfig configures a server.
+type serverConfig struct {
+	// Store holds the state. Required. The server does not close it.
 	Store store.Store
 	// PrivateKey is the service's static X25519 key; registrations prove
 	// possession of the device key against its public half. Required.
@@ -58,6 +63,15 @@ type Config struct {
 	Now func() time.Time
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are the addresses of reverse proxies in front of the
+	// service. Only for a peer inside one of them is X-Forwarded-For used
+	// to find the client address (rate limits, audit log); nil trusts no
+	// one and uses the connection's peer address.
+	TrustedProxies []netip.Prefix
+
+	// limits are the per-client and per-device limits; zero fields mean
+	// the defaults (limits.go).
+	limits limits
 }
 
 const (
@@ -69,27 +83,33 @@ const (
 	hubPollInterval = time.Second
 )
 
-// Server is the coordination service's HTTP API over a store.Store.
-type Server struct {
-	cfg     Config
+// server is the coordination service's HTTP API over a store.Store.
+type server struct {
+	cfg     serverConfig
 	log     *slog.Logger
 	pub     api.Key
 	hub     *hub
 	metrics *metrics
-	replay  *replayCache
-	handler http.Handler
+	// presence tracks members' watch streams (online, last seen).
+	presence *presence
+	replay   *replayCache
+	handler  http.Handler
+
+	registerLimit *clientLimiter // registrations per client address
+	authFailLimit *clientLimiter // refused authentications per client address
+	streams       *streamSet     // watch streams per device
 
 	closeOnce sync.Once
 }
 
-// NewServer checks cfg and returns a Server. Close it to end watch streams
+// newServer checks cfg and returns a server. Close it to end watch streams
 // and background goroutines.
-func NewServer(cfg Config) (*Server, error) {
+func newServer(cfg serverConfig) (*server, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("control.NewServer: Config.Store is nil")
+		return nil, errors.New("control: new server: no store")
 	}
 	if cfg.PrivateKey.IsZero() {
-		return nil, errors.New("control.NewServer: Config.PrivateKey is zero")
+		return nil, errors.New("control: new server: zero private key")
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = defaultHeartbeat
@@ -103,39 +123,52 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	cfg.limits = cfg.limits.withDefaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{
-		cfg:     cfg,
-		log:     log,
-		pub:     api.PublicKey(cfg.PrivateKey),
-		metrics: newMetrics(),
-		replay:  newReplayCache(maxReplayEntries),
+	l := cfg.limits
+	m := newMetrics()
+	cfg.Store = newTimedStore(cfg.Store, m.storeLatency)
+	s := &server{
+		cfg:           cfg,
+		log:           log,
+		pub:           api.PublicKey(cfg.PrivateKey),
+		metrics:       m,
+		presence:      newPresence(cfg.Now),
+		replay:        newReplayCache(maxReplayEntries),
+		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
+		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
+		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.handler = s.routes()
+	dash, err := s.newDashboard()
+	if err != nil {
+		s.hub.close()
+		return nil, fmt.Errorf("control.NewServer: %w", err)
+	}
+	s.handler = s.routes(dash)
 	return s, nil
 }
 
 // Handler returns the HTTP handler of the whole API.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *server) Handler() http.Handler { return s.handler }
 
 // Close ends every watch stream and stops background goroutines. It does
 // not close the store. Later calls return nil.
-func (s *Server) Close() error {
+func (s *server) Close() error {
 	s.closeOnce.Do(s.hub.close)
 	return nil
 }
 
 // PublicKey returns the service's static public key.
-func (s *Server) PublicKey() api.Key { return s.pub }
+func (s *server) PublicKey() api.Key { return s.pub }
 
-func (s *Server) routes() http.Handler {
+func (s *server) routes(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
+		mux.Handle(pattern, s.metrics.instrument(pattern, s.withReadDeadline(fn)))
 	}
 	h("GET /v1/info", s.handleInfo)
 
@@ -144,7 +177,7 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/devices/self", s.device(s.handleGetSelf))
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
-	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 
 	// Admin.
 	h("POST /v1/zones", s.admin(s.handleCreateZone))
@@ -158,10 +191,17 @@ func (s *Server) routes() http.Handler {
 	h("DELETE /v1/devices/{id}", s.admin(s.handleDeleteDevice))
 	h("GET /v1/prefixes", s.admin(s.handleListPrefixes))
 	h("DELETE /v1/zones/{zone}/prefixes/{prefix...}", s.admin(s.handleReleaseAdmin))
+	h("GET /v1/zones/{zone}/policy", s.admin(s.handleGetPolicy))
+	h("PUT /v1/zones/{zone}/policy", s.admin(s.handleSetPolicy))
+	h("DELETE /v1/zones/{zone}/policy", s.admin(s.handleDeletePolicy))
+	h("POST /v1/zones/{zone}/policy/check", s.admin(s.handleCheckPolicy))
 
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	// The web dashboard (its own login; see package dashboard).
+	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -169,7 +209,7 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
-func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Info{
 		Version:             s.cfg.Version,
 		PublicKey:           s.pub,
@@ -182,15 +222,15 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 // CreateJoinToken creates a join token for zone and returns it in full
 // (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
 // expires. store.ErrNotFound (wrapped) if the zone does not exist.
-func (s *Server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
-	jt, err := s.createJoinToken(ctx, zone, reusable, ttl)
+func (s *server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
+	jt, err := s.createJoinToken(ctx, zone, reusable, ttl, nil)
 	if err != nil {
 		return "", fmt.Errorf("control.CreateJoinToken %q: %w", zone, err)
 	}
 	return jt.Token, nil
 }
 
-func (s *Server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
+func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration, tags []string) (api.JoinToken, error) {
 	secret, err := randomToken(api.JoinTokenPrefix)
 	if err != nil {
 		return api.JoinToken{}, err
@@ -205,6 +245,7 @@ func (s *Server) createJoinToken(ctx context.Context, zone string, reusable bool
 		Hash:      sha256.Sum256([]byte(secret)),
 		Zone:      zone,
 		Reusable:  reusable,
+		Tags:      tags,
 		CreatedAt: now,
 	}
 	if ttl > 0 {

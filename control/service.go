@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -61,6 +60,10 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are reverse proxies in front of the service: only for
+	// connections from them is X-Forwarded-For used to find the client
+	// address that rate limits and the audit log go by. Nil trusts none.
+	TrustedProxies []netip.Prefix
 }
 
 // Service is a running coordination service: API listener, STUN responder
@@ -68,7 +71,7 @@ type Options struct {
 type Service struct {
 	log        *slog.Logger
 	store      store.Store
-	srv        *Server
+	srv        *server
 	http       *http.Server
 	addr       netip.AddrPort
 	stun       *STUNServer
@@ -82,8 +85,11 @@ type Service struct {
 	closed bool
 }
 
-// Start opens the state (o.Store, or o.DataDir), binds the listeners and
-// serves until Close. It returns once the service accepts connections.
+// Start binds the listeners, opens the state (o.Store, or o.DataDir) and
+// serves until Close. It returns once the service accepts connections. A
+// start that fails leaves the data directory as it found it: the listeners
+// are bound before anything is written, and what a failed start created is
+// removed.
 func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	wrap := func(err error) error { return fmt.Errorf("control.Start: %w", err) }
 	if err := checkOptions(&o); err != nil {
@@ -93,68 +99,65 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := openStore(ctx, o, log)
+
+	l, err := bind(ctx, o, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s := &Service{log: log, store: st, scheme: "http", storeName: storeKind(o.Store), serveDone: make(chan struct{})}
-	var ln net.Listener
+	var undo *dataDirUndo
+	if o.DataDir != "" {
+		if undo, err = newDataDirUndo(o.DataDir); err != nil {
+			l.close()
+			return nil, wrap(err)
+		}
+	}
+	var st store.Store
 	defer func() {
-		if err != nil {
-			if ln != nil {
-				ln.Close()
-			}
-			if s.stun != nil {
-				s.stun.Close()
-			}
+		if err == nil {
+			return
+		}
+		l.close()
+		if st != nil {
 			st.Close()
 		}
+		if undo == nil {
+			return
+		}
+		if uerr := undo.undo(); uerr != nil {
+			log.Warn("could not remove what the failed start created", "data_dir", o.DataDir, "err", uerr)
+		}
 	}()
+	if o.DataDir != "" {
+		if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+			return nil, wrap(fmt.Errorf("data directory: %w", err))
+		}
+	}
+	if st, err = openStore(ctx, o, log); err != nil {
+		return nil, wrap(err)
+	}
 	creds, err := loadCredentials(ctx, o, st, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s.fp, s.adminToken = creds.fp, creds.admin
-
-	var lc net.ListenConfig
-	if ln, err = lc.Listen(ctx, "tcp", o.Listen); err != nil {
-		return nil, wrap(err)
-	}
-	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
-	stunAdvertised, err := s.startSTUN(ctx, o.STUNListen)
-	if err != nil {
-		return nil, wrap(err)
-	}
-	s.srv, err = NewServer(Config{
+	s := &Service{log: log, store: st, stun: l.stun, fp: creds.fp, adminToken: creds.admin, scheme: "http",
+		storeName: storeKind(o.Store), serveDone: make(chan struct{})}
+	s.addr = l.api.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
+	s.srv, err = newServer(serverConfig{
 		Store:             st,
 		PrivateKey:        creds.key,
 		AdminToken:        creds.admin,
-		STUNAddr:          stunAdvertised,
+		STUNAddr:          l.stunAdvertised,
 		Fingerprint:       creds.fp,
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
+		TrustedProxies:    o.TrustedProxies,
 	})
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s.http = &http.Server{
-		Handler:           s.srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	if creds.tls != nil {
-		ln = tls.NewListener(ln, creds.tls)
-		s.scheme = "https"
-	}
-	go func(ln net.Listener) {
-		defer close(s.serveDone)
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API listener failed", "err", err)
-		}
-	}(ln)
-	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir,
+	s.serve(l.api, creds.tls)
+	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir,
 		"store", s.storeName)
 	return s, nil
 }
@@ -178,10 +181,7 @@ func checkOptions(o *Options) error {
 	if o.STUNListen == "" {
 		o.STUNListen = ":3478"
 	}
-	if o.DataDir == "" {
-		return nil
-	}
-	if pg {
+	if pg && o.DataDir != "" {
 		// The copies of the admin token and certificate left in DataDir
 		// must not replace a SQLite service's own files.
 		if ok, err := exists(filepath.Join(o.DataDir, ServerKeyFile)); err != nil || ok {
@@ -189,29 +189,27 @@ func checkOptions(o *Options) error {
 				o.DataDir, ServerKeyFile))
 		}
 	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
 	return nil
 }
 
-// startSTUN starts the STUN responder on addr ("off": none) and returns
-// the address to advertise.
-func (s *Service) startSTUN(ctx context.Context, addr string) (string, error) {
-	if addr == "off" {
-		return "", nil
+// serve serves the API on ln (with TLS when tlsCfg is set) until Close.
+func (s *Service) serve(ln net.Listener, tlsCfg *tls.Config) {
+	s.http = &http.Server{
+		Handler:           s.srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(ctx, "udp", addr)
-	if err != nil {
-		return "", fmt.Errorf("STUN: %w", err)
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+		s.scheme = "https"
 	}
-	s.stun = NewSTUNServer(pc, s.log)
-	sa := s.stun.Addr()
-	if sa.Addr().IsUnspecified() {
-		return ":" + strconv.Itoa(int(sa.Port())), nil
-	}
-	return sa.String(), nil
+	go func() {
+		defer close(s.serveDone)
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("API listener failed", "err", err)
+		}
+	}()
 }
 
 // URL returns the base URL of the API, e.g. "https://127.0.0.1:8443"; an
@@ -246,10 +244,9 @@ func (s *Service) StoreName() string { return s.storeName }
 // AdminToken returns the admin token.
 func (s *Service) AdminToken() string { return s.adminToken }
 
-// Server returns the API server.
-func (s *Service) Server() *Server { return s.srv }
-
-// CreateJoinToken creates a join token; see Server.CreateJoinToken.
+// CreateJoinToken creates a join token for zone and returns it in full
+// (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
+// expires. store.ErrNotFound (wrapped) if the zone does not exist.
 func (s *Service) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
 	return s.srv.CreateJoinToken(ctx, zone, reusable, ttl)
 }

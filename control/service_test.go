@@ -17,6 +17,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/control/adminclient"
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 func startService(t *testing.T, o Options) *Service {
@@ -45,7 +46,7 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
 	}
-	fp, err := adminclient.FingerprintFromCertFile(filepath.Join(dir, TLSCertFile))
+	fp, err := tlspin.FromCertFile(filepath.Join(dir, TLSCertFile))
 	require.NoError(t, err)
 	require.Equal(t, s.Fingerprint(), fp)
 
@@ -74,9 +75,9 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 	// State: a zone, a device with a prefix.
 	_, err = c.CreateZone(ctx, api.CreateZoneRequest{Name: "lab"})
 	require.NoError(t, err)
-	e := &env{t: t, srv: s.Server(), admin: s.AdminToken(), priv: mustReadKey(t, dir)}
+	e := &env{t: t, srv: s.srv, admin: s.AdminToken(), priv: mustReadKey(t, dir)}
 	dev := newDevice()
-	req := e.request(dev, "node1", "172.24.0.0/24")
+	req := e.request(tok, dev, "node1", "172.24.0.0/24")
 	regBefore := registerTLS(t, s, tok, req)
 	ds, err := c.Devices(ctx, "")
 	require.NoError(t, err)
@@ -102,9 +103,9 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 	ps, err := c2.Prefixes(ctx, "")
 	require.NoError(t, err)
 	require.Len(t, ps, 1)
-	req2 := e.request(dev, "node1", "172.25.0.0/24")
+	req2 := e.request(tok, dev, "node1", "172.25.0.0/24")
 	req2.Timestamp++
-	require.NoError(t, req2.Sign(dev.priv, api.PublicKey(e.priv)))
+	e.sign(tok, dev, &req2)
 	regAfter := registerTLS(t, s2, tok, req2) // the old token still works: server key unchanged
 	require.Equal(t, regBefore.DeviceID, regAfter.DeviceID)
 	require.Equal(t, regBefore.IPv4, regAfter.IPv4)
@@ -123,7 +124,7 @@ func mustReadKey(t *testing.T, dir string) api.Key {
 
 func registerTLS(t *testing.T, s *Service, tok string, req api.RegisterRequest) api.RegisterResponse {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: adminclient.TLSConfig(s.Fingerprint(), nil)}}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(s.Fingerprint(), nil)}}
 	defer hc.CloseIdleConnections()
 	var resp api.RegisterResponse
 	code, ae := callURL(t, hc, "POST", s.URL()+"/v1/devices", tok, req, &resp)
@@ -153,7 +154,7 @@ func TestServiceInsecureAndOptions(t *testing.T) {
 	hc := &http.Client{}
 	defer hc.CloseIdleConnections()
 	var reg api.RegisterResponse
-	_, ae := callURL(t, hc, "POST", s.URL()+"/v1/devices", tok, e.request(newDevice(), "w"), &reg)
+	_, ae := callURL(t, hc, "POST", s.URL()+"/v1/devices", tok, e.request(tok, newDevice(), "w"), &reg)
 	require.Nil(t, ae)
 	req, err := http.NewRequest("GET", s.URL()+"/v1/zones/default/watch", nil)
 	require.NoError(t, err)

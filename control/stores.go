@@ -41,8 +41,17 @@ func redactDSN(dsn string) string {
 // openStore opens the store Options name: PostgreSQL for a postgres://
 // URL, else SQLite in the data directory.
 func openStore(ctx context.Context, o Options, log *slog.Logger) (store.Store, error) {
+	// A failed open returns a nil interface, not a typed nil pointer.
 	if isPostgres(o.Store) {
-		return postgres.Open(ctx, o.Store, postgres.WithLogger(log))
+		s, err := postgres.Open(ctx, o.Store, postgres.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
-	return store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log))
+	s, err := store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

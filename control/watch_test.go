@@ -19,7 +19,10 @@ import (
 type stream struct {
 	t      testing.TB
 	events chan api.WatchEvent
-	done   chan error
+	// done is closed when the stream has ended, after every event read
+	// before the end was queued on events; err is why it ended (nil: EOF).
+	done   chan struct{}
+	err    error
 	cancel context.CancelFunc
 }
 
@@ -37,20 +40,21 @@ func (e *env) watch(zone, token string, since int64) *stream {
 	require.NoError(e.t, err)
 	require.Equal(e.t, http.StatusOK, resp.StatusCode)
 	require.Equal(e.t, "application/x-ndjson", resp.Header.Get("Content-Type"))
-	s := &stream{t: e.t, events: make(chan api.WatchEvent, 1024), done: make(chan error, 1), cancel: cancel}
+	s := &stream{t: e.t, events: make(chan api.WatchEvent, 1024), done: make(chan struct{}), cancel: cancel}
 	go func() {
+		defer close(s.done)
 		defer resp.Body.Close()
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			var ev api.WatchEvent
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				s.done <- err
+				s.err = err
 				return
 			}
 			s.events <- ev
 		}
-		s.done <- sc.Err()
+		s.err = sc.Err()
 	}()
 	e.t.Cleanup(cancel)
 	return s
@@ -66,8 +70,18 @@ func (s *stream) next() api.WatchEvent {
 			if ev.Type != api.EventHeartbeat {
 				return ev
 			}
-		case err := <-s.done:
-			s.t.Fatalf("watch stream ended: %v", err)
+		case <-s.done:
+			// select picks at random among ready cases: the events the
+			// server sent before it ended the stream come first.
+			select {
+			case ev := <-s.events:
+				if ev.Type != api.EventHeartbeat {
+					return ev
+				}
+				continue
+			default:
+			}
+			s.t.Fatalf("watch stream ended: %v", s.err)
 		case <-deadline:
 			s.t.Fatal("no watch event within 10s")
 		}
@@ -190,7 +204,7 @@ func TestWatchZoneIsolation(t *testing.T) {
 }
 
 func TestWatchHeartbeatsAndClose(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.HeartbeatInterval = 20 * time.Millisecond })
+	e := newEnv(t, func(c *serverConfig) { c.HeartbeatInterval = 20 * time.Millisecond })
 	_, a := e.mustRegister(e.joinToken(api.DefaultZone, false), "a")
 	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
 	snap := s.next()
@@ -201,7 +215,7 @@ func TestWatchHeartbeatsAndClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no heartbeat")
 	}
-	// Server.Close ends the stream.
+	// server.Close ends the stream.
 	require.NoError(t, e.srv.Close())
 	select {
 	case <-s.done:
@@ -216,17 +230,18 @@ func TestWatchHeartbeatsAndClose(t *testing.T) {
 // register: each watcher's snapshot plus its events must end up with every
 // member, and revisions never repeat or go backwards.
 func TestWatchNoLossUnderConcurrentChanges(t *testing.T) {
-	e := newEnv(t)
+	const members, watchers = 20, 8
+	// All watchers share one device token: lift the per-device stream cap.
+	e := newEnv(t, func(c *serverConfig) { c.limits.streamsPerDevice = watchers })
 	tok := e.joinToken(api.DefaultZone, true)
 	_, first := e.mustRegister(tok, "first")
-	const members, watchers = 20, 8
 	regDone := make(chan []string, 1)
 	go func() {
 		var ids []string
 		for range members {
 			d := newDevice()
 			r := api.RegisterRequest{PublicKey: d.pub, Hostname: "m", Timestamp: time.Now().Unix()}
-			if err := r.Sign(d.priv, api.PublicKey(e.priv)); err != nil {
+			if err := r.Sign(d.priv, api.PublicKey(e.priv), api.JoinTokenHash(tok)); err != nil {
 				panic(err)
 			}
 			b, _ := json.Marshal(r)
@@ -307,5 +322,26 @@ func TestWatchEndsWhenDeviceDeleted(t *testing.T) {
 		default:
 			return
 		}
+	}
+}
+
+// A device deleted behind this replica's back (another replica sharing the
+// store, or before the deleting handler fanned the change out) is told the
+// same way when its heartbeat notices first: its remove event, then the end.
+func TestWatchTellsDeviceDeletedBehindItsBack(t *testing.T) {
+	e := newEnv(t, func(c *serverConfig) { c.HeartbeatInterval = 20 * time.Millisecond })
+	tok := e.joinToken(api.DefaultZone, true)
+	_, a := e.mustRegister(tok, "a")
+	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
+	require.Equal(t, api.EventSnapshot, s.next().Type)
+
+	require.NoError(t, e.st.DeleteDevice(context.Background(), a.DeviceID))
+	rm := s.next()
+	require.Equal(t, api.EventRemove, rm.Type)
+	require.Equal(t, a.DeviceID, rm.Peer.ID)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the deleted device's watch stream stayed open")
 	}
 }

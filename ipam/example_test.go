@@ -8,43 +8,50 @@ import (
 )
 
 func ExampleParsePrefix() {
-	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "127.0.0.0/8", "0.0.0.0/0"} {
-		p, err := ipam.ParsePrefix(s, ipam.Policy{})
+	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "10.0.0.0/024", "fe80::%eth0/64"} {
+		p, err := ipam.ParsePrefix(s)
 		fmt.Println(p, err)
 	}
 	// Output:
 	// 172.24.0.0/24 <nil>
-	// invalid Prefix invalid prefix "10.1.2.3/16": host bits set (did you mean 10.1.0.0/16?)
-	// invalid Prefix invalid prefix "127.0.0.0/8": inside loopback (127.0.0.0/8)
-	// invalid Prefix invalid prefix "0.0.0.0/0": default route not allowed: the zone does not allow exit nodes
+	// 10.1.2.3/16 <nil>
+	// invalid Prefix invalid prefix "10.0.0.0/024": prefix length "024" has a leading zero
+	// invalid Prefix invalid prefix "fe80::%eth0/64": IPv6 zone not allowed in a prefix
+}
+
+func ExampleValidateChildPrefix() {
+	for _, s := range []string{"172.24.0.0/24", "10.1.2.3/16", "127.0.0.0/8", "0.0.0.0/0", "1.0.0.0/8"} {
+		p, _ := ipam.ParsePrefix(s)
+		fmt.Println(ipam.ValidateChildPrefix(p, ipam.Policy{}))
+	}
+	// Output:
+	// <nil>
+	// invalid prefix "10.1.2.3/16": host bits set (did you mean 10.1.0.0/16?)
+	// invalid prefix "127.0.0.0/8": inside loopback (127.0.0.0/8)
+	// invalid prefix "0.0.0.0/0": default route not allowed: the zone does not allow exit nodes
+	// invalid prefix "1.0.0.0/8": /8 is wider than the zone allows (the shortest IPv4 prefix is /12)
 }
 
 func ExamplePool() {
 	v4, _ := ipam.NewPool(ipam.DefaultIPv4PoolPrefix)
 	v6, _ := ipam.NewPool(ipam.ULAPool("default"))
-	a4, _ := v4.Allocate(netip.Addr{})                       // lowest free
-	b4, _ := v4.Allocate(netip.MustParseAddr("100.64.0.10")) // requested
-	i, _ := v4.Index(b4)
-	b6, _ := v6.Addr(i) // the matching IPv6 address
-	_, err := v4.Allocate(netip.MustParseAddr("100.64.0.10"))
-	fmt.Println(a4, b4, b6)
-	fmt.Println(err)
+	i, _ := v4.Index(netip.MustParseAddr("100.64.0.10"))
+	a6, _ := v6.Addr(i) // the matching IPv6 address
+	fmt.Println(i, a6, v4.Capacity())
 	// Output:
-	// 100.64.0.1 100.64.0.10 fd3d:4bb0:38b7::a
-	// ipam: allocate 100.64.0.10 in pool 100.64.0.0/16: address in use
+	// 10 fd3d:4bb0:38b7::a 65534
 }
 
-func ExampleRegistry() {
-	r := ipam.NewRegistry()
-	r.Reserve(ipam.DefaultIPv4PoolPrefix, ipam.TunnelPoolOwner)
-	fmt.Println(r.Add(netip.MustParsePrefix("172.24.0.0/24"), "node1"))
-	fmt.Println(r.Add(netip.MustParsePrefix("172.24.0.128/25"), "node2"))
-	fmt.Println(r.Add(netip.MustParsePrefix("100.64.0.0/10"), "node2"))
-	e, _ := r.Lookup(netip.MustParseAddr("172.24.0.2"))
-	fmt.Println(e.Owner, e.Prefix)
+func ExampleCheckPrefixes() {
+	pol := ipam.Policy{Pools: []netip.Prefix{ipam.DefaultIPv4PoolPrefix}}
+	held := []netip.Prefix{netip.MustParsePrefix("10.78.0.0/16")}
+	for _, s := range []string{"172.24.0.0/24", "10.78.1.0/24", "100.64.0.0/24", "1.0.0.0/8"} {
+		set, err := ipam.CheckPrefixes(pol, held, []netip.Prefix{netip.MustParsePrefix(s)})
+		fmt.Println(set, err)
+	}
 	// Output:
-	// <nil>
-	// prefix 172.24.0.128/25 overlaps 172.24.0.0/24 held by node1
-	// prefix 100.64.0.0/10 overlaps 100.64.0.0/16 held by tunnel pool
-	// node1 172.24.0.0/24
+	// [10.78.0.0/16 172.24.0.0/24] <nil>
+	// [] prefix 10.78.1.0/24 overlaps 10.78.0.0/16 held by this device
+	// [] prefix 100.64.0.0/24 overlaps 100.64.0.0/16 held by tunnel pool
+	// [] invalid prefix "1.0.0.0/8": /8 is wider than the zone allows (the shortest IPv4 prefix is /12)
 }

@@ -18,7 +18,7 @@ func FuzzParsePrefix(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string, exit bool) {
 		pol := Policy{AllowDefaultRoute: exit}
-		p, err := ParsePrefix(s, pol)
+		p, err := ParsePrefix(s)
 		if err != nil {
 			var pe *PrefixError
 			if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidPrefix) || pe.Input != s || pe.Reason == "" {
@@ -29,22 +29,29 @@ func FuzzParsePrefix(f *testing.F) {
 			}
 			return
 		}
-		if !p.IsValid() || p != p.Masked() {
-			t.Fatalf("ParsePrefix(%q) = %v: not canonical", s, p)
-		}
-		if err := ValidateChildPrefix(p, pol); err != nil {
-			t.Fatalf("ParsePrefix(%q) = %v, but ValidateChildPrefix: %v", s, p, err)
+		if !p.IsValid() {
+			t.Fatalf("ParsePrefix(%q) = %v: not valid", s, p)
 		}
 		// Whatever the standard parser accepts of the same text agrees.
 		if std, err := netip.ParsePrefix(s); err != nil || std != p {
 			t.Fatalf("ParsePrefix(%q) = %v, netip.ParsePrefix = %v, %v", s, p, std, err)
 		}
-		again, err := ParsePrefix(p.String(), pol)
+		again, err := ParsePrefix(p.String())
 		if err != nil || again != p || again.String() != p.String() {
 			t.Fatalf("ParsePrefix(%q) = %v does not round-trip: %v, %v", s, p, again, err)
 		}
+		if err := ValidateChildPrefix(p, pol); err != nil {
+			var pe *PrefixError
+			if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidPrefix) || pe.Reason == "" {
+				t.Fatalf("ValidateChildPrefix(%v) error %v is not a proper *PrefixError", p, err)
+			}
+			return
+		}
+		if p != p.Masked() {
+			t.Fatalf("ValidateChildPrefix accepted %v with host bits", p)
+		}
 		for _, r := range reserved {
-			if p.Bits() > 0 && Overlaps(p, r.prefix) {
+			if p.Bits() > 0 && p.Overlaps(r.prefix) {
 				t.Fatalf("ParsePrefix(%q) = %v overlaps reserved %v", s, p, r.prefix)
 			}
 		}
@@ -54,114 +61,83 @@ func FuzzParsePrefix(f *testing.F) {
 	})
 }
 
-// bruteRegistry is the O(n) model FuzzRegistry checks Registry against.
-type bruteRegistry []Entry
-
-func (b bruteRegistry) conflict(p netip.Prefix) (Entry, bool) {
-	for _, e := range b {
-		if Overlaps(e.Prefix, p) {
-			return e, true
-		}
-	}
-	return Entry{}, false
-}
-
-func (b bruteRegistry) lookup(a netip.Addr) (Entry, bool) {
-	best, found := Entry{}, false
-	for _, e := range b {
-		if e.Prefix.Contains(a) && (!found || e.Prefix.Bits() > best.Prefix.Bits()) {
-			best, found = e, true
-		}
-	}
-	return best, found
-}
-
 // fuzzPrefix builds a small prefix from fuzz bytes, concentrated in a few
 // ranges so that overlaps are common.
 func fuzzPrefix(b []byte) netip.Prefix {
 	if b[0]&1 == 0 {
 		a := [4]byte{10, b[1] & 3, b[2], b[3]}
-		return netip.PrefixFrom(netip.AddrFrom4(a), 6+int(b[4])%27).Masked()
+		return netip.PrefixFrom(netip.AddrFrom4(a), int(b[4])%33).Masked()
 	}
 	var a [16]byte
 	a[0], a[1], a[2], a[15] = 0xfd, b[1]&3, b[2], b[3]
-	return netip.PrefixFrom(netip.AddrFrom16(a), 6+int(b[4])%123).Masked()
+	return netip.PrefixFrom(netip.AddrFrom16(a), int(b[4])%129).Masked()
 }
 
-func FuzzRegistry(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 0, 10, 0, 0, 0, 0, 18, 2, 1, 0, 0, 0, 10})
-	f.Add([]byte{1, 1, 9, 9, 100, 3, 1, 9, 9, 60, 2, 1, 9, 9, 100})
-	f.Fuzz(func(t *testing.T, ops []byte) {
-		r := NewRegistry()
-		var model bruteRegistry
-		for len(ops) >= 6 {
-			op, pb := ops[0], ops[1:6]
-			ops = ops[6:]
-			p := fuzzPrefix(pb)
-			owner := string(rune('a' + op%3))
-
-			// Conflict and Lookup agree with the model before every op.
-			got, gotOK := r.Conflict(p)
-			_, wantOK := model.conflict(p)
-			if gotOK != wantOK || gotOK && (!Overlaps(got.Prefix, p) || !slices.Contains(model, got)) {
-				t.Fatalf("Conflict(%v) = %v, %v; model says %v", p, got, gotOK, wantOK)
+// FuzzCheckPrefixes checks CheckPrefixes against the rules it promises:
+// an accepted set holds every held prefix, only valid new ones, no new one
+// overlapping a pool or another prefix of the set, and no more than the
+// limit; a refusal is one of the package's typed errors; and the answer does
+// not depend on the order of add.
+func FuzzCheckPrefixes(f *testing.F) {
+	f.Add(byte(2), true, []byte{0, 0, 0, 0, 16, 0, 0, 1, 0, 24, 1, 1, 9, 9, 64})
+	f.Add(byte(0), false, []byte{0, 1, 0, 0, 12, 0, 1, 0, 0, 20, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, nHeld byte, exit bool, b []byte) {
+		pol := Policy{AllowDefaultRoute: exit, MinBits4: 8, MinBits6: 16, MaxPrefixes: 4,
+			Pools: []netip.Prefix{netip.MustParsePrefix("10.3.0.0/16"), netip.MustParsePrefix("fd03::/64")}}
+		var held, add []netip.Prefix
+		for i := 0; len(b) >= 5; i++ {
+			if p := fuzzPrefix(b[:5]); i < int(nHeld%4) {
+				held = append(held, p)
+			} else {
+				add = append(add, p)
 			}
-			le, lok := r.Lookup(p.Addr())
-			me, mok := model.lookup(p.Addr())
-			if lok != mok || le != me {
-				t.Fatalf("Lookup(%v) = %v, %v; model %v, %v", p.Addr(), le, lok, me, mok)
+			b = b[5:]
+		}
+		got, err := CheckPrefixes(pol, held, add)
+		rev := slices.Clone(add)
+		slices.Reverse(rev)
+		got2, err2 := CheckPrefixes(pol, held, rev)
+		if !slices.Equal(got, got2) || (err == nil) != (err2 == nil) || err != nil && err.Error() != err2.Error() {
+			t.Fatalf("order matters: %v, %v vs %v, %v", got, err, got2, err2)
+		}
+		if err != nil {
+			var pe *PrefixError
+			var ce *ConflictError
+			if !errors.As(err, &pe) && !errors.As(err, &ce) && !errors.Is(err, ErrTooManyPrefixes) {
+				t.Fatalf("untyped error %v", err)
 			}
-
-			switch op % 4 {
-			case 0, 1: // add
-				err := r.Add(p, owner)
-				switch {
-				case !wantOK:
-					if err != nil {
-						t.Fatalf("Add(%v) = %v, want nil", p, err)
-					}
-					model = append(model, Entry{Prefix: p, Owner: owner})
-				case got.Prefix == p && got.Owner == owner:
-					if err != nil {
-						t.Fatalf("re-Add(%v) = %v, want nil", p, err)
-					}
-				default:
-					var ce *ConflictError
-					if !errors.As(err, &ce) || ce.Prefix != p || ce.Existing != got.Prefix || ce.Owner != got.Owner {
-						t.Fatalf("Add(%v) = %v, want conflict with %v", p, err, got)
-					}
-				}
-			case 2: // remove something present, chosen by the bytes
-				if len(model) == 0 {
-					continue
-				}
-				i := int(pb[2]) % len(model)
-				if !r.Remove(model[i].Prefix) {
-					t.Fatalf("Remove(%v) = false", model[i].Prefix)
-				}
-				model = slices.Delete(model, i, i+1)
-			case 3: // remove a probably absent prefix
-				_, present := r.Get(p)
-				if r.Remove(p) != present {
-					t.Fatalf("Remove(%v) != %v", p, present)
-				}
-				if present {
-					model = slices.DeleteFunc(model, func(e Entry) bool { return e.Prefix == p })
-				}
-			}
-			if r.Len() != len(model) {
-				t.Fatalf("Len = %d, model %d", r.Len(), len(model))
+			return
+		}
+		for _, h := range held {
+			if !slices.Contains(got, h) {
+				t.Fatalf("held %v dropped: %v", h, got)
 			}
 		}
-		want := slices.Clone(model)
-		slices.SortFunc(want, func(a, b Entry) int {
-			if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-				return c
+		if !slices.IsSortedFunc(got, ComparePrefix) || len(slices.Compact(slices.Clone(got))) != len(got) {
+			t.Fatalf("not sorted and unique: %v", got)
+		}
+		var fresh int
+		for i, p := range got {
+			if slices.Contains(held, p) {
+				continue
 			}
-			return a.Prefix.Bits() - b.Prefix.Bits()
-		})
-		if got := r.All(); !slices.Equal(got, want) {
-			t.Fatalf("All = %v, want %v", got, want)
+			fresh++
+			if err := ValidateChildPrefix(p, pol); err != nil {
+				t.Fatalf("accepted invalid %v: %v", p, err)
+			}
+			for _, pool := range pol.Pools {
+				if p.Bits() > 0 && p.Overlaps(pool) {
+					t.Fatalf("accepted %v overlapping pool %v", p, pool)
+				}
+			}
+			for j, q := range got {
+				if i != j && p.Bits() > 0 && q.Bits() > 0 && p.Overlaps(q) {
+					t.Fatalf("accepted %v overlapping %v of the same device", p, q)
+				}
+			}
+		}
+		if fresh > 0 && len(got) > pol.MaxPrefixes {
+			t.Fatalf("accepted %d prefixes, limit %d", len(got), pol.MaxPrefixes)
 		}
 	})
 }

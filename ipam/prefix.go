@@ -7,41 +7,28 @@ import (
 	"unicode"
 )
 
-// Policy holds the zone-dependent rules for child prefixes. The zero value
-// is the strictest policy.
-type Policy struct {
-	// AllowDefaultRoute accepts the default routes 0.0.0.0/0 and ::/0 as
-	// child prefixes: the zone allows exit nodes. False rejects them.
-	AllowDefaultRoute bool
-}
-
 // maxPrefixText is longer than any valid prefix text
 // ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128" is 49 bytes).
 const maxPrefixText = 64
 
-// ParsePrefix parses a child prefix strictly and validates it with
-// ValidateChildPrefix. Beyond what ValidateChildPrefix rejects, it rejects
-// text that is not exactly "address/length": surrounding or inner
-// whitespace, IPv6 zones ("fe80::%eth0/64"), leading zeros in the length
+// ParsePrefix parses the text of a child prefix strictly: it rejects text
+// that is not exactly "address/length": surrounding or inner whitespace,
+// IPv6 zones ("fe80::%eth0/64"), leading zeros in the length
 // ("10.0.0.0/024") or in IPv4 octets ("10.0.0.010/32"), a missing length
 // ("10.0.0.0"), and a length out of range ("10.0.0.0/33"). Every error is a
-// *PrefixError quoting s.
+// *PrefixError quoting s. ParsePrefix of the String form of a prefix it
+// returns returns it again.
 //
-// A prefix accepted by ParsePrefix is canonical, and ParsePrefix of its
-// String form returns it again.
-func ParsePrefix(s string, pol Policy) (netip.Prefix, error) {
+// ParsePrefix applies none of the rules of the package doc (a prefix with
+// host bits parses): CheckPrefixes, or ValidateChildPrefix, decides, so
+// that the rules are checked in one place and one order.
+func ParsePrefix(s string) (netip.Prefix, error) {
 	p, reason := parseStrict(s)
-	if reason == "" {
-		reason = childReason(p, pol)
-	}
 	if reason != "" {
 		return netip.Prefix{}, &PrefixError{Input: s, Reason: reason}
 	}
 	return p, nil
 }
-
-// ParseChildPrefix is ParsePrefix.
-func ParseChildPrefix(s string, pol Policy) (netip.Prefix, error) { return ParsePrefix(s, pol) }
 
 // parseStrict parses "address/length" without validating the prefix's
 // meaning. It returns a non-empty reason on failure.
@@ -161,35 +148,59 @@ var reserved = []reservedRange{
 //     255.255.255.255/32), ::/128 (unspecified), ::1/128 (loopback),
 //     ::ffff:0:0/96 (IPv4-mapped IPv6), fe80::/10 (link-local),
 //     ff00::/8 (multicast). So 0.0.0.0/1 is rejected: it contains
-//     0.0.0.0/8 and 127.0.0.0/8.
+//     0.0.0.0/8 and 127.0.0.0/8;
+//   - any other prefix shorter than pol's MinBits4 (IPv4) or MinBits6
+//     (IPv6), e.g. 1.0.0.0/8 or 2000::/3 by default; this error also
+//     matches ErrPrefixTooWide.
 //
-// Overlap with other members' prefixes and the zone's pools is the
-// Registry's business, not ValidateChildPrefix's.
+// Overlaps with the zone's pools and with prefixes held already are
+// CheckPrefixes' business (and the store's), not ValidateChildPrefix's.
 func ValidateChildPrefix(p netip.Prefix, pol Policy) error {
-	if reason := childReason(p, pol); reason != "" {
+	if reason, kind := childReason(p, pol); reason != "" {
 		in := p.String()
 		if !p.IsValid() {
 			in = ""
 		}
-		return &PrefixError{Input: in, Reason: reason}
+		return &PrefixError{Input: in, Reason: reason, Kind: kind}
 	}
 	return nil
 }
 
-// childReason is ValidateChildPrefix's rule set; "" means valid.
-func childReason(p netip.Prefix, pol Policy) string {
+// childReason is ValidateChildPrefix's rule set; "" means valid. kind is
+// the specific sentinel of the reason, if any.
+func childReason(p netip.Prefix, pol Policy) (reason string, kind error) {
 	if !p.IsValid() {
-		return "not a valid prefix"
+		return "not a valid prefix", nil
 	}
 	if m := p.Masked(); m != p {
-		return fmt.Sprintf("host bits set (did you mean %s?)", m)
+		return fmt.Sprintf("host bits set (did you mean %s?)", m), nil
 	}
 	if p.Bits() == 0 {
 		if pol.AllowDefaultRoute {
-			return ""
+			return "", nil
 		}
-		return "default route not allowed: the zone does not allow exit nodes"
+		return "default route not allowed: the zone does not allow exit nodes", nil
 	}
+	if reason := reservedReason(p); reason != "" {
+		return reason, nil
+	}
+	if min := pol.minBits(p.Addr()); p.Bits() < min {
+		return fmt.Sprintf("/%d is wider than the zone allows (the shortest %s prefix is /%d)",
+			p.Bits(), familyName(p.Addr()), min), ErrPrefixTooWide
+	}
+	return "", nil
+}
+
+func familyName(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// reservedReason says why p, not a default route, equals, lies inside or
+// contains a reserved range; "" if it does not.
+func reservedReason(p netip.Prefix) string {
 	// Inside (or equal to) a reserved range: name the most specific one.
 	inside := -1
 	for i, r := range reserved {
@@ -213,12 +224,4 @@ func childReason(p netip.Prefix, pol Policy) string {
 		}
 	}
 	return ""
-}
-
-// Overlaps reports whether a and b share an address: they are equal, or one
-// lies inside the other. Prefixes of different families (IPv4-mapped IPv6
-// counts as IPv6) never overlap; an invalid prefix overlaps nothing. Host
-// bits are ignored.
-func Overlaps(a, b netip.Prefix) bool {
-	return a.Overlaps(b)
 }

@@ -9,8 +9,22 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// parseChild parses s and applies the form and width rules, as a control
+// service does with the text of a request.
+func parseChild(s string, pol Policy) (netip.Prefix, error) {
+	p, err := ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if err := ValidateChildPrefix(p, pol); err != nil {
+		return netip.Prefix{}, err
+	}
+	return p, nil
+}
+
 func TestParsePrefix(t *testing.T) {
 	exit := Policy{AllowDefaultRoute: true}
+	wide := Policy{MinBits4: 8}
 	tests := []struct {
 		name    string
 		in      string
@@ -20,7 +34,9 @@ func TestParsePrefix(t *testing.T) {
 	}{
 		// Accepted.
 		{name: "docker net", in: "172.24.0.0/24", want: "172.24.0.0/24"},
-		{name: "ten slash eight", in: "10.0.0.0/8", want: "10.0.0.0/8"},
+		{name: "ten slash eight in a wide zone", in: "10.0.0.0/8", pol: wide, want: "10.0.0.0/8"},
+		{name: "private /12", in: "172.16.0.0/12", want: "172.16.0.0/12"},
+		{name: "v6 /32", in: "2001:db8::/32", want: "2001:db8::/32"},
 		{name: "half /24", in: "192.168.1.128/25", want: "192.168.1.128/25"},
 		{name: "ula /64", in: "fd00:1::/64", want: "fd00:1::/64"},
 		{name: "doc /32", in: "2001:db8::/32", want: "2001:db8::/32"},
@@ -28,11 +44,11 @@ func TestParsePrefix(t *testing.T) {
 		{name: "v6 host route", in: "2001:db8::1/128", want: "2001:db8::1/128"},
 		{name: "upper-case hex", in: "FD00:1::/64", want: "fd00:1::/64"},
 		{name: "v6 leading zero groups", in: "fd00:0001::/64", want: "fd00:1::/64"},
-		{name: "cgnat /10", in: "100.64.0.0/10", want: "100.64.0.0/10"},
+		{name: "cgnat /10 in a wide zone", in: "100.64.0.0/10", pol: wide, want: "100.64.0.0/10"},
 		{name: "default v4 with exit nodes", in: "0.0.0.0/0", pol: exit, want: "0.0.0.0/0"},
 		{name: "default v6 with exit nodes", in: "::/0", pol: exit, want: "::/0"},
 		{name: "just below 224/4", in: "223.255.255.0/24", want: "223.255.255.0/24"},
-		{name: "just above loopback", in: "128.0.0.0/8", want: "128.0.0.0/8"},
+		{name: "just above loopback", in: "128.0.0.0/8", pol: wide, want: "128.0.0.0/8"},
 
 		// Syntax.
 		{name: "empty", in: "", wantErr: `invalid prefix "": empty`},
@@ -85,14 +101,25 @@ func TestParsePrefix(t *testing.T) {
 		{name: "contains link-local", in: "169.0.0.0/8", wantErr: "overlaps link-local"},
 		{name: "contains v6 loopback", in: "::/64", wantErr: "overlaps the unspecified address (::/128)"},
 		{name: "contains v6 multicast", in: "8000::/1", wantErr: "overlaps link-local (fe80::/10)"},
+
+		// Width (issue 12: near-default routes without exit rights).
+		{name: "v4 /8", in: "1.0.0.0/8", wantErr: "/8 is wider than the zone allows (the shortest IPv4 prefix is /12)"},
+		{name: "v4 /5", in: "8.0.0.0/5", wantErr: "wider than the zone allows"},
+		{name: "v4 /3", in: "128.0.0.0/3", wantErr: "wider than the zone allows"},
+		{name: "v4 /3 with exit nodes", in: "128.0.0.0/3", pol: exit, wantErr: "wider than the zone allows"},
+		{name: "v4 /11", in: "172.0.0.0/11", wantErr: "wider than the zone allows"},
+		{name: "v6 /3", in: "2000::/3", wantErr: "/3 is wider than the zone allows (the shortest IPv6 prefix is /32)"},
+		{name: "v6 /31", in: "2001:db8::/31", wantErr: "wider"},
+		{name: "v4 /9 below a /10 zone limit", in: "10.0.0.0/9", pol: Policy{MinBits4: 10}, wantErr: "wider than the zone allows (the shortest IPv4 prefix is /10)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := ParsePrefix(tt.in, tt.pol)
+			p, err := parseChild(tt.in, tt.pol)
 			if tt.wantErr != "" {
 				require.Error(t, err)
 				require.ErrorIs(t, err, ErrInvalidPrefix)
 				require.Contains(t, err.Error(), tt.wantErr)
+				require.Equal(t, strings.Contains(tt.wantErr, "wider"), errors.Is(err, ErrPrefixTooWide))
 				var pe *PrefixError
 				require.True(t, errors.As(err, &pe))
 				require.Equal(t, tt.in, pe.Input)
@@ -135,32 +162,7 @@ func TestValidateChildPrefix(t *testing.T) {
 
 func TestPrefixErrorTruncatesInput(t *testing.T) {
 	long := strings.Repeat("1", 500) + "/8"
-	_, err := ParsePrefix(long, Policy{})
+	_, err := ParsePrefix(long)
 	require.ErrorIs(t, err, ErrInvalidPrefix)
 	require.Less(t, len(err.Error()), 200)
-}
-
-func TestOverlaps(t *testing.T) {
-	mp := netip.MustParsePrefix
-	tests := []struct {
-		name string
-		a, b netip.Prefix
-		want bool
-	}{
-		{"equal", mp("10.0.0.0/16"), mp("10.0.0.0/16"), true},
-		{"inside", mp("10.0.1.0/24"), mp("10.0.0.0/16"), true},
-		{"containing", mp("10.0.0.0/8"), mp("10.200.0.0/16"), true},
-		{"disjoint", mp("10.0.0.0/16"), mp("10.1.0.0/16"), false},
-		{"adjacent halves", mp("192.168.1.0/25"), mp("192.168.1.128/25"), false},
-		{"families", mp("10.0.0.0/8"), mp("::/0"), false},
-		{"mapped is v6", mp("10.0.0.0/8"), mp("::ffff:10.0.0.0/104"), false},
-		{"v6 inside", mp("fd00:1::/64"), mp("fd00::/16"), true},
-		{"invalid", netip.Prefix{}, mp("10.0.0.0/8"), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			require.Equal(t, tt.want, Overlaps(tt.a, tt.b))
-			require.Equal(t, tt.want, Overlaps(tt.b, tt.a))
-		})
-	}
 }

@@ -241,7 +241,7 @@ func TestPrefixErrors(t *testing.T) {
 	}{
 		{"inside", "172.24.0.128/25", "owner", "172.24.0.0/24"},
 		{"equal", "172.24.0.0/24", "owner", "172.24.0.0/24"},
-		{"containing", "172.0.0.0/8", "owner", "172.24.0.0/24"},
+		{"containing", "172.16.0.0/12", "owner", "172.24.0.0/24"},
 		{"tunnel pool", "100.64.0.0/24", "", ""},
 	} {
 		t.Run("conflict "+tc.name, func(t *testing.T) {

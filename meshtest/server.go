@@ -3,7 +3,9 @@ package meshtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -30,6 +32,8 @@ type Server struct {
 	AdminToken string
 
 	cfg serverConfig
+
+	ownDir bool // Open made DataDir: Close removes it
 
 	mu   sync.Mutex // guards svc, listen, stun
 	svc  *control.Service
@@ -66,19 +70,60 @@ func WithHeartbeatInterval(d time.Duration) ServerOption {
 // NewServer starts a service and stops it when the test ends.
 func NewServer(t testing.TB, opts ...ServerOption) *Server {
 	t.Helper()
-	s := &Server{DataDir: t.TempDir()}
+	s := newServer(t.TempDir(), opts)
+	t.Cleanup(s.Stop)
+	if err := s.first(); err != nil {
+		t.Fatalf("meshtest.NewServer: %v", err)
+	}
+	return s
+}
+
+// Open starts a service outside a test (an Example, a TestMain, a demo),
+// in a temporary data directory of its own. Close stops it and removes
+// that directory.
+func Open(opts ...ServerOption) (*Server, error) {
+	dir, err := os.MkdirTemp("", "meshtest-")
+	if err != nil {
+		return nil, fmt.Errorf("meshtest.Open: %w", err)
+	}
+	s := newServer(dir, opts)
+	s.ownDir = true
+	if err := s.first(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("meshtest.Open: %w", err)
+	}
+	return s, nil
+}
+
+// Close stops the service and, for a Server from Open, removes its data
+// directory. Safe to call more than once.
+func (s *Server) Close() {
+	s.Stop()
+	if s.ownDir {
+		os.RemoveAll(s.DataDir)
+	}
+}
+
+func newServer(dir string, opts []ServerOption) *Server {
+	s := &Server{DataDir: dir}
 	for _, o := range opts {
 		o(&s.cfg)
 	}
 	s.api, s.stun = "127.0.0.1:0", "127.0.0.1:0"
-	t.Cleanup(s.Stop)
-	s.Start(t)
-	tok, err := s.svc.CreateJoinToken(context.Background(), api.DefaultZone, true, 0)
+	return s
+}
+
+// first starts the service for the first time and creates Token.
+func (s *Server) first() error {
+	if err := s.start(); err != nil {
+		return err
+	}
+	tok, err := s.Service().CreateJoinToken(context.Background(), api.DefaultZone, true, 0)
 	if err != nil {
-		t.Fatalf("meshtest.NewServer: %v", err)
+		return err
 	}
 	s.Token = tok
-	return s
+	return nil
 }
 
 // Start starts the service again after Stop, on the same data directory
@@ -86,10 +131,16 @@ func NewServer(t testing.TB, opts ...ServerOption) *Server {
 // a no-op when the service runs.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
+	if err := s.start(); err != nil {
+		t.Fatalf("meshtest: %v", err)
+	}
+}
+
+func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.svc != nil {
-		return
+		return nil
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -108,7 +159,7 @@ func (s *Server) Start(t testing.TB) {
 			break
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
-			t.Fatalf("meshtest: starting the service: %v", err)
+			return fmt.Errorf("starting the service: %w", err)
 		}
 		time.Sleep(50 * time.Millisecond) // the port is still held; retry until the deadline
 	}
@@ -116,6 +167,7 @@ func (s *Server) Start(t testing.TB) {
 	s.stun = s.svc.STUNAddr().String()
 	s.URL = s.svc.URL()
 	s.AdminToken = s.svc.AdminToken()
+	return nil
 }
 
 // Stop stops the service; members keep their data plane with the peers

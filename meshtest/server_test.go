@@ -41,3 +41,17 @@ func TestServerRestartKeepsURLAndState(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenClose(t *testing.T) {
+	s, err := Open(WithInsecureHTTP())
+	require.NoError(t, err)
+	require.DirExists(t, s.DataDir)
+	require.NotNil(t, s.Service())
+	_, fp, err := api.ParseJoinToken(s.Token)
+	require.NoError(t, err)
+	require.Nil(t, fp, "plain HTTP: no pin")
+	s.Close()
+	require.Nil(t, s.Service())
+	require.NoDirExists(t, s.DataDir, "Close removes the directory Open made")
+	s.Close() // idempotent
+}

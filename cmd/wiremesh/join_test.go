@@ -38,6 +38,16 @@ func (s *joinOutput) String() string {
 	return s.b.String()
 }
 
+// agentArgs returns flags that give an agent started by a test its own
+// status socket and state directory under t.TempDir(), so tests never use
+// the host-wide defaults (/run/wiremesh/wg0.sock) that a real agent on the
+// machine may hold, followed by args.
+func agentArgs(t *testing.T, args ...string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	return append([]string{"--socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
+}
+
 func TestJoinCommand(t *testing.T) {
 	s := meshtest.NewServer(t)
 	first := meshtest.Join(t, s, mesh.WithHostname("first"))
@@ -53,7 +63,8 @@ func TestJoinCommand(t *testing.T) {
 	meshtest.WaitFor(t, "joined", func() bool { return strings.Contains(out.String(), "joined zone \"default\" as \"cli\"") })
 	require.Contains(t, out.String(), "registering with "+s.URL)
 	require.Contains(t, out.String(), "userspace mode")
-	require.Contains(t, out.String(), "peer up: first "+first.Addr().String())
+	// The peer lines follow the "joined" line, once the status socket is up.
+	meshtest.WaitFor(t, "peer up: first", func() bool { return strings.Contains(out.String(), "peer up: first "+first.Addr().String()) })
 
 	// wiremesh status reads the agent's socket.
 	var stOut bytes.Buffer
@@ -73,7 +84,7 @@ func TestJoinCommand(t *testing.T) {
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 
 	// A second agent on the same socket refuses to start.
-	err = runJoin(ctx, []string{"--userspace", "--token", s.Token, "--socket", sock, s.URL}, &bytes.Buffer{}, &bytes.Buffer{})
+	err = runJoin(ctx, []string{"--userspace", "--token", s.Token, "--state-dir", t.TempDir(), "--socket", sock, s.URL}, &bytes.Buffer{}, &bytes.Buffer{})
 	require.ErrorContains(t, err, "another agent is running")
 
 	late := meshtest.Join(t, s, mesh.WithHostname("late"))
@@ -97,16 +108,16 @@ func TestJoinCommandErrors(t *testing.T) {
 	require.NoError(t, err)
 	bad := api.FormatJoinToken("wmj_00000000000000000000000000000000", fp)
 	var out, errOut bytes.Buffer
-	err = runJoin(context.Background(), []string{s.URL, "--userspace", "--token", bad}, &out, &errOut)
+	err = runJoin(context.Background(), agentArgs(t, s.URL, "--userspace", "--token", bad), &out, &errOut)
 	require.ErrorContains(t, err, "the service refused the join token: create a new one with `wiremesh token create`")
 
-	err = runJoin(context.Background(), []string{"--userspace", "--token", "nonsense", s.URL}, &out, &errOut)
+	err = runJoin(context.Background(), agentArgs(t, "--userspace", "--token", "nonsense", s.URL), &out, &errOut)
 	require.ErrorContains(t, err, "not a wiremesh join token")
 
-	err = runJoin(context.Background(), []string{"--userspace"}, &out, &errOut)
+	err = runJoin(context.Background(), agentArgs(t, "--userspace"), &out, &errOut)
 	require.ErrorContains(t, err, "want a service URL")
 
-	err = runJoin(context.Background(), []string{"--userspace", "--token", s.Token, s.URL, "ftp://replica"}, &out, &errOut)
+	err = runJoin(context.Background(), agentArgs(t, "--userspace", "--token", s.Token, s.URL, "ftp://replica"), &out, &errOut)
 	require.ErrorContains(t, err, `fallback service URL "ftp://replica"`)
 }
 
@@ -115,7 +126,7 @@ func TestJoinKernelModeNeedsRoot(t *testing.T) {
 		t.Skip("running as root: kernel mode is available (the e2e package covers it in namespaces)")
 	}
 	var out, errOut bytes.Buffer
-	err := runJoin(context.Background(), []string{"https://127.0.0.1:1"}, &out, &errOut)
+	err := runJoin(context.Background(), agentArgs(t, "https://127.0.0.1:1"), &out, &errOut)
 	require.ErrorContains(t, err, "needs root")
 	require.ErrorContains(t, err, "--userspace")
 }
@@ -135,7 +146,7 @@ func TestRouterUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := runRouter(context.Background(), tt.args, &out, &errOut)
+			err := runRouter(context.Background(), agentArgs(t, tt.args...), &out, &errOut)
 			require.ErrorContains(t, err, tt.want)
 		})
 	}
@@ -169,7 +180,7 @@ func TestPrintStatus(t *testing.T) {
 func TestJoinUnreachable(t *testing.T) {
 	var out, errOut bytes.Buffer
 	// Port 1 on loopback: nothing listens, the connection is refused.
-	err := runJoin(context.Background(), []string{"--userspace", "--token", "wmj_00000000000000000000000000000000", "http://127.0.0.1:1"}, &out, &errOut)
+	err := runJoin(context.Background(), agentArgs(t, "--userspace", "--token", "wmj_00000000000000000000000000000000", "http://127.0.0.1:1"), &out, &errOut)
 	require.ErrorContains(t, err, "cannot reach the service at http://127.0.0.1:1")
 	require.Contains(t, out.String(), "registering with http://127.0.0.1:1")
 }

@@ -6,24 +6,18 @@ package adminclient
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Options configures a Client.
@@ -53,70 +47,22 @@ func New(baseURL string, o Options) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("service URL %q: want http(s)://host:port", baseURL)
 	}
-	if len(o.Fingerprint) != 0 && len(o.Fingerprint) != sha256.Size {
-		return nil, fmt.Errorf("certificate fingerprint: %d bytes, want %d", len(o.Fingerprint), sha256.Size)
+	if err := tlspin.Check(o.Fingerprint); err != nil {
+		return nil, err
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil
-	tr.TLSClientConfig = TLSConfig(o.Fingerprint, o.RootCAs)
+	tr.TLSClientConfig = tlspin.ClientConfig(o.Fingerprint, o.RootCAs)
 	return &Client{base: u, token: o.AdminToken, hc: &http.Client{Transport: tr, Timeout: o.Timeout}}, nil
 }
 
 // Close releases idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
-// TLSConfig returns a client TLS configuration that pins fp (SHA-256 of the
-// leaf certificate) when set, else verifies against roots (nil: system).
-func TLSConfig(fp []byte, roots *x509.CertPool) *tls.Config {
-	if len(fp) == 0 {
-		return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	}
-	want := append([]byte(nil), fp...)
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // replaced by the pin check below
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("service presented no certificate")
-			}
-			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
-			if subtle.ConstantTimeCompare(got[:], want) != 1 {
-				return fmt.Errorf("service certificate fingerprint %s does not match the pinned %s",
-					hex.EncodeToString(got[:]), hex.EncodeToString(want))
-			}
-			return nil
-		},
-	}
-}
-
-// ParseFingerprint parses a hex fingerprint (colons allowed).
-func ParseFingerprint(s string) ([]byte, error) {
-	b, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
-	if err != nil || len(b) != sha256.Size {
-		return nil, fmt.Errorf("certificate fingerprint %q: want 64 hex digits", s)
-	}
-	return b, nil
-}
-
-// FingerprintFromCertFile returns the SHA-256 of the first certificate in
-// a PEM file (e.g. the service's DataDir/tls.crt).
-func FingerprintFromCertFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: no PEM certificate", path)
-	}
-	sum := sha256.Sum256(blk.Bytes)
-	return sum[:], nil
-}
-
-// do calls the API. in (if non-nil) is sent as JSON, out (if non-nil)
+// do calls the API. in (if non-nil) is sent as JSON ([]byte: as is), out (if non-nil)
 // receives the JSON answer. Non-2xx answers are returned as *api.Error with
 // Status set.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
@@ -124,7 +70,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	u.Path += path
 	u.RawQuery = query.Encode()
 	var body io.Reader
-	if in != nil {
+	if raw, ok := in.([]byte); ok {
+		body = bytes.NewReader(raw) // a document sent as is (a policy)
+	} else if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err

@@ -5,9 +5,12 @@ package api
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"golang.org/x/crypto/curve25519"
 )
 
 // MaxBodyBytes is the largest request body the service accepts.
@@ -19,25 +22,31 @@ const DefaultZone = "default"
 // Stable error codes carried in Error.Code. Clients match on these, never on
 // messages.
 const (
-	CodeBadRequest     = "bad_request"     // 400: malformed body, field or parameter
-	CodeInvalidPrefix  = "invalid_prefix"  // 400: a prefix that breaks the prefix rules
-	CodeInvalidKey     = "invalid_key"     // 400: a public key that is not 32 bytes of base64
-	CodeUnauthorized   = "unauthorized"    // 401: missing, wrong, expired or used credentials; bad proof
-	CodeForbidden      = "forbidden"       // 403: credentials valid but not for this resource
-	CodeNotFound       = "not_found"       // 404: unknown zone, device, token or prefix
-	CodeConflict       = "conflict"        // 409: the resource exists already (zone name, ...)
-	CodePrefixConflict = "prefix_conflict" // 409: a prefix overlaps another member's prefix or the zone's pools
-	CodeAddrInUse      = "addr_in_use"     // 409: a requested tunnel address is taken
-	CodeTooLarge       = "too_large"       // 413: body over MaxBodyBytes
-	CodePoolExhausted  = "pool_exhausted"  // 507: no free tunnel address left in the zone
-	CodeInternal       = "internal"        // 500: the service failed; nothing was changed
-	CodeUnavailable    = "unavailable"     // 503: shutting down, or its database is unreachable; retry (Retry-After)
+	CodeBadRequest      = "bad_request"       // 400: malformed body, field or parameter
+	CodeInvalidPrefix   = "invalid_prefix"    // 400: a prefix that breaks the prefix rules
+	CodePrefixTooWide   = "prefix_too_wide"   // 400: a prefix shorter than the zone allows (docs/LIMITS.md)
+	CodeInvalidKey      = "invalid_key"       // 400: a public key that is not a canonical X25519 key in 32 bytes of base64
+	CodeInvalidEndpoint = "invalid_endpoint"  // 400: an endpoint that is not a usable unicast address and port
+	CodeUnauthorized    = "unauthorized"      // 401: missing, wrong, expired or used credentials; bad proof
+	CodeForbidden       = "forbidden"         // 403: credentials valid but not for this resource
+	CodeNotFound        = "not_found"         // 404: unknown zone, device, token or prefix
+	CodeConflict        = "conflict"          // 409: the resource exists already (zone name, ...)
+	CodePrefixConflict  = "prefix_conflict"   // 409: a prefix overlaps another member's prefix or the zone's pools
+	CodeAddrInUse       = "addr_in_use"       // 409: a requested tunnel address is taken
+	CodeTooManyPrefixes = "too_many_prefixes" // 409: the device would hold more child prefixes than the zone allows
+	CodeTooLarge        = "too_large"         // 413: body over MaxBodyBytes
+	CodeRateLimited     = "rate_limited"      // 429: too many requests or failed authentications from this client; see Retry-After
+	CodePoolExhausted   = "pool_exhausted"    // 507: no free tunnel address left in the zone
+	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
+	CodeUnavailable     = "unavailable"       // 503: shutting down, or its database is unreachable; retry (Retry-After)
 )
 
 // StatusForCode returns the HTTP status that goes with an error code.
 func StatusForCode(code string) int {
 	switch code {
-	case CodeBadRequest, CodeInvalidPrefix, CodeInvalidKey:
+	case CodeBadRequest, CodeInvalidPrefix, CodePrefixTooWide, CodeInvalidKey, CodeInvalidEndpoint:
+		return 400
+	case CodeInvalidPolicy, CodeUnknownTag, CodeInvalidSelector, CodeInvalidPort, CodeInvalidProto:
 		return 400
 	case CodeUnauthorized:
 		return 401
@@ -45,10 +54,12 @@ func StatusForCode(code string) int {
 		return 403
 	case CodeNotFound:
 		return 404
-	case CodeConflict, CodePrefixConflict, CodeAddrInUse:
+	case CodeConflict, CodePrefixConflict, CodeAddrInUse, CodeTooManyPrefixes:
 		return 409
 	case CodeTooLarge:
 		return 413
+	case CodeRateLimited:
+		return 429
 	case CodePoolExhausted:
 		return 507
 	case CodeUnavailable:
@@ -66,6 +77,9 @@ type Error struct {
 	// overlaps and the hostname (or "tunnel pool") that holds it.
 	Prefix string `json:"prefix,omitempty"`
 	Owner  string `json:"owner,omitempty"`
+	// Line is set on the policy codes (policy.go): the line of the policy
+	// document the error is about.
+	Line int `json:"line,omitempty"`
 	// Status is the HTTP status the error arrived with (client side only).
 	Status int `json:"-"`
 }
@@ -91,6 +105,63 @@ func ParseKey(s string) (Key, error) {
 	}
 	copy(k[:], b)
 	return k, nil
+}
+
+// ParsePublicKey parses a device's public key with ParseKey and refuses a
+// key that is not a canonical X25519 public key (see Key.CheckPublic).
+func ParsePublicKey(s string) (Key, error) {
+	k, err := ParseKey(s)
+	if err != nil {
+		return k, err
+	}
+	if err := k.CheckPublic(); err != nil {
+		return Key{}, err
+	}
+	return k, nil
+}
+
+// ErrNonCanonicalKey matches the errors of Key.CheckPublic.
+var ErrNonCanonicalKey = errors.New("not a canonical X25519 public key")
+
+// CheckPublic reports whether k is a canonical X25519 public key: not all
+// zeroes, bit 255 clear, the little-endian u-coordinate below 2^255-19,
+// and not a point of small order. X25519 ignores bit 255 and reduces u
+// modulo 2^255-19, so every other 32-byte string is a second name for a
+// canonical key: accepted, one private key could register as two devices.
+// A small-order point gives an all-zero shared secret that proves nothing.
+// Errors match ErrNonCanonicalKey.
+func (k Key) CheckPublic() error {
+	switch {
+	case k.IsZero():
+		return fmt.Errorf("key %s: %w: all zeroes", k, ErrNonCanonicalKey)
+	case k[31]&0x80 != 0:
+		return fmt.Errorf("key %s: %w: bit 255 is set", k, ErrNonCanonicalKey)
+	case k.aboveFieldPrime():
+		return fmt.Errorf("key %s: %w: not reduced modulo 2^255-19", k, ErrNonCanonicalKey)
+	}
+	// A clamped scalar is a multiple of the cofactor 8, so X25519 with
+	// any scalar is all zeroes (an error) exactly for small-order points.
+	if _, err := curve25519.X25519(smallOrderProbe[:], k[:]); err != nil {
+		return fmt.Errorf("key %s: %w: a point of small order", k, ErrNonCanonicalKey)
+	}
+	return nil
+}
+
+// smallOrderProbe is any scalar; see CheckPublic.
+var smallOrderProbe = [32]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+
+// aboveFieldPrime reports whether k, bit 255 clear, is >= 2^255-19 (little
+// endian: 0xed, then thirty 0xff, then 0x7f).
+func (k Key) aboveFieldPrime() bool {
+	if k[31] != 0x7f || k[0] < 0xed {
+		return false
+	}
+	for _, b := range k[1:31] {
+		if b != 0xff {
+			return false
+		}
+	}
+	return true
 }
 
 func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
@@ -128,9 +199,12 @@ type Info struct {
 // RegisterRequest is the body of POST /v1/devices, authorized by a join
 // token (Authorization: Bearer TOKEN).
 //
-// Proof is HMAC-SHA256(k, r.SigningBytes()) with
+// Proof is HMAC-SHA256(k, r.SigningBytes(JoinTokenHash(joinSecret))) with
 // k = HKDF-SHA256(secret = X25519(device private, service public),
-// salt = nil, info = ProofInfo), 32 bytes. See ProofKey and Sign in proof.go.
+// salt = nil, info = ProofInfo), 32 bytes, where joinSecret is the join
+// token the request is sent with. See ProofKey and Sign in proof.go. The
+// service accepts a proof once, whether the registration succeeds or not,
+// so every attempt carries a new Timestamp or Nonce and a new Proof.
 type RegisterRequest struct {
 	PublicKey Key    `json:"public_key"`
 	Hostname  string `json:"hostname"`
@@ -193,8 +267,18 @@ type Device struct {
 	IPv6          netip.Addr       `json:"ipv6"`
 	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
 	Endpoints     []netip.AddrPort `json:"endpoints"`
-	CreatedAt     time.Time        `json:"created_at"`
-	UpdatedAt     time.Time        `json:"updated_at"`
+	// Tags are those of the join token the device last registered with.
+	Tags      []string  `json:"tags,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Online (admin API only) reports whether the device holds a watch
+	// stream to the service process that answered. Absent in answers to the
+	// device itself.
+	Online *bool `json:"online,omitempty"`
+	// LastSeen (admin API only) is when the device last held a watch stream
+	// to the service process that answered (the time of the answer while it
+	// holds one). Absent if not since that process started.
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // Peer is a member as other members see it in the watch stream.
@@ -222,14 +306,31 @@ const (
 // The stream starts with a snapshot (since absent, 0, or older than the
 // retained history) or with the upserts and removes after since, in revision
 // order followed by one heartbeat; then one event per change, and
-// heartbeats while idle. Revisions are
-// strictly increasing across change events. The device's own entry is
-// included; clients skip it.
+// heartbeats while idle. Revisions never decrease, and increase from one
+// change to the next. The device's own entry is included; clients skip it.
+//
+// In a zone with a policy the stream is the receiving member's view: the
+// snapshot holds only the peers it may exchange traffic with (in either
+// direction) and its Filter; a change of policy or membership brings
+// upserts for peers that become visible, removes for peers that no longer
+// are, and an EventFilter event when its filter changes, all with the
+// revision of that change and in one write. A client resuming with since=
+// in such a zone (or from before the last policy change) gets a fresh
+// snapshot.
+//
+// A deleted device is told about its own removal: the remove event whose
+// Peer.ID is its own is the last line of its stream, and the service then
+// ends the stream (reconnecting with its token is refused as unauthorized).
+// A stream can also end without it (the client fell too far behind, the
+// service shut down); a client tells the two apart by reconnecting.
 type WatchEvent struct {
 	Type     string `json:"type"`
 	Revision int64  `json:"revision"`
 	Peers    []Peer `json:"peers,omitempty"`
 	Peer     *Peer  `json:"peer,omitempty"`
+	// Filter is the receiving member's inbound filter, in a snapshot and in
+	// an EventFilter event (see Filter; nil: the zone has no policy).
+	Filter *Filter `json:"filter,omitempty"`
 }
 
 // Zone is a separate mesh: its own tunnel pools and prefix space.
@@ -238,16 +339,26 @@ type Zone struct {
 	IPv4Pool       netip.Prefix `json:"ipv4_pool"`
 	IPv6Pool       netip.Prefix `json:"ipv6_pool"`
 	AllowExitNodes bool         `json:"allow_exit_nodes"`
-	CreatedAt      time.Time    `json:"created_at"`
+	// The zone's child-prefix limits in force (defaults filled in): the
+	// shortest IPv4 and IPv6 prefix other than /0, and the most prefixes
+	// one device may hold. See docs/LIMITS.md.
+	MinPrefixBits4 int       `json:"min_prefix_bits_ipv4"`
+	MinPrefixBits6 int       `json:"min_prefix_bits_ipv6"`
+	MaxPrefixes    int       `json:"max_prefixes_per_device"`
+	CreatedAt      time.Time `json:"created_at"`
 }
 
 // CreateZoneRequest is the body of POST /v1/zones (admin). Empty pools get
-// defaults: IPv4 100.64.0.0/16, IPv6 a ULA /64 derived from the name.
+// defaults: IPv4 100.64.0.0/16, IPv6 a ULA /64 derived from the name. Zero
+// limits get the defaults (IPv4 /12, IPv6 /32, 64 prefixes per device).
 type CreateZoneRequest struct {
 	Name           string `json:"name"`
 	IPv4Pool       string `json:"ipv4_pool,omitempty"`
 	IPv6Pool       string `json:"ipv6_pool,omitempty"`
 	AllowExitNodes bool   `json:"allow_exit_nodes,omitempty"`
+	MinPrefixBits4 int    `json:"min_prefix_bits_ipv4,omitempty"` // 1–32
+	MinPrefixBits6 int    `json:"min_prefix_bits_ipv6,omitempty"` // 1–128
+	MaxPrefixes    int    `json:"max_prefixes_per_device,omitempty"`
 }
 
 // CreateTokenRequest is the body of POST /v1/tokens (admin).
@@ -256,6 +367,9 @@ type CreateTokenRequest struct {
 	Reusable bool   `json:"reusable,omitempty"`
 	// ExpiresInSeconds, when > 0, makes the token expire that long after creation.
 	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+	// Tags are given to every device that registers with the token (the
+	// policy's tag:NAME selectors; names as in the policy's "tags").
+	Tags []string `json:"tags,omitempty"`
 }
 
 // JoinToken describes a join token. Token (the secret) is only present in
@@ -265,6 +379,7 @@ type JoinToken struct {
 	Token     string    `json:"token,omitempty"`
 	Zone      string    `json:"zone"`
 	Reusable  bool      `json:"reusable"`
+	Tags      []string  `json:"tags,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	UsedAt    time.Time `json:"used_at,omitzero"`
 	CreatedAt time.Time `json:"created_at"`

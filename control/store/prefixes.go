@@ -84,9 +84,9 @@ func supernets(p netip.Prefix, minBits int) []prefixKey {
 	return keys
 }
 
-// checkChildPrefix rejects a prefix that is not valid and canonical. Form
-// rules beyond that (reserved ranges, /0 policy) are checked by the caller
-// (ipam.ParseChildPrefix) before the store sees it.
+// checkChildPrefix rejects a prefix to release that is not valid and
+// canonical: such a prefix can never be held. (Prefixes to add are checked
+// by ipam.CheckPrefixes.)
 func checkChildPrefix(p netip.Prefix) error {
 	if !p.IsValid() {
 		return fmt.Errorf("invalid child prefix %q", p.String())

@@ -22,13 +22,9 @@ func CheckJoinToken(t JoinToken, zone string, now time.Time) error {
 	return checkJoinToken(t, zone, now)
 }
 
-// CanonicalPrefixes checks child prefixes for form (valid, canonical, not
-// IPv4-mapped) and returns them sorted in address order without duplicates.
-func CanonicalPrefixes(ps []netip.Prefix) ([]netip.Prefix, error) { return canonicalPrefixes(ps) }
-
-// ComparePrefix orders prefixes by address, then length: the order of
-// Device.Prefixes and of Prefixes listings.
-func ComparePrefix(a, b netip.Prefix) int { return comparePrefix(a, b) }
+// CheckHeldPrefix rejects a prefix that can never be held (invalid, not
+// canonical, IPv4-mapped), as ReleasePrefix must.
+func CheckHeldPrefix(p netip.Prefix) error { return checkChildPrefix(p) }
 
 // CheckEndpoints rejects an invalid endpoint.
 func CheckEndpoints(eps []netip.AddrPort) error { return checkEndpoints(eps) }

@@ -34,12 +34,12 @@ const maxReaders = 4
 // use a separate pool and run concurrently with each other and with the
 // writer (WAL snapshots).
 //
-// Child prefixes are checked against the zone's pools and other devices'
-// prefixes with index lookups only (see prefixes.go). Prefixes of one device
-// may overlap each other. In a zone with AllowExitNodes a default route
-// (/0) is exempt from overlap checks except against another device's /0 of
-// the same family. Prefixes are also checked with ipam.ValidateChildPrefix
-// under the zone's policy, inside the transaction.
+// Child prefixes are checked with ipam.CheckPrefixes under the zone's
+// policy (form, width, pools, the device's own prefixes, count), then
+// against other devices' prefixes with index lookups only (see
+// prefixes.go), inside the transaction that adds them. In a zone with
+// AllowExitNodes a default route (/0) is exempt from overlap checks except
+// against another device's /0 of the same family.
 //
 // Durability: synchronous=FULL. Every commit of an allocation is fsynced
 // before the service answers, because a tunnel address or child prefix, once

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"database/sql"
 	"path/filepath"
 	"testing"
 
@@ -75,4 +76,31 @@ func TestSQLiteCloseLeaksNothing(t *testing.T) {
 	_, err = s.Devices(t.Context(), "")
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
+}
+
+// TestSQLiteMigration3KeepsZones checks that a database of schema 2 opens
+// with its zones intact and the default prefix limits (stored as 0).
+func TestSQLiteMigration3KeepsZones(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v2.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	for _, m := range migrations[:2] {
+		_, err = db.Exec(m)
+		require.NoError(t, err)
+	}
+	_, err = db.Exec(`PRAGMA user_version = 2;
+		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at)
+		VALUES ('old', '10.9.0.0/24', 'fd00:9::/64', 1, 1)`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s, err := OpenSQLite(t.Context(), path)
+	require.NoError(t, err)
+	defer s.Close()
+	z, err := s.Zone(t.Context(), "old")
+	require.NoError(t, err)
+	require.True(t, z.AllowExitNodes)
+	require.Zero(t, z.MinPrefixBits4)
+	require.Zero(t, z.MinPrefixBits6)
+	require.Zero(t, z.MaxPrefixes)
 }

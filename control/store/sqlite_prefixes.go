@@ -12,22 +12,20 @@ import (
 	"github.com/wiremesh/wiremesh/ipam"
 )
 
-// addPrefixes gives d the prefixes of add it does not hold yet, after
-// checking each against the zone's pools and other devices' prefixes, and
-// returns d's new sorted prefix list. add must be canonical (see
-// canonicalPrefixes).
-//
-// Overlaps between prefixes of the same device are allowed: they route to
-// the same peer. With AllowExitNodes, a /0 only conflicts with another
-// device's /0 of the same family, and nothing conflicts with a /0.
+// addPrefixes gives d the prefixes of add it does not hold yet and returns
+// d's new sorted prefix list. The rules of one device's prefixes (form,
+// width, pools, own overlaps, count) are ipam.CheckPrefixes'; this adds
+// the one that needs the zone: no overlap with another device's prefix.
+// With AllowExitNodes, a /0 only conflicts with another device's /0 of the
+// same family, and nothing conflicts with a /0.
 func addPrefixes(ctx context.Context, tx *sql.Tx, z zonePools, d Device, add []netip.Prefix) ([]netip.Prefix, error) {
-	held := d.Prefixes
-	for _, p := range add {
-		if slices.Contains(held, p) {
+	held, err := ipam.CheckPrefixes(z.Policy(), d.Prefixes, add)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range held {
+		if slices.Contains(d.Prefixes, p) {
 			continue
-		}
-		if err := ipam.ValidateChildPrefix(p, ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}); err != nil {
-			return nil, err
 		}
 		if err := checkConflict(ctx, tx, z, d.ID, p); err != nil {
 			return nil, err
@@ -37,25 +35,15 @@ func addPrefixes(ctx context.Context, tx *sql.Tx, z zonePools, d Device, add []n
 			VALUES (?, ?, ?, ?, ?)`, z.Name, k.family, k.start, k.bits, d.ID); err != nil {
 			return nil, fmt.Errorf("add prefix %s: %w", p, err)
 		}
-		held = append(slices.Clip(held), p)
 	}
-	slices.SortFunc(held, comparePrefix)
 	return held, nil
 }
 
-// checkConflict returns a *ConflictError if p overlaps one of z's tunnel
-// pools or a prefix another device of z holds. Both index lookups are
-// logarithmic in the number of prefixes of the zone.
+// checkConflict returns a *ConflictError if p overlaps a prefix another
+// device of z holds. Both index lookups are logarithmic in the number of
+// prefixes of the zone.
 func checkConflict(ctx context.Context, tx *sql.Tx, z zonePools, deviceID string, p netip.Prefix) error {
 	exit := z.AllowExitNodes && p.Bits() == 0
-	if !exit {
-		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
-			if ipam.Overlaps(p, pool) {
-				return &ConflictError{Prefix: p, Existing: pool, Owner: ipam.TunnelPoolOwner}
-			}
-		}
-	}
-
 	minBits := 0
 	if z.AllowExitNodes && p.Bits() > 0 {
 		minBits = 1 // another device's exit route does not conflict

@@ -12,7 +12,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 	"github.com/wiremesh/wiremesh/control/store/storetest"
 	"github.com/wiremesh/wiremesh/ipam"
@@ -49,7 +48,7 @@ func TestSQLiteReopenKeepsState(t *testing.T) {
 		Prefixes:  []netip.Prefix{storetest.P("172.24.0.0/24"), storetest.P("fd99::/64")},
 		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:51820")}})
 	require.NoError(t, err)
-	e.MustRegister(api.DefaultZone, "spoke")
+	e.MustRegister(store.DefaultZone, "spoke")
 	before, _, err := s.Changes(t.Context(), "lab", 0)
 	require.NoError(t, err)
 	zonesBefore, err := s.Zones(t.Context())
@@ -110,13 +109,13 @@ func TestSQLiteCompaction(t *testing.T) {
 	lab := e.MustRegister("lab", "lab") // one change in another zone
 	var revs []int64
 	for range 6 {
-		e.MustRegister(api.DefaultZone, "d")
+		e.MustRegister(store.DefaultZone, "d")
 		_, rev, err := s.Changes(t.Context(), "lab", 0)
 		require.NoError(t, err)
 		revs = append(revs, rev)
 	}
 	// Kept: the last three. since = revs[2] asks for revs[3..5]: all kept.
-	cs, cur, err := s.Changes(t.Context(), api.DefaultZone, revs[2])
+	cs, cur, err := s.Changes(t.Context(), store.DefaultZone, revs[2])
 	require.NoError(t, err)
 	require.Equal(t, revs[5], cur)
 	require.Len(t, cs, 3)
@@ -124,7 +123,7 @@ func TestSQLiteCompaction(t *testing.T) {
 		require.Equal(t, revs[3+i], c.Rev)
 	}
 	for _, since := range []int64{0, revs[0], revs[1]} {
-		_, _, err = s.Changes(t.Context(), api.DefaultZone, since)
+		_, _, err = s.Changes(t.Context(), store.DefaultZone, since)
 		require.ErrorIs(t, err, store.ErrCompacted, "since %d", since)
 	}
 	// Other zones keep their own history.
@@ -133,7 +132,7 @@ func TestSQLiteCompaction(t *testing.T) {
 	require.Len(t, labCs, 1)
 	require.Equal(t, lab.ID, labCs[0].Device.ID)
 	// A snapshot still works, and the log continues after it.
-	rev, ds, err := s.Snapshot(t.Context(), api.DefaultZone)
+	rev, ds, err := s.Snapshot(t.Context(), store.DefaultZone)
 	require.NoError(t, err)
 	require.Len(t, ds, 6)
 	require.Equal(t, cur, rev)
@@ -142,11 +141,11 @@ func TestSQLiteCompaction(t *testing.T) {
 	// are never reused.
 	require.NoError(t, s.Close())
 	s2 := openAt(t, path, store.WithChangeRetention(100))
-	_, _, err = s2.Changes(t.Context(), api.DefaultZone, revs[1])
+	_, _, err = s2.Changes(t.Context(), store.DefaultZone, revs[1])
 	require.ErrorIs(t, err, store.ErrCompacted)
 	e2 := &storetest.Env{T: t, S: s2, Ctx: t.Context()}
-	e2.MustRegister(api.DefaultZone, "later")
-	cs, cur2, err := s2.Changes(t.Context(), api.DefaultZone, revs[2])
+	e2.MustRegister(store.DefaultZone, "later")
+	cs, cur2, err := s2.Changes(t.Context(), store.DefaultZone, revs[2])
 	require.NoError(t, err)
 	require.Len(t, cs, 4)
 	require.Greater(t, cur2, cur)
@@ -210,7 +209,7 @@ func TestSQLiteOptions(t *testing.T) {
 	fixed := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	s := openAt(t, filepath.Join(t.TempDir(), "clock.db"), store.WithClock(func() time.Time { return fixed }),
 		store.WithLogger(nil))
-	z, err := s.Zone(t.Context(), api.DefaultZone)
+	z, err := s.Zone(t.Context(), store.DefaultZone)
 	require.NoError(t, err)
 	require.True(t, z.CreatedAt.Equal(fixed))
 	// Zero pools take the defaults.
@@ -224,7 +223,7 @@ func TestSQLiteOptions(t *testing.T) {
 func TestSQLiteRegisterBadInput(t *testing.T) {
 	s := openAt(t, filepath.Join(t.TempDir(), "bad.db"))
 	e := &storetest.Env{T: t, S: s, Ctx: t.Context()}
-	tok := e.Token(api.DefaultZone, true)
+	tok := e.Token(store.DefaultZone, true)
 	tests := []struct {
 		name string
 		p    store.RegisterParams
@@ -238,18 +237,18 @@ func TestSQLiteRegisterBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := tt.p
-			p.Zone, p.JoinTokenHash, p.Hostname, p.PublicKey, p.Now = api.DefaultZone, tok, "h", storetest.Key(), storetest.Now
+			p.Zone, p.JoinTokenHash, p.Hostname, p.PublicKey, p.Now = store.DefaultZone, tok, "h", storetest.Key(), storetest.Now
 			if tt.name != "zero device token" {
 				p.DeviceTokenHash = storetest.RandomHash()
 			}
 			_, _, err := s.Register(t.Context(), p)
 			require.Error(t, err)
-			ds, err := s.Devices(t.Context(), api.DefaultZone)
+			ds, err := s.Devices(t.Context(), store.DefaultZone)
 			require.NoError(t, err)
 			require.Empty(t, ds)
 		})
 	}
-	_, _, err := s.Register(t.Context(), store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	_, _, err := s.Register(t.Context(), store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: storetest.RandomHash(), Hostname: "nokey"})
 	require.ErrorContains(t, err, "public key")
 }
@@ -257,21 +256,21 @@ func TestSQLiteRegisterBadInput(t *testing.T) {
 func TestSQLiteContextCanceledMidWait(t *testing.T) {
 	s := openAt(t, filepath.Join(t.TempDir(), "ctx.db"))
 	e := &storetest.Env{T: t, S: s, Ctx: t.Context()}
-	tok := e.Token(api.DefaultZone, true)
+	tok := e.Token(store.DefaultZone, true)
 	// Occupy the single write connection from another goroutine's call.
 	release := holdWriter(t, s)
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, _, err := s.Register(ctx, store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	_, _, err := s.Register(ctx, store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: storetest.RandomHash(), PublicKey: storetest.Key(), Hostname: "late"})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Less(t, time.Since(start), 5*time.Second)
 	// Reads are not blocked by the writer.
-	_, err = s.Devices(t.Context(), api.DefaultZone)
+	_, err = s.Devices(t.Context(), store.DefaultZone)
 	require.NoError(t, err)
 	release()
-	e.MustRegister(api.DefaultZone, "after")
+	e.MustRegister(store.DefaultZone, "after")
 }
 
 func holdWriter(t *testing.T, s *store.SQLite) (release func()) {
@@ -285,7 +284,7 @@ func holdWriter(t *testing.T, s *store.SQLite) (release func()) {
 func TestSQLiteUpdateNoopRecordsNothing(t *testing.T) {
 	s := openAt(t, filepath.Join(t.TempDir(), "noop.db"))
 	e := &storetest.Env{T: t, S: s, Ctx: t.Context()}
-	d := e.MustRegister(api.DefaultZone, "a", "172.24.0.0/24")
+	d := e.MustRegister(store.DefaultZone, "a", "172.24.0.0/24")
 	rev := e.Rev()
 	host := "a"
 	got, err := s.UpdateDevice(t.Context(), d.ID, store.UpdateParams{Hostname: &host,

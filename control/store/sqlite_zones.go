@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/ipam"
 )
 
@@ -36,7 +35,7 @@ func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 
 // ensureDefaultZone creates the zone "default" unless it exists.
 func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
-	z, err := normalizeZone(Zone{Name: api.DefaultZone}, s.now())
+	z, err := normalizeZone(Zone{Name: DefaultZone}, s.now())
 	if err != nil {
 		return err
 	}
@@ -54,7 +53,7 @@ func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
 	})
 }
 
-// normalizeZone fills defaults (CreatedAt: now) and validates the pools.
+// normalizeZone fills defaults and validates the pools.
 func normalizeZone(z Zone, now time.Time) (Zone, error) {
 	if z.Name == "" {
 		return z, errors.New("empty zone name")
@@ -76,6 +75,9 @@ func normalizeZone(z Zone, now time.Time) (Zone, error) {
 			return z, fmt.Errorf("tunnel pool: %w", err)
 		}
 	}
+	if err := z.Policy().Validate(); err != nil {
+		return z, err
+	}
 	if z.CreatedAt.IsZero() {
 		z.CreatedAt = now
 	}
@@ -84,9 +86,11 @@ func normalizeZone(z Zone, now time.Time) (Zone, error) {
 
 func insertZone(ctx context.Context, tx *sql.Tx, z Zone) error {
 	_, err := tx.ExecContext(ctx, `
-		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at)
-		VALUES (?, ?, ?, ?, ?)`,
-		z.Name, z.IPv4Pool.String(), z.IPv6Pool.String(), z.AllowExitNodes, z.CreatedAt.UnixNano())
+		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+			min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		z.Name, z.IPv4Pool.String(), z.IPv6Pool.String(), z.AllowExitNodes,
+		z.MinPrefixBits4, z.MinPrefixBits6, z.MaxPrefixes, z.CreatedAt.UnixNano())
 	return err
 }
 
@@ -122,7 +126,8 @@ func (s *SQLite) Zones(ctx context.Context) ([]Zone, error) {
 	return zs, err
 }
 
-const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at`
+const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+	min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -133,7 +138,8 @@ func scanZone(r scanner) (Zone, error) {
 		created    sql.NullInt64
 		allowExits bool
 	)
-	if err := r.Scan(&z.Name, &v4, &v6, &allowExits, &created); err != nil {
+	if err := r.Scan(&z.Name, &v4, &v6, &allowExits,
+		&z.MinPrefixBits4, &z.MinPrefixBits6, &z.MaxPrefixes, &created); err != nil {
 		return Zone{}, err
 	}
 	var err error

@@ -8,16 +8,47 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
-	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/ipam"
 )
 
+// DefaultZone is the zone every store creates when it opens (the same name
+// as api.DefaultZone on the wire).
+const DefaultZone = "default"
+
+// Key is a device's WireGuard (X25519) public key. Its text form is
+// standard base64 with padding, as on the wire.
+type Key [32]byte
+
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// IsZero reports whether k is all zeroes (unset).
+func (k Key) IsZero() bool { return k == Key{} }
+
+// MarshalText encodes k as base64.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText decodes exactly 32 bytes of base64.
+func (k *Key) UnmarshalText(b []byte) error {
+	d, err := base64.StdEncoding.Strict().DecodeString(string(b))
+	if err != nil {
+		return fmt.Errorf("key %q: not base64: %w", b, err)
+	}
+	if len(d) != len(k) {
+		return fmt.Errorf("key %q: %d bytes, want %d", b, len(d), len(k))
+	}
+	copy(k[:], d)
+	return nil
+}
+
 // Sentinel errors. Implementations wrap them (errors.Is) and may add
-// detail; *ConflictError is used for prefix overlaps.
+// detail; *ConflictError is used for prefix overlaps, and the errors of
+// ipam.CheckPrefixes pass through unchanged.
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrExists        = errors.New("already exists")
@@ -31,23 +62,13 @@ var (
 )
 
 // ConflictError reports a child prefix that overlaps (equals, lies inside,
-// or contains) a prefix held by another device of the zone, or the zone's
-// tunnel pools. errors.Is(err, ErrPrefixConflict) holds.
-type ConflictError struct {
-	Prefix   netip.Prefix // the prefix that was asked for
-	Existing netip.Prefix // the prefix it overlaps
-	OwnerID  string       // device id of the holder; "" for a tunnel pool
-	Owner    string       // hostname of the holder, or "tunnel pool"
-}
+// or contains) a prefix held by another device of the zone (OwnerID and
+// Owner, its hostname, set), the zone's tunnel pools or the same device
+// (see ipam.ConflictError). errors.Is(err, ErrPrefixConflict) holds.
+type ConflictError = ipam.ConflictError
 
 // ErrPrefixConflict is matched by every *ConflictError.
-var ErrPrefixConflict = errors.New("prefix conflict")
-
-func (e *ConflictError) Error() string {
-	return fmt.Sprintf("prefix %s overlaps %s held by %s", e.Prefix, e.Existing, e.Owner)
-}
-
-func (e *ConflictError) Is(target error) bool { return target == ErrPrefixConflict }
+var ErrPrefixConflict = ipam.ErrPrefixConflict
 
 // Zone is a separate mesh with its own pools and prefix space.
 type Zone struct {
@@ -55,19 +76,39 @@ type Zone struct {
 	IPv4Pool       netip.Prefix // e.g. 100.64.0.0/16
 	IPv6Pool       netip.Prefix // a ULA /64
 	AllowExitNodes bool         // child prefix /0 allowed
-	CreatedAt      time.Time
+	// MinPrefixBits4 and MinPrefixBits6 are the shortest child prefixes
+	// (other than /0) the zone accepts; MaxPrefixes is the most one device
+	// may hold. Zero means the ipam default (ipam.Policy). Stored as given,
+	// so a zero follows the defaults of later versions.
+	MinPrefixBits4, MinPrefixBits6 int
+	MaxPrefixes                    int
+	CreatedAt                      time.Time
+}
+
+// Policy returns the zone's child-prefix rules for ipam.CheckPrefixes.
+func (z Zone) Policy() ipam.Policy {
+	return ipam.Policy{
+		AllowDefaultRoute: z.AllowExitNodes,
+		MinBits4:          z.MinPrefixBits4,
+		MinBits6:          z.MinPrefixBits6,
+		MaxPrefixes:       z.MaxPrefixes,
+		Pools:             []netip.Prefix{z.IPv4Pool, z.IPv6Pool},
+	}
 }
 
 // Device is a registered member.
 type Device struct {
 	ID        string
 	Zone      string
-	PublicKey api.Key
+	PublicKey Key
 	Hostname  string
 	IPv4      netip.Addr
 	IPv6      netip.Addr
 	Prefixes  []netip.Prefix   // child prefixes, sorted
 	Endpoints []netip.AddrPort // as last reported
+	// Tags are the Tags of the join token the device last registered with
+	// (nil: none), for the zone's access policy.
+	Tags      []string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
@@ -78,6 +119,7 @@ type JoinToken struct {
 	Hash      [32]byte
 	Zone      string
 	Reusable  bool
+	Tags      []string  // given to every device registering with the token (nil: none)
 	ExpiresAt time.Time // zero: never
 	UsedAt    time.Time // zero: unused
 	CreatedAt time.Time
@@ -89,7 +131,23 @@ type ChangeKind int
 const (
 	ChangeUpsert ChangeKind = iota + 1 // device added or changed; Device is its new state
 	ChangeRemove                       // device deleted; Device is its last state
+	// ChangePolicy: the zone's access policy was set or removed; Device is
+	// zero. Read the policy in force with Store.Policy.
+	ChangePolicy
 )
+
+// ZonePolicy is a zone's access policy document as stored. The store does
+// not parse it (package control/policy does, before SetPolicy).
+type ZonePolicy struct {
+	Zone string
+	// Document is the policy text byte for byte as set; nil when the zone
+	// has no policy (everything allowed).
+	Document []byte
+	// Rev is the revision of the ChangePolicy entry that set (or removed)
+	// it; 0 if the zone never had a policy.
+	Rev       int64
+	UpdatedAt time.Time // zero if the zone never had a policy
+}
 
 // Change is one entry of a zone's change log.
 type Change struct {
@@ -99,13 +157,14 @@ type Change struct {
 	Device Device
 }
 
-// RegisterParams is one registration. Prefixes are already validated for
-// form (ipam.ParseChildPrefix); the store checks overlaps.
+// RegisterParams is one registration. The store checks Prefixes with
+// ipam.CheckPrefixes against what the key holds already, then against other
+// devices' prefixes, inside the registration's transaction.
 type RegisterParams struct {
 	Zone            string
 	JoinTokenHash   [32]byte // consumed (single-use) or checked (reusable) in the same transaction
 	DeviceTokenHash [32]byte // the new device token, added to the device's tokens
-	PublicKey       api.Key
+	PublicKey       Key
 	Hostname        string
 	Prefixes        []netip.Prefix // added to what the key already holds
 	Endpoints       []netip.AddrPort
@@ -132,8 +191,9 @@ type UpdateParams struct {
 // Change (per device affected) in the same transaction as the mutation, so
 // the change log and the state never disagree.
 type Store interface {
-	// CreateZone creates a zone. ErrExists if the name is taken. The zone
-	// "default" is created by the implementation when it opens.
+	// CreateZone creates a zone. ErrExists if the name is taken. Its
+	// limits must pass z.Policy().Validate(). The zone DefaultZone is
+	// created by the implementation when it opens.
 	CreateZone(ctx context.Context, z Zone) error
 	// Zone returns one zone or ErrNotFound.
 	Zone(ctx context.Context, name string) (Zone, error)
@@ -156,10 +216,24 @@ type Store interface {
 	// id, addresses and prefixes, adds p.Prefixes, and replaces hostname and
 	// endpoints. Tunnel addresses are allocated lowest-free from the zone's
 	// pools (ErrPoolExhausted), honouring p.RequestedIPv4 when free
-	// (ErrAddrInUse, ErrAddrOutside). Prefix overlaps give *ConflictError.
+	// (ErrAddrInUse, ErrAddrOutside). p.Prefixes are checked with
+	// ipam.CheckPrefixes(zone.Policy(), held, p.Prefixes), whose errors are
+	// returned unchanged; an overlap with another device's prefix gives
+	// *ConflictError.
+	// The device's Tags become the join token's Tags (replacing what a
+	// re-registered device carried).
 	// Token use, allocation, and the change entry happen in one transaction:
 	// on any error nothing is changed. created reports a first registration.
 	Register(ctx context.Context, p RegisterParams) (d Device, created bool, err error)
+
+	// RecordProof remembers a registration proof until expires, in a
+	// transaction of its own, and gives ErrReplayed for a proof remembered
+	// already (by either RecordProof or Register). The service calls it
+	// before it checks the join token, so a proof is spent whatever becomes
+	// of its registration; it then registers without RegisterParams.Proof.
+	// Expired proofs are forgotten (now is the clock; zero means the
+	// store's).
+	RecordProof(ctx context.Context, proof []byte, expires, now time.Time) error
 
 	// DeviceByToken returns the device a device-token hash belongs to, or
 	// ErrNotFound.
@@ -168,8 +242,8 @@ type Store interface {
 	Device(ctx context.Context, id string) (Device, error)
 	// Devices lists a zone's devices ("" = all zones), ordered by IPv4.
 	Devices(ctx context.Context, zone string) ([]Device, error)
-	// UpdateDevice applies p (prefix overlaps give *ConflictError and change
-	// nothing) and records a change.
+	// UpdateDevice applies p and records a change. p.AddPrefixes are checked
+	// as in Register; on any error nothing changes.
 	UpdateDevice(ctx context.Context, id string, p UpdateParams) (Device, error)
 	// DeleteDevice removes a device, its tokens and prefixes (which become
 	// free) and records a remove change. ErrNotFound if unknown.
@@ -180,6 +254,17 @@ type Store interface {
 	ReleasePrefix(ctx context.Context, zone string, prefix netip.Prefix, deviceID string) error
 	// Prefixes lists a zone's child prefixes ("" = all zones) in address order.
 	Prefixes(ctx context.Context, zone string) ([]PrefixEntry, error)
+
+	// Policy returns the zone's access policy: Document nil (and no error)
+	// when it has none. ErrNotFound if the zone does not exist.
+	Policy(ctx context.Context, zone string) (ZonePolicy, error)
+	// SetPolicy replaces the zone's policy document with doc (nil or empty:
+	// remove it) and appends one Change{Kind: ChangePolicy, Zone: zone} in
+	// the same transaction, also when doc equals the policy in force. It
+	// returns the stored policy, Rev being that change's revision and
+	// UpdatedAt now (zero: the store's clock). ErrNotFound if the zone does
+	// not exist.
+	SetPolicy(ctx context.Context, zone string, doc []byte, now time.Time) (ZonePolicy, error)
 
 	// Snapshot returns the zone's devices and the revision they reflect,
 	// read consistently.

@@ -17,34 +17,39 @@ import (
 // The revision comes from the single counter row. Its row lock is held
 // until commit, so transactions append in revision order: when revision R
 // is visible, so is every revision below it.
-func (s *Store) appendChange(ctx context.Context, tx pgx.Tx, kind store.ChangeKind, d store.Device) error {
-	js, err := store.EncodeChangeDevice(d)
-	if err != nil {
-		return fmt.Errorf("encode change: %w", err)
+//
+// A ChangePolicy entry carries no device: only d.Zone is used.
+func (s *Store) appendChange(ctx context.Context, tx pgx.Tx, kind store.ChangeKind, d store.Device) (int64, error) {
+	js := "{}" // a policy change has no device
+	if kind != store.ChangePolicy {
+		var err error
+		if js, err = store.EncodeChangeDevice(d); err != nil {
+			return 0, fmt.Errorf("encode change: %w", err)
+		}
 	}
 	var rev int64
 	if err := tx.QueryRow(ctx, `UPDATE revision SET rev = rev + 1 WHERE id = 1 RETURNING rev`).Scan(&rev); err != nil {
-		return fmt.Errorf("next revision: %w", err)
+		return 0, fmt.Errorf("next revision: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO changes (rev, zone, kind, device) VALUES ($1, $2, $3, $4)`,
 		rev, d.Zone, int16(kind), js); err != nil {
-		return fmt.Errorf("append change: %w", err)
+		return 0, fmt.Errorf("append change: %w", err)
 	}
 	var count int64
 	if err := tx.QueryRow(ctx,
 		`UPDATE zones SET change_count = change_count + 1 WHERE name = $1 RETURNING change_count`,
 		d.Zone).Scan(&count); err != nil {
-		return fmt.Errorf("count changes: %w", err)
+		return 0, fmt.Errorf("count changes: %w", err)
 	}
 	if excess := count - int64(s.retention); excess > 0 {
 		if err := compact(ctx, tx, d.Zone, excess); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, Channel, d.Zone); err != nil {
-		return fmt.Errorf("notify: %w", err)
+		return 0, fmt.Errorf("notify: %w", err)
 	}
-	return nil
+	return rev, nil
 }
 
 // compact deletes the zone's oldest excess changes and moves its
@@ -133,6 +138,9 @@ func (s *Store) Changes(ctx context.Context, zone string, since int64) ([]store.
 				return c, err
 			}
 			c.Kind = store.ChangeKind(kind)
+			if c.Kind == store.ChangePolicy {
+				return c, nil // no device
+			}
 			var err error
 			if c.Device, err = store.DecodeChangeDevice(js); err != nil {
 				return c, fmt.Errorf("change %d: %w", c.Rev, err)

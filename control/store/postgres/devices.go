@@ -13,12 +13,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wiremesh/wiremesh/control/store"
+	"github.com/wiremesh/wiremesh/ipam"
 )
 
 // deviceCols selects a device and its prefixes (in address order) in one
 // row.
 const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at,
-	ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
+	d.tags, ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
 
 // Register implements store.Store.Register: token check, allocation,
 // prefixes, device token and change entry in one transaction.
@@ -26,10 +27,6 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 	op := fmt.Sprintf("register %q in zone %q", p.Hostname, p.Zone)
 	if p.PublicKey.IsZero() {
 		return store.Device{}, false, fmt.Errorf("postgres: %s: zero public key", op)
-	}
-	prefixes, err := store.CanonicalPrefixes(p.Prefixes)
-	if err != nil {
-		return store.Device{}, false, fmt.Errorf("postgres: %s: %w", op, err)
 	}
 	if err := store.CheckEndpoints(p.Endpoints); err != nil {
 		return store.Device{}, false, fmt.Errorf("postgres: %s: %w", op, err)
@@ -41,9 +38,10 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 		d       store.Device
 		created bool
 	)
-	err = s.write(ctx, op, func(tx pgx.Tx) error {
+	err := s.write(ctx, op, func(tx pgx.Tx) error {
 		d, created = store.Device{}, false // fn may run again after a conflict
-		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
+		jt, err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now)
+		if err != nil {
 			return err
 		}
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
@@ -56,25 +54,26 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 		d, err = lockDevice(ctx, tx, `zone = $1 AND public_key = $2`, p.Zone, p.PublicKey[:])
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
 		case errors.Is(err, store.ErrNotFound):
 			created = true
-			if d, err = insertDevice(ctx, tx, z, p, now); err != nil {
+			if d, err = insertDevice(ctx, tx, z, p, jt.Tags, now); err != nil {
 				return err
 			}
 		default:
 			return err
 		}
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
 		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
 			return err
 		}
-		return s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		_, err = s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		return err
 	})
 	if err != nil {
 		return store.Device{}, false, err
@@ -92,8 +91,9 @@ const maxAllocAttempts = 1000
 // insert runs in a savepoint: when a concurrent transaction (on any
 // replica) committed the same index first, the unique constraint refuses
 // it, and the allocation moves on to the next free index.
-func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterParams, now time.Time) (store.Device, error) {
+func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterParams, tags []string, now time.Time) (store.Device, error) {
 	d := store.Device{
+		Tags:      nilIfEmpty(slices.Clone(tags)),
 		ID:        store.NewDeviceID(),
 		Zone:      z.Name,
 		PublicKey: p.PublicKey,
@@ -119,9 +119,10 @@ func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterP
 		d.IPv4, d.IPv6 = v4, v6
 		err = savepoint(ctx, tx, func(sp pgx.Tx) error {
 			_, err := sp.Exec(ctx, `
-				INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-				d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), v4, v6, eps, now.UnixNano(), now.UnixNano())
+				INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), v4, v6, eps, now.UnixNano(), now.UnixNano(),
+				tagsOrEmpty(d.Tags))
 			return err
 		})
 		if !addressTaken(err) {
@@ -208,8 +209,8 @@ func updateDeviceRow(ctx context.Context, tx pgx.Tx, d store.Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3 WHERE id = $4`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), d.ID)
+	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3, tags = $4 WHERE id = $5`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tagsOrEmpty(d.Tags), d.ID)
 	return err
 }
 
@@ -217,10 +218,6 @@ func updateDeviceRow(ctx context.Context, tx pgx.Tx, d store.Device) error {
 // nothing writes nothing and records no change.
 func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParams) (store.Device, error) {
 	op := fmt.Sprintf("update device %q", id)
-	prefixes, err := store.CanonicalPrefixes(p.AddPrefixes)
-	if err != nil {
-		return store.Device{}, fmt.Errorf("postgres: %s: %w", op, err)
-	}
 	if p.Endpoints != nil {
 		if err := store.CheckEndpoints(*p.Endpoints); err != nil {
 			return store.Device{}, fmt.Errorf("postgres: %s: %w", op, err)
@@ -228,7 +225,7 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 	}
 	now := s.clock(p.Now)
 	var d store.Device
-	err = s.write(ctx, op, func(tx pgx.Tx) error {
+	err := s.write(ctx, op, func(tx pgx.Tx) error {
 		var err error
 		if d, err = lockDevice(ctx, tx, `id = $1`, id); err != nil {
 			return err
@@ -245,7 +242,7 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 			return err
 		}
 		before := len(d.Prefixes)
-		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, prefixes); err != nil {
+		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.AddPrefixes); err != nil {
 			return err
 		}
 		if !changed && len(d.Prefixes) == before {
@@ -255,7 +252,8 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 		if err := updateDeviceRow(ctx, tx, d); err != nil {
 			return err
 		}
-		return s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		_, err = s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		return err
 	})
 	if err != nil {
 		return store.Device{}, err
@@ -274,7 +272,8 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM devices WHERE id = $1`, id); err != nil {
 			return err
 		}
-		return s.appendChange(ctx, tx, store.ChangeRemove, d)
+		_, err = s.appendChange(ctx, tx, store.ChangeRemove, d)
+		return err
 	})
 }
 
@@ -367,7 +366,7 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 		created, updated int64
 	)
 	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &d.IPv4, &d.IPv6, &eps, &created, &updated,
-		&d.Prefixes); err != nil {
+		&d.Tags, &d.Prefixes); err != nil {
 		return store.Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -378,8 +377,8 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 		return store.Device{}, fmt.Errorf("device %q: stored endpoints: %w", d.ID, err)
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
-	d.Prefixes = nilIfEmpty(d.Prefixes)
-	slices.SortFunc(d.Prefixes, store.ComparePrefix)
+	d.Prefixes, d.Tags = nilIfEmpty(d.Prefixes), nilIfEmpty(d.Tags)
+	slices.SortFunc(d.Prefixes, ipam.ComparePrefix)
 	d.CreatedAt, d.UpdatedAt = fromNanos(&created), fromNanos(&updated)
 	return d, nil
 }

@@ -13,23 +13,23 @@ import (
 	"github.com/wiremesh/wiremesh/ipam"
 )
 
-// addPrefixes gives d the prefixes of add it does not hold yet, after
-// checking each against the zone's pools and other devices' prefixes, and
-// returns d's new sorted prefix list. add must be canonical (see
-// store.CanonicalPrefixes).
+// addPrefixes gives d the prefixes of add it does not hold yet and returns
+// d's new sorted prefix list. The rules of one device's prefixes (form,
+// width, pools, own overlaps, count) are ipam.CheckPrefixes'; this adds the
+// one that needs the zone: no overlap with another device's prefix.
 //
 // The check gives a precise *store.ConflictError; the exclusion constraint
 // on the table is what holds under concurrency: a prefix inserted by a
 // concurrent transaction makes this insert fail, the transaction is retried
 // and the check then reports the conflict.
 func addPrefixes(ctx context.Context, tx pgx.Tx, z zonePools, d store.Device, add []netip.Prefix) ([]netip.Prefix, error) {
-	held := d.Prefixes
-	for _, p := range add {
-		if slices.Contains(held, p) {
+	held, err := ipam.CheckPrefixes(z.Policy(), d.Prefixes, add)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range held {
+		if slices.Contains(d.Prefixes, p) {
 			continue
-		}
-		if err := ipam.ValidateChildPrefix(p, ipam.Policy{AllowDefaultRoute: z.AllowExitNodes}); err != nil {
-			return nil, err
 		}
 		if err := checkConflict(ctx, tx, z, d.ID, p); err != nil {
 			return nil, err
@@ -38,26 +38,16 @@ func addPrefixes(ctx context.Context, tx pgx.Tx, z zonePools, d store.Device, ad
 			z.Name, p, d.ID); err != nil {
 			return nil, fmt.Errorf("add prefix %s: %w", p, err)
 		}
-		held = append(slices.Clip(held), p)
 	}
-	slices.SortFunc(held, store.ComparePrefix)
 	return held, nil
 }
 
-// checkConflict returns a *store.ConflictError if p overlaps one of z's
-// tunnel pools or a prefix another device of z holds (a GiST index probe).
-// With AllowExitNodes a default route only conflicts with another device's
-// default route of the same family, and other devices' default routes
-// conflict with nothing.
+// checkConflict returns a *store.ConflictError if p overlaps a prefix
+// another device of z holds (a GiST index probe). With AllowExitNodes a
+// default route only conflicts with another device's default route of the
+// same family, and other devices' default routes conflict with nothing.
 func checkConflict(ctx context.Context, tx pgx.Tx, z zonePools, deviceID string, p netip.Prefix) error {
 	exit := z.AllowExitNodes && p.Bits() == 0
-	if !exit {
-		for _, pool := range []netip.Prefix{z.IPv4Pool, z.IPv6Pool} {
-			if ipam.Overlaps(p, pool) {
-				return &store.ConflictError{Prefix: p, Existing: pool, Owner: ipam.TunnelPoolOwner}
-			}
-		}
-	}
 	var (
 		existing        netip.Prefix
 		holder, holderN string
@@ -84,7 +74,7 @@ func checkConflict(ctx context.Context, tx pgx.Tx, z zonePools, deviceID string,
 // ReleasePrefix implements store.Store.ReleasePrefix.
 func (s *Store) ReleasePrefix(ctx context.Context, zone string, prefix netip.Prefix, deviceID string) error {
 	op := fmt.Sprintf("release prefix %s in zone %q", prefix, zone)
-	if _, err := store.CanonicalPrefixes([]netip.Prefix{prefix}); err != nil {
+	if err := store.CheckHeldPrefix(prefix); err != nil {
 		return fmt.Errorf("postgres: %s: %w", op, err)
 	}
 	now := s.now()
@@ -123,7 +113,8 @@ func (s *Store) ReleasePrefix(ctx context.Context, zone string, prefix netip.Pre
 		if err := updateDeviceRow(ctx, tx, d); err != nil {
 			return err
 		}
-		return s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		_, err = s.appendChange(ctx, tx, store.ChangeUpsert, d)
+		return err
 	})
 }
 

@@ -22,6 +22,9 @@ CREATE TABLE zones (
 	ipv4_pool        cidr NOT NULL,
 	ipv6_pool        cidr NOT NULL,
 	allow_exit_nodes boolean NOT NULL DEFAULT false,
+	min_prefix_bits4 integer NOT NULL DEFAULT 0, -- child-prefix limits (ipam.Policy); 0: the default
+	min_prefix_bits6 integer NOT NULL DEFAULT 0,
+	max_prefixes     integer NOT NULL DEFAULT 0,
 	created_at       bigint NOT NULL,          -- unix ns
 	compacted_rev    bigint NOT NULL DEFAULT 0, -- changes with rev <= this are gone
 	change_count     bigint NOT NULL DEFAULT 0  -- rows in changes for this zone
@@ -34,7 +37,8 @@ CREATE TABLE join_tokens (
 	reusable   boolean NOT NULL,
 	expires_at bigint, -- unix ns; NULL: never
 	used_at    bigint, -- unix ns; NULL: unused
-	created_at bigint NOT NULL
+	created_at bigint NOT NULL,
+	tags       text[] NOT NULL DEFAULT '{}' -- given to the devices registering with it
 );
 CREATE INDEX join_tokens_zone ON join_tokens(zone);
 
@@ -47,6 +51,7 @@ CREATE TABLE devices (
 	ipv4       inet NOT NULL,
 	ipv6       inet NOT NULL,
 	endpoints  text NOT NULL, -- JSON array of "addr:port"
+	tags       text[] NOT NULL DEFAULT '{}', -- the tags of the token it last registered with
 	created_at bigint NOT NULL,
 	updated_at bigint NOT NULL,
 	CONSTRAINT devices_zone_key UNIQUE (zone, public_key),
@@ -95,6 +100,15 @@ CREATE TABLE changes (
 	device text NOT NULL -- JSON, the device's state at this change
 );
 CREATE INDEX changes_zone_rev ON changes(zone, rev);
+
+-- Access policies: one document per zone; a NULL document is a removed
+-- policy whose revision is kept.
+CREATE TABLE zone_policies (
+	zone       text PRIMARY KEY REFERENCES zones(name),
+	document   bytea,           -- NULL: no policy
+	rev        bigint NOT NULL, -- revision of the change that set it
+	updated_at bigint NOT NULL
+);
 
 -- Registration proofs seen, so a signed registration cannot be replayed on
 -- any replica.

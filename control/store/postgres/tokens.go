@@ -37,14 +37,15 @@ func (s *Store) CreateJoinToken(ctx context.Context, t store.JoinToken) error {
 			return store.ErrExists
 		}
 		_, err = tx.Exec(ctx, `
-			INSERT INTO join_tokens (id, hash, zone, reusable, expires_at, used_at, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			t.ID, t.Hash[:], t.Zone, t.Reusable, nanos(t.ExpiresAt), nanos(t.UsedAt), t.CreatedAt.UnixNano())
+			INSERT INTO join_tokens (id, hash, zone, reusable, expires_at, used_at, created_at, tags)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			t.ID, t.Hash[:], t.Zone, t.Reusable, nanos(t.ExpiresAt), nanos(t.UsedAt), t.CreatedAt.UnixNano(),
+			tagsOrEmpty(t.Tags))
 		return err
 	})
 }
 
-const joinTokenCols = `id, hash, zone, reusable, expires_at, used_at, created_at`
+const joinTokenCols = `id, hash, zone, reusable, expires_at, used_at, created_at, tags`
 
 func scanJoinToken(r pgx.Row) (store.JoinToken, error) {
 	var (
@@ -53,9 +54,10 @@ func scanJoinToken(r pgx.Row) (store.JoinToken, error) {
 		expires, used *int64
 		created       int64
 	)
-	if err := r.Scan(&t.ID, &hash, &t.Zone, &t.Reusable, &expires, &used, &created); err != nil {
+	if err := r.Scan(&t.ID, &hash, &t.Zone, &t.Reusable, &expires, &used, &created, &t.Tags); err != nil {
 		return store.JoinToken{}, err
 	}
+	t.Tags = nilIfEmpty(t.Tags)
 	if len(hash) != len(t.Hash) {
 		return store.JoinToken{}, fmt.Errorf("join token %q: stored hash of %d bytes", t.ID, len(hash))
 	}
@@ -115,24 +117,44 @@ func (s *Store) DeleteJoinToken(ctx context.Context, id string) error {
 	})
 }
 
-// useJoinToken checks a join token for a registration in zone at now and
-// sets its UsedAt. The row stays locked until the transaction ends, so a
-// single-use token cannot be used by two registrations at once, on any
-// replica.
-func useJoinToken(ctx context.Context, tx pgx.Tx, hash [32]byte, zone string, now time.Time) error {
+// useJoinToken checks a join token for a registration in zone at now, sets
+// its UsedAt and returns it. The row stays locked until the transaction
+// ends, so a single-use token cannot be used by two registrations at once,
+// on any replica.
+func useJoinToken(ctx context.Context, tx pgx.Tx, hash [32]byte, zone string, now time.Time) (store.JoinToken, error) {
 	t, err := scanJoinToken(tx.QueryRow(ctx,
 		`SELECT `+joinTokenCols+` FROM join_tokens WHERE hash = $1 FOR UPDATE`, hash[:]))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("%w: unknown token", store.ErrTokenInvalid)
+		return t, fmt.Errorf("%w: unknown token", store.ErrTokenInvalid)
 	case err != nil:
-		return err
+		return t, err
 	}
 	if err := store.CheckJoinToken(t, zone, now); err != nil {
-		return err
+		return t, err
 	}
 	_, err = tx.Exec(ctx, `UPDATE join_tokens SET used_at = $1 WHERE id = $2`, now.UnixNano(), t.ID)
-	return err
+	return t, err
+}
+
+// tagsOrEmpty is tags for a NOT NULL text[] column.
+func tagsOrEmpty(tags []string) []string {
+	if tags == nil {
+		return []string{}
+	}
+	return tags
+}
+
+// RecordProof implements store.Store.RecordProof, with the table Register
+// uses.
+func (s *Store) RecordProof(ctx context.Context, proof []byte, expires, now time.Time) error {
+	if len(proof) == 0 {
+		return errors.New("postgres: record proof: empty proof")
+	}
+	now = s.clock(now)
+	return s.write(ctx, "record proof", func(tx pgx.Tx) error {
+		return recordProof(ctx, tx, proof, expires, now)
+	})
 }
 
 // addDeviceToken adds a device token hash to a device.

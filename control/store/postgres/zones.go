@@ -7,7 +7,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 	"github.com/wiremesh/wiremesh/ipam"
 )
@@ -32,7 +31,7 @@ func (s *Store) CreateZone(ctx context.Context, z store.Zone) error {
 
 // ensureDefaultZone creates the zone "default" unless it exists.
 func (s *Store) ensureDefaultZone(ctx context.Context) error {
-	z, err := store.NormalizeZone(store.Zone{Name: api.DefaultZone}, s.now())
+	z, err := store.NormalizeZone(store.Zone{Name: store.DefaultZone}, s.now())
 	if err != nil {
 		return err
 	}
@@ -49,9 +48,11 @@ func (s *Store) ensureDefaultZone(ctx context.Context) error {
 // which.
 func insertZone(ctx context.Context, tx pgx.Tx, z store.Zone) (created bool, err error) {
 	tag, err := tx.Exec(ctx, `
-		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at)
-		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING`,
-		z.Name, z.IPv4Pool, z.IPv6Pool, z.AllowExitNodes, z.CreatedAt.UnixNano())
+		INSERT INTO zones (name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+			min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING`,
+		z.Name, z.IPv4Pool, z.IPv6Pool, z.AllowExitNodes,
+		z.MinPrefixBits4, z.MinPrefixBits6, z.MaxPrefixes, z.CreatedAt.UnixNano())
 	return tag.RowsAffected() == 1, err
 }
 
@@ -80,14 +81,16 @@ func (s *Store) Zones(ctx context.Context) ([]store.Zone, error) {
 	return zs, err
 }
 
-const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes, created_at`
+const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes,
+	min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at`
 
 func scanZone(r pgx.Row) (store.Zone, error) {
 	var (
 		z       store.Zone
 		created int64
 	)
-	if err := r.Scan(&z.Name, &z.IPv4Pool, &z.IPv6Pool, &z.AllowExitNodes, &created); err != nil {
+	if err := r.Scan(&z.Name, &z.IPv4Pool, &z.IPv6Pool, &z.AllowExitNodes,
+		&z.MinPrefixBits4, &z.MinPrefixBits6, &z.MaxPrefixes, &created); err != nil {
 		return store.Zone{}, err
 	}
 	z.CreatedAt = fromNanos(&created)

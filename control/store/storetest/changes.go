@@ -6,28 +6,27 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
 func testSnapshotAndChanges(t *testing.T, e *Env) {
 	e.Zone("lab", "10.99.0.0/24", false)
-	a := e.MustRegister(api.DefaultZone, "a")
-	rev0, snap, err := e.S.Snapshot(e.Ctx, api.DefaultZone)
+	a := e.MustRegister(store.DefaultZone, "a")
+	rev0, snap, err := e.S.Snapshot(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Len(t, snap, 1)
 	require.Equal(t, a.ID, snap[0].ID)
 
 	// What a watcher that saw rev0 misses:
-	b := e.MustRegister(api.DefaultZone, "b", "172.24.0.0/24")
+	b := e.MustRegister(store.DefaultZone, "b", "172.24.0.0/24")
 	e.MustRegister("lab", "elsewhere") // another zone: not in this zone's log
 	host := "a2"
 	a2, err := e.S.UpdateDevice(e.Ctx, a.ID, store.UpdateParams{Hostname: &host})
 	require.NoError(t, err)
 	require.NoError(t, e.S.DeleteDevice(e.Ctx, b.ID))
-	c := e.MustRegister(api.DefaultZone, "c")
+	c := e.MustRegister(store.DefaultZone, "c")
 
-	cs, cur, err := e.S.Changes(e.Ctx, api.DefaultZone, rev0)
+	cs, cur, err := e.S.Changes(e.Ctx, store.DefaultZone, rev0)
 	require.NoError(t, err)
 	type kv struct {
 		kind store.ChangeKind
@@ -39,7 +38,7 @@ func testSnapshotAndChanges(t *testing.T, e *Env) {
 	for _, ch := range cs {
 		require.Greater(t, ch.Rev, last, "revisions strictly increase")
 		last = ch.Rev
-		require.Equal(t, api.DefaultZone, ch.Zone)
+		require.Equal(t, store.DefaultZone, ch.Zone)
 		got = append(got, kv{ch.Kind, ch.Device.ID, ch.Device.Hostname})
 	}
 	require.Equal(t, []kv{
@@ -53,14 +52,14 @@ func testSnapshotAndChanges(t *testing.T, e *Env) {
 	requireSameDevice(t, a2, cs[1].Device)
 
 	// Nothing new since cur.
-	none, cur2, err := e.S.Changes(e.Ctx, api.DefaultZone, cur)
+	none, cur2, err := e.S.Changes(e.Ctx, store.DefaultZone, cur)
 	require.NoError(t, err)
 	require.Empty(t, none)
 	require.Equal(t, cur, cur2)
 
 	// Each suffix of the log is exactly what was missed from there.
 	for i := range cs {
-		tail, _, err := e.S.Changes(e.Ctx, api.DefaultZone, cs[i].Rev)
+		tail, _, err := e.S.Changes(e.Ctx, store.DefaultZone, cs[i].Rev)
 		require.NoError(t, err)
 		require.Len(t, tail, len(cs)-i-1)
 		if len(tail) > 0 {
@@ -80,7 +79,7 @@ func testSnapshotAndChanges(t *testing.T, e *Env) {
 			state[ch.Device.ID] = ch.Device
 		}
 	}
-	rev1, snap1, err := e.S.Snapshot(e.Ctx, api.DefaultZone)
+	rev1, snap1, err := e.S.Snapshot(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Equal(t, cur, rev1)
 	require.Len(t, state, len(snap1))
@@ -98,7 +97,7 @@ func testSnapshotAndChanges(t *testing.T, e *Env) {
 	require.ErrorIs(t, err, store.ErrNotFound)
 	_, _, err = e.S.Snapshot(e.Ctx, "nope")
 	require.ErrorIs(t, err, store.ErrNotFound)
-	_, _, err = e.S.Changes(e.Ctx, api.DefaultZone, cur+1000)
+	_, _, err = e.S.Changes(e.Ctx, store.DefaultZone, cur+1000)
 	require.ErrorIs(t, err, store.ErrCompacted, "a revision the store never issued")
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 	"github.com/wiremesh/wiremesh/ipam"
 )
@@ -20,20 +19,20 @@ import (
 const ConcurrentRegistrations = 200
 
 func testAllocLowestFree(t *testing.T, e *Env) {
-	v6 := ipam.ULAPool(api.DefaultZone).Addr()
+	v6 := ipam.ULAPool(store.DefaultZone).Addr()
 	var ds []store.Device
 	for i := range 3 {
-		d := e.MustRegister(api.DefaultZone, fmt.Sprintf("h%d", i))
+		d := e.MustRegister(store.DefaultZone, fmt.Sprintf("h%d", i))
 		require.Equal(t, A(fmt.Sprintf("100.64.0.%d", i+1)), d.IPv4)
 		require.Equal(t, nthAddr(v6, i+1), d.IPv6, "IPv6 pairs with IPv4")
 		require.Regexp(t, `^dev_[0-9a-f]{16}$`, d.ID)
 		ds = append(ds, d)
 	}
 	require.NoError(t, e.S.DeleteDevice(e.Ctx, ds[1].ID))
-	d := e.MustRegister(api.DefaultZone, "again")
+	d := e.MustRegister(store.DefaultZone, "again")
 	require.Equal(t, ds[1].IPv4, d.IPv4, "freed address is the lowest free")
 	require.Equal(t, ds[1].IPv6, d.IPv6)
-	d = e.MustRegister(api.DefaultZone, "next")
+	d = e.MustRegister(store.DefaultZone, "next")
 	require.Equal(t, A("100.64.0.4"), d.IPv4)
 }
 
@@ -47,12 +46,12 @@ func nthAddr(base netip.Addr, n int) netip.Addr {
 
 func testRegisterSameKey(t *testing.T, e *Env) {
 	key := Key()
-	tok := e.Token(api.DefaultZone, true)
+	tok := e.Token(store.DefaultZone, true)
 	dt1, dt2 := RandomHash(), RandomHash()
 	ep1 := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820")}
 	ep2 := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:51821")}
-	e.MustRegister(api.DefaultZone, "other") // takes .1
-	first, created, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	e.MustRegister(store.DefaultZone, "other") // takes .1
+	first, created, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: dt1, PublicKey: key, Hostname: "one", Endpoints: ep1,
 		Prefixes: []netip.Prefix{P("172.24.0.0/24")}})
 	require.NoError(t, err)
@@ -61,7 +60,7 @@ func testRegisterSameKey(t *testing.T, e *Env) {
 	require.Equal(t, key, first.PublicKey)
 	require.Equal(t, ep1, first.Endpoints)
 
-	again, created, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	again, created, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: dt2, PublicKey: key, Hostname: "two", Endpoints: ep2,
 		Prefixes:      []netip.Prefix{P("172.28.0.0/24"), P("172.24.0.0/24")},
 		RequestedIPv4: A("100.64.0.9"), Now: Now.Add(time.Minute)})
@@ -77,7 +76,7 @@ func testRegisterSameKey(t *testing.T, e *Env) {
 	require.True(t, again.UpdatedAt.Equal(Now.Add(time.Minute)))
 
 	// Prefixes are never dropped by a registration that omits them.
-	third, _, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	third, _, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		PublicKey: key, Hostname: "two"})
 	require.NoError(t, err)
 	require.Equal(t, again.Prefixes, third.Prefixes)
@@ -158,28 +157,28 @@ func testPoolExhausted(t *testing.T, e *Env) {
 }
 
 func testRegisterAtomic(t *testing.T, e *Env) {
-	e.MustRegister(api.DefaultZone, "holder", "172.24.0.0/24")
-	single := e.Token(api.DefaultZone, false)
+	e.MustRegister(store.DefaultZone, "holder", "172.24.0.0/24")
+	single := e.Token(store.DefaultZone, false)
 	devTok := RandomHash()
 	before := e.Rev()
-	_, _, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: single,
+	_, _, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: single,
 		DeviceTokenHash: devTok, Hostname: "bad",
 		Prefixes: []netip.Prefix{P("10.20.0.0/16"), P("172.24.0.128/25")}})
 	require.ErrorIs(t, err, store.ErrPrefixConflict)
 
-	ds, err := e.S.Devices(e.Ctx, api.DefaultZone)
+	ds, err := e.S.Devices(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Len(t, ds, 1, "no device was created")
-	ps, err := e.S.Prefixes(e.Ctx, api.DefaultZone)
+	ps, err := e.S.Prefixes(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Len(t, ps, 1, "the good prefix was not kept")
 	_, err = e.S.DeviceByToken(e.Ctx, devTok)
 	require.ErrorIs(t, err, store.ErrNotFound, "no device token was stored")
-	cs, rev, err := e.S.Changes(e.Ctx, api.DefaultZone, before)
+	cs, rev, err := e.S.Changes(e.Ctx, store.DefaultZone, before)
 	require.NoError(t, err)
 	require.Empty(t, cs, "no change entry")
 	require.Equal(t, before, rev)
-	ts, err := e.S.JoinTokens(e.Ctx, api.DefaultZone)
+	ts, err := e.S.JoinTokens(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	for _, tk := range ts {
 		if tk.Hash == single {
@@ -187,14 +186,14 @@ func testRegisterAtomic(t *testing.T, e *Env) {
 		}
 	}
 	// The token still works, and so does the good prefix.
-	d, _, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: single,
+	d, _, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: single,
 		Hostname: "good", Prefixes: []netip.Prefix{P("10.20.0.0/16")}})
 	require.NoError(t, err)
 	require.Equal(t, []netip.Prefix{P("10.20.0.0/16")}, d.Prefixes)
 }
 
 func testRegisterConcurrent(t *testing.T, e *Env) {
-	tok := e.Token(api.DefaultZone, true)
+	tok := e.Token(store.DefaultZone, true)
 	n := ConcurrentRegistrations
 	var (
 		wg   sync.WaitGroup
@@ -205,7 +204,7 @@ func testRegisterConcurrent(t *testing.T, e *Env) {
 	start := time.Now()
 	for i := range n {
 		wg.Go(func() {
-			d, created, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+			d, created, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 				Hostname: fmt.Sprintf("c%03d", i)})
 			mu.Lock()
 			defer mu.Unlock()
@@ -229,7 +228,7 @@ func testRegisterConcurrent(t *testing.T, e *Env) {
 		v4[d.IPv4], v6[d.IPv6], ids[d.ID] = true, true, true
 		i4, ok := mustPool(t, P("100.64.0.0/16")).Index(d.IPv4)
 		require.True(t, ok)
-		i6, ok := mustPool(t, ipam.ULAPool(api.DefaultZone)).Index(d.IPv6)
+		i6, ok := mustPool(t, ipam.ULAPool(store.DefaultZone)).Index(d.IPv6)
 		require.True(t, ok)
 		require.Equal(t, i4, i6, "IPv4 and IPv6 share the host index")
 		require.LessOrEqual(t, i4, uint64(n), "lowest free: no holes")
@@ -237,7 +236,7 @@ func testRegisterConcurrent(t *testing.T, e *Env) {
 	require.Len(t, v4, n)
 	require.Len(t, v6, n)
 	require.Len(t, ids, n)
-	cs, _, err := e.S.Changes(e.Ctx, api.DefaultZone, 0)
+	cs, _, err := e.S.Changes(e.Ctx, store.DefaultZone, 0)
 	require.NoError(t, err)
 	require.Len(t, cs, n)
 }
@@ -249,8 +248,8 @@ func mustPool(t *testing.T, p netip.Prefix) *ipam.Pool {
 }
 
 func testUpdateDevice(t *testing.T, e *Env) {
-	d := e.MustRegister(api.DefaultZone, "a", "172.24.0.0/24")
-	e.MustRegister(api.DefaultZone, "b", "172.28.0.0/24")
+	d := e.MustRegister(store.DefaultZone, "a", "172.24.0.0/24")
+	e.MustRegister(store.DefaultZone, "b", "172.28.0.0/24")
 	rev := e.Rev()
 	host := "renamed"
 	eps := []netip.AddrPort{netip.MustParseAddrPort("[2001:db8::1]:51820")}
@@ -268,7 +267,7 @@ func testUpdateDevice(t *testing.T, e *Env) {
 	require.Equal(t, got.Prefixes, stored.Prefixes)
 	require.Equal(t, "renamed", stored.Hostname)
 
-	cs, _, err := e.S.Changes(e.Ctx, api.DefaultZone, rev)
+	cs, _, err := e.S.Changes(e.Ctx, store.DefaultZone, rev)
 	require.NoError(t, err)
 	require.Len(t, cs, 1)
 	require.Equal(t, store.ChangeUpsert, cs[0].Kind)
@@ -295,7 +294,7 @@ func testUpdateDevice(t *testing.T, e *Env) {
 
 func testDeleteDevice(t *testing.T, e *Env) {
 	devTok := RandomHash()
-	d, _, err := e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: e.Token(api.DefaultZone, true),
+	d, _, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: e.Token(store.DefaultZone, true),
 		DeviceTokenHash: devTok, Hostname: "gone", Prefixes: []netip.Prefix{P("172.24.0.0/24")}})
 	require.NoError(t, err)
 	rev := e.Rev()
@@ -309,7 +308,7 @@ func testDeleteDevice(t *testing.T, e *Env) {
 	require.NoError(t, err)
 	require.Empty(t, ps)
 
-	cs, _, err := e.S.Changes(e.Ctx, api.DefaultZone, rev)
+	cs, _, err := e.S.Changes(e.Ctx, store.DefaultZone, rev)
 	require.NoError(t, err)
 	require.Len(t, cs, 1)
 	require.Equal(t, store.ChangeRemove, cs[0].Kind)
@@ -317,40 +316,40 @@ func testDeleteDevice(t *testing.T, e *Env) {
 	require.Equal(t, d.Prefixes, cs[0].Device.Prefixes, "remove carries the last state")
 
 	// The prefix is free again.
-	e.MustRegister(api.DefaultZone, "new", "172.24.0.0/24")
+	e.MustRegister(store.DefaultZone, "new", "172.24.0.0/24")
 }
 
 func testContextCanceled(t *testing.T, e *Env) {
-	tok := e.Token(api.DefaultZone, false)
+	tok := e.Token(store.DefaultZone, false)
 	ctx, cancel := context.WithCancel(e.Ctx)
 	cancel()
 	before := e.Rev()
-	_, _, err := e.S.Register(ctx, store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok,
+	_, _, err := e.S.Register(ctx, store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: RandomHash(), PublicKey: Key(), Hostname: "x", Now: Now})
 	require.ErrorIs(t, err, context.Canceled)
-	_, err = e.S.Zone(ctx, api.DefaultZone)
+	_, err = e.S.Zone(ctx, store.DefaultZone)
 	require.ErrorIs(t, err, context.Canceled)
-	_, err = e.S.Devices(ctx, api.DefaultZone)
+	_, err = e.S.Devices(ctx, store.DefaultZone)
 	require.ErrorIs(t, err, context.Canceled)
-	_, _, err = e.S.Snapshot(ctx, api.DefaultZone)
+	_, _, err = e.S.Snapshot(ctx, store.DefaultZone)
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorIs(t, e.S.CreateZone(ctx, store.Zone{Name: "c", IPv4Pool: P("10.0.0.0/24"),
 		IPv6Pool: ipam.ULAPool("c")}), context.Canceled)
 	require.Equal(t, before, e.Rev())
 	// Nothing was consumed: the single-use token still works.
-	e.MustRegister(api.DefaultZone, "after") // uses its own token
-	_, _, err = e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok, Hostname: "y"})
+	e.MustRegister(store.DefaultZone, "after") // uses its own token
+	_, _, err = e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok, Hostname: "y"})
 	require.NoError(t, err)
 }
 
 func testClosed(t *testing.T, e *Env) {
 	require.NoError(t, e.S.Close())
 	require.ErrorIs(t, e.S.Close(), store.ErrClosed)
-	_, err := e.S.Zone(e.Ctx, api.DefaultZone)
+	_, err := e.S.Zone(e.Ctx, store.DefaultZone)
 	require.ErrorIs(t, err, store.ErrClosed)
-	_, _, err = e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: RandomHash(), Hostname: "x"})
+	_, _, err = e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: RandomHash(), Hostname: "x"})
 	require.ErrorIs(t, err, store.ErrClosed)
-	_, _, err = e.S.Changes(e.Ctx, api.DefaultZone, 0)
+	_, _, err = e.S.Changes(e.Ctx, store.DefaultZone, 0)
 	require.ErrorIs(t, err, store.ErrClosed)
 	require.ErrorIs(t, e.S.CreateZone(e.Ctx, store.Zone{Name: "c"}), store.ErrClosed)
 }
@@ -359,10 +358,10 @@ func testClosed(t *testing.T, e *Env) {
 // remembered, a failed registration does not record it, and an expired
 // one is forgotten.
 func testRegisterProofReplay(t *testing.T, e *Env) {
-	tok := e.Token(api.DefaultZone, true)
+	tok := e.Token(store.DefaultZone, true)
 	key := Key()
 	proof := []byte("proof-1")
-	p := store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: tok, PublicKey: key, Hostname: "h",
+	p := store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok, PublicKey: key, Hostname: "h",
 		Proof: proof, ProofExpires: Now.Add(5 * time.Minute), Now: Now}
 	_, _, err := e.Register(p)
 	require.NoError(t, err)

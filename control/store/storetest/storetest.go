@@ -17,7 +17,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 	"github.com/wiremesh/wiremesh/ipam"
 )
@@ -45,8 +44,10 @@ func Run(t *testing.T, open Open) {
 		{"RegisterPoolExhausted", testPoolExhausted},
 		{"RegisterAtomic", testRegisterAtomic},
 		{"RegisterProofReplay", testRegisterProofReplay},
+		{"RecordProof", testRecordProof},
 		{"RegisterConcurrent", testRegisterConcurrent},
 		{"PrefixConflicts", testPrefixConflicts},
+		{"PrefixRules", testPrefixRules},
 		{"PrefixesAcrossZones", testPrefixesAcrossZones},
 		{"ExitNodes", testExitNodes},
 		{"UpdateDevice", testUpdateDevice},
@@ -54,6 +55,8 @@ func Run(t *testing.T, open Open) {
 		{"ReleasePrefix", testReleasePrefix},
 		{"Listings", testListings},
 		{"SnapshotAndChanges", testSnapshotAndChanges},
+		{"Policy", testPolicy},
+		{"Tags", testTags},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}
@@ -75,8 +78,8 @@ type Env struct {
 var Now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // Key returns a random public key.
-func Key() api.Key {
-	var k api.Key
+func Key() store.Key {
+	var k store.Key
 	rand.Read(k[:])
 	return k
 }
@@ -160,20 +163,20 @@ func (e *Env) MustRegister(zone, host string, prefixes ...string) store.Device {
 // Rev returns the store's current revision.
 func (e *Env) Rev() int64 {
 	e.T.Helper()
-	_, rev, err := e.S.Changes(e.Ctx, api.DefaultZone, 0)
+	_, rev, err := e.S.Changes(e.Ctx, store.DefaultZone, 0)
 	if errors.Is(err, store.ErrCompacted) {
-		rev, _, err = e.S.Snapshot(e.Ctx, api.DefaultZone)
+		rev, _, err = e.S.Snapshot(e.Ctx, store.DefaultZone)
 	}
 	require.NoError(e.T, err)
 	return rev
 }
 
 func testDefaultZone(t *testing.T, e *Env) {
-	z, err := e.S.Zone(e.Ctx, api.DefaultZone)
+	z, err := e.S.Zone(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
-	require.Equal(t, api.DefaultZone, z.Name)
+	require.Equal(t, store.DefaultZone, z.Name)
 	require.Equal(t, P("100.64.0.0/16"), z.IPv4Pool)
-	require.Equal(t, ipam.ULAPool(api.DefaultZone), z.IPv6Pool)
+	require.Equal(t, ipam.ULAPool(store.DefaultZone), z.IPv6Pool)
 	require.False(t, z.AllowExitNodes)
 	require.False(t, z.CreatedAt.IsZero())
 }
@@ -181,7 +184,7 @@ func testDefaultZone(t *testing.T, e *Env) {
 func testZones(t *testing.T, e *Env) {
 	created := time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC)
 	want := store.Zone{Name: "lab", IPv4Pool: P("10.99.0.0/24"), IPv6Pool: ipam.ULAPool("lab"),
-		AllowExitNodes: true, CreatedAt: created}
+		AllowExitNodes: true, MinPrefixBits4: 8, MinPrefixBits6: 16, MaxPrefixes: 500, CreatedAt: created}
 	require.NoError(t, e.S.CreateZone(e.Ctx, want))
 	got, err := e.S.Zone(e.Ctx, "lab")
 	require.NoError(t, err)
@@ -202,7 +205,7 @@ func testZones(t *testing.T, e *Env) {
 	for _, z := range zs {
 		names = append(names, z.Name)
 	}
-	require.Equal(t, []string{"alpha", api.DefaultZone, "lab"}, names)
+	require.Equal(t, []string{"alpha", store.DefaultZone, "lab"}, names)
 }
 
 func testZoneValidation(t *testing.T, e *Env) {
@@ -216,6 +219,9 @@ func testZoneValidation(t *testing.T, e *Env) {
 		{"host bits", store.Zone{Name: "a", IPv4Pool: P("10.0.0.1/24"), IPv6Pool: ipam.ULAPool("a")}},
 		{"IPv4 pool too small", store.Zone{Name: "a", IPv4Pool: P("10.0.0.0/31"), IPv6Pool: ipam.ULAPool("a")}},
 		{"loopback pool", store.Zone{Name: "a", IPv4Pool: P("127.0.0.0/16"), IPv6Pool: ipam.ULAPool("a")}},
+		{"IPv4 limit", store.Zone{Name: "a", IPv4Pool: P("10.0.0.0/24"), IPv6Pool: ipam.ULAPool("a"), MinPrefixBits4: 33}},
+		{"IPv6 limit", store.Zone{Name: "a", IPv4Pool: P("10.0.0.0/24"), IPv6Pool: ipam.ULAPool("a"), MinPrefixBits6: -1}},
+		{"prefix count", store.Zone{Name: "a", IPv4Pool: P("10.0.0.0/24"), IPv6Pool: ipam.ULAPool("a"), MaxPrefixes: ipam.MaxMaxPrefixes + 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -229,7 +235,7 @@ func testZoneValidation(t *testing.T, e *Env) {
 func testJoinTokens(t *testing.T, e *Env) {
 	e.Zone("lab", "10.99.0.0/24", false)
 	exp := Now.Add(time.Hour)
-	a := store.JoinToken{ID: store.NewJoinTokenID(), Hash: Hash("a"), Zone: api.DefaultZone,
+	a := store.JoinToken{ID: store.NewJoinTokenID(), Hash: Hash("a"), Zone: store.DefaultZone,
 		Reusable: true, ExpiresAt: exp, CreatedAt: Now}
 	b := store.JoinToken{ID: store.NewJoinTokenID(), Hash: Hash("b"), Zone: "lab", CreatedAt: Now.Add(time.Second)}
 	require.NoError(t, e.S.CreateJoinToken(e.Ctx, a))
@@ -245,7 +251,7 @@ func testJoinTokens(t *testing.T, e *Env) {
 	all, err := e.S.JoinTokens(e.Ctx, "")
 	require.NoError(t, err)
 	require.Len(t, all, 2)
-	got, err := e.S.JoinTokens(e.Ctx, api.DefaultZone)
+	got, err := e.S.JoinTokens(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Len(t, got, 1)
 	require.Equal(t, a.ID, got[0].ID)
@@ -265,19 +271,19 @@ func testJoinTokens(t *testing.T, e *Env) {
 
 	require.NoError(t, e.S.DeleteJoinToken(e.Ctx, a.ID))
 	require.ErrorIs(t, e.S.DeleteJoinToken(e.Ctx, a.ID), store.ErrNotFound)
-	got, err = e.S.JoinTokens(e.Ctx, api.DefaultZone)
+	got, err = e.S.JoinTokens(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	require.Empty(t, got)
-	_, _, err = e.Register(store.RegisterParams{Zone: api.DefaultZone, JoinTokenHash: a.Hash, Hostname: "h"})
+	_, _, err = e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: a.Hash, Hostname: "h"})
 	require.ErrorIs(t, err, store.ErrTokenInvalid, "deleted token")
 }
 
 func testRegisterTokenRules(t *testing.T, e *Env) {
 	e.Zone("lab", "10.99.0.0/24", false)
-	single := e.Token(api.DefaultZone, false)
-	reusable := e.Token(api.DefaultZone, true)
-	expired := e.TokenExpiring(api.DefaultZone, true, Now)
-	later := e.TokenExpiring(api.DefaultZone, false, Now.Add(time.Minute))
+	single := e.Token(store.DefaultZone, false)
+	reusable := e.Token(store.DefaultZone, true)
+	expired := e.TokenExpiring(store.DefaultZone, true, Now)
+	later := e.TokenExpiring(store.DefaultZone, false, Now.Add(time.Minute))
 	lab := e.Token("lab", true)
 
 	tests := []struct {
@@ -286,14 +292,14 @@ func testRegisterTokenRules(t *testing.T, e *Env) {
 		tok     [32]byte
 		wantErr error
 	}{
-		{"unknown token", api.DefaultZone, Hash("unknown"), store.ErrTokenInvalid},
-		{"other zone", api.DefaultZone, lab, store.ErrTokenInvalid},
-		{"expired at Now", api.DefaultZone, expired, store.ErrTokenInvalid},
-		{"not yet expired", api.DefaultZone, later, nil},
-		{"single use", api.DefaultZone, single, nil},
-		{"single use again", api.DefaultZone, single, store.ErrTokenInvalid},
-		{"reusable", api.DefaultZone, reusable, nil},
-		{"reusable again", api.DefaultZone, reusable, nil},
+		{"unknown token", store.DefaultZone, Hash("unknown"), store.ErrTokenInvalid},
+		{"other zone", store.DefaultZone, lab, store.ErrTokenInvalid},
+		{"expired at Now", store.DefaultZone, expired, store.ErrTokenInvalid},
+		{"not yet expired", store.DefaultZone, later, nil},
+		{"single use", store.DefaultZone, single, nil},
+		{"single use again", store.DefaultZone, single, store.ErrTokenInvalid},
+		{"reusable", store.DefaultZone, reusable, nil},
+		{"reusable again", store.DefaultZone, reusable, nil},
 		{"unknown zone", "nope", lab, store.ErrTokenInvalid},
 	}
 	for _, tt := range tests {
@@ -310,7 +316,7 @@ func testRegisterTokenRules(t *testing.T, e *Env) {
 			require.Equal(t, tt.name, d.Hostname)
 		})
 	}
-	ts, err := e.S.JoinTokens(e.Ctx, api.DefaultZone)
+	ts, err := e.S.JoinTokens(e.Ctx, store.DefaultZone)
 	require.NoError(t, err)
 	for _, tk := range ts {
 		if tk.Hash == single {

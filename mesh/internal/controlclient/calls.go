@@ -106,11 +106,15 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 // timestamp and proof, on the current replica), and returns the last
 // response.
 func (c *Client) postRegistration(ctx context.Context, private, pub api.Key, req api.RegisterRequest) (*http.Response, error) {
+	tokHash := api.JoinTokenHash(c.joinSecret)
 	for attempt := 0; ; attempt++ {
+		// Every attempt is signed anew (timestamp, nonce): the service
+		// spends a proof whatever the outcome, so a retried body would be
+		// refused as a replay.
 		r := req // Sign only sets r.Proof; the slices are shared read-only
 		r.Timestamp = c.nextTimestamp()
 		r.Nonce = newNonce()
-		if err := r.Sign(private, pub); err != nil {
+		if err := r.Sign(private, pub, tokHash); err != nil {
 			return nil, fmt.Errorf("sign: %w", err)
 		}
 		body, err := json.Marshal(&r)

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -171,8 +172,8 @@ func New(cfg Config) (*Client, error) {
 		c.joinSecret, c.fingerprint = secret, fp
 	}
 	if len(cfg.Fingerprint) > 0 {
-		if len(cfg.Fingerprint) != 32 {
-			return nil, fmt.Errorf("controlclient: certificate fingerprint is %d bytes, want 32 (SHA-256)", len(cfg.Fingerprint))
+		if err := tlspin.Check(cfg.Fingerprint); err != nil {
+			return nil, fmt.Errorf("controlclient: %w", err)
 		}
 		c.fingerprint = append([]byte(nil), cfg.Fingerprint...)
 	}
@@ -295,10 +296,7 @@ func newTransport(cfg Config, fingerprint []byte) *http.Transport {
 	if cfg.dial != nil {
 		dial = cfg.dial
 	}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs}
-	if fingerprint != nil {
-		pinTLS(tlsConf, fingerprint)
-	}
+	tlsConf := tlspin.ClientConfig(fingerprint, cfg.RootCAs)
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dial,
@@ -348,8 +346,8 @@ func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, erro
 		return false, context.Cause(ctx)
 	}
 	if err != nil {
-		var fm *FingerprintMismatchError
-		if errors.As(err, &fm) || isCertError(err) {
+		var fm *tlspin.MismatchError
+		if errors.As(err, &fm) || errors.Is(err, tlspin.ErrNoCertificate) || isCertError(err) {
 			return false, nil
 		}
 		return retryablehttp.DefaultRetryPolicy(ctx, resp, err)
@@ -380,13 +378,14 @@ func backoff(lo, hi time.Duration, attempt int, resp *http.Response) time.Durati
 }
 
 // slogAdapter makes an slog.Logger a retryablehttp.LeveledLogger. Its
-// "request failed" errors are logged at Warn: the caller gets the error and
-// decides what it is worth.
+// per-attempt "request failed" errors are logged at Debug: the caller gets
+// the final error and decides what it is worth, so an unreachable service
+// is one message, not one warning per retry.
 type slogAdapter struct{ l *slog.Logger }
 
 var _ retryablehttp.LeveledLogger = slogAdapter{}
 
-func (a slogAdapter) Error(msg string, kv ...any) { a.l.Warn("controlclient: "+msg, kv...) }
-func (a slogAdapter) Warn(msg string, kv ...any)  { a.l.Warn("controlclient: "+msg, kv...) }
+func (a slogAdapter) Error(msg string, kv ...any) { a.l.Debug("controlclient: "+msg, kv...) }
+func (a slogAdapter) Warn(msg string, kv ...any)  { a.l.Debug("controlclient: "+msg, kv...) }
 func (a slogAdapter) Info(msg string, kv ...any)  { a.l.Info("controlclient: "+msg, kv...) }
 func (a slogAdapter) Debug(msg string, kv ...any) { a.l.Debug("controlclient: "+msg, kv...) }

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 func TestRegisterAndDeviceCalls(t *testing.T) {
@@ -48,7 +49,7 @@ func TestRegisterAndDeviceCalls(t *testing.T) {
 
 			regs := f.registers()
 			require.Len(t, regs, 1)
-			require.NoError(t, regs[0].Verify(f.priv), "proof verifies server-side")
+			require.NoError(t, regs[0].Verify(f.priv, api.JoinTokenHash(f.joinSecret)), "proof verifies server-side")
 			require.Equal(t, api.PublicKey(priv), regs[0].PublicKey)
 			require.Equal(t, []netip.AddrPort{ep}, regs[0].Endpoints)
 			require.InDelta(t, time.Now().Unix(), regs[0].Timestamp, 5)
@@ -115,7 +116,7 @@ func TestPinning(t *testing.T) {
 	wrong := bytes.Repeat([]byte{0xab}, 32)
 	c2 := f.client(t, func(cfg *Config) {
 		cfg.Token = api.FormatJoinToken(f.joinSecret, wrong)
-		cfg.Fingerprint = Fingerprint(f.srv.Certificate().Raw)
+		cfg.Fingerprint = tlspin.Fingerprint(f.srv.Certificate().Raw)
 	})
 	_, err = c2.Info(context.Background())
 	require.NoError(t, err)
@@ -132,11 +133,11 @@ func TestPinningMismatch(t *testing.T) {
 			var dials atomic.Int32
 			c := f.client(t, func(cfg *Config) { mod(cfg); cfg.dial = countingDial(&dials) })
 			_, err := c.Info(context.Background())
-			var fm *FingerprintMismatchError
+			var fm *tlspin.MismatchError
 			require.ErrorAs(t, err, &fm)
-			got := hex.EncodeToString(Fingerprint(f.srv.Certificate().Raw))
+			got := hex.EncodeToString(tlspin.Fingerprint(f.srv.Certificate().Raw))
 			require.ErrorContains(t, err, "controlclient: info: ")
-			require.ErrorContains(t, err, "certificate fingerprint mismatch: got "+got+", want "+hex.EncodeToString(wrong)+" (token pins the service certificate)")
+			require.ErrorContains(t, err, "service certificate fingerprint "+got+" does not match the pinned "+hex.EncodeToString(wrong))
 			_, err = c.Register(context.Background(), newKey(t), api.RegisterRequest{})
 			require.ErrorAs(t, err, &fm)
 			require.Zero(t, f.totalHits(), "no request may reach the service")
@@ -185,7 +186,7 @@ func TestNewURLChecks(t *testing.T) {
 		{name: "query", cfg: Config{URL: "https://h/?a=b"}, wantErr: "query is not supported"},
 		{name: "bad token in fragment", cfg: Config{URL: "https://h#wmj_nothex-nothex-nothex-nothex-nothex"}, wantErr: `join token "wmj_noth…"`},
 		{name: "bad token", cfg: Config{URL: "https://h", Token: "secret-password-123"}, wantErr: `join token "secret-p…": not a wiremesh join token`},
-		{name: "bad fingerprint", cfg: Config{URL: "https://h", Fingerprint: []byte{1, 2}}, wantErr: "certificate fingerprint is 2 bytes, want 32"},
+		{name: "bad fingerprint", cfg: Config{URL: "https://h", Fingerprint: []byte{1, 2}}, wantErr: "certificate fingerprint: 2 bytes, want 32"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,13 +240,13 @@ func TestTokenInFragment(t *testing.T) {
 	// Config.Token overrides the fragment.
 	other := newSecret(t)
 	c2 := f.client(t, func(cfg *Config) {
-		cfg.URL = f.srv.URL + "#" + api.FormatJoinToken(other, Fingerprint(f.srv.Certificate().Raw))
+		cfg.URL = f.srv.URL + "#" + api.FormatJoinToken(other, tlspin.Fingerprint(f.srv.Certificate().Raw))
 	})
 	_, err = c2.Register(context.Background(), newKey(t), api.RegisterRequest{Hostname: "y"})
 	require.NoError(t, err)
 	c3 := f.client(t, func(cfg *Config) {
 		cfg.URL = f.srv.URL + "#" + f.token()
-		cfg.Token = api.FormatJoinToken(other, Fingerprint(f.srv.Certificate().Raw))
+		cfg.Token = api.FormatJoinToken(other, tlspin.Fingerprint(f.srv.Certificate().Raw))
 	})
 	_, err = c3.Register(context.Background(), newKey(t), api.RegisterRequest{Hostname: "z"})
 	var ae *api.Error
@@ -314,7 +315,8 @@ func TestRegisterRetryResigns(t *testing.T) {
 	regs := f.registers()
 	require.Len(t, regs, 4, "three 503s, then success")
 	for i, r := range regs {
-		require.NoError(t, r.Verify(f.priv), "attempt %d", i)
+		require.NoError(t, r.Verify(f.priv, api.JoinTokenHash(f.joinSecret)), "attempt %d", i)
+		require.ErrorIs(t, r.Verify(f.priv, api.JoinTokenHash(f.joinSecret+"x")), api.ErrBadProof, "the proof is bound to the join token")
 		if i > 0 {
 			require.Greater(t, r.Timestamp, regs[i-1].Timestamp, "each attempt has a new timestamp")
 			require.NotEqual(t, r.Proof, regs[i-1].Proof)

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 // Failover between the replicas of one service (Config.FallbackURLs).
@@ -103,8 +105,9 @@ func (c *Client) failed(a *attempt, resp *http.Response, err error) bool {
 // transport error (not a certificate problem) or a 502, 503 or 504.
 func replicaDown(resp *http.Response, err error) bool {
 	if err != nil {
-		var fm *FingerprintMismatchError
-		return !errors.As(err, &fm) && !isCertError(err) && !errors.Is(err, net.ErrClosed) &&
+		var fm *tlspin.MismatchError
+		return !errors.As(err, &fm) && !errors.Is(err, tlspin.ErrNoCertificate) && !isCertError(err) &&
+			!errors.Is(err, net.ErrClosed) &&
 			!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 	}
 	if resp == nil {

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 )
 
 func TestMain(m *testing.M) {
@@ -153,7 +154,7 @@ func (f *fakeService) register(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, api.CodeBadRequest, err.Error())
 		return
 	}
-	if err := req.Verify(f.priv); err != nil {
+	if err := req.Verify(f.priv, api.JoinTokenHash(f.joinSecret)); err != nil {
 		writeErr(w, api.CodeUnauthorized, err.Error())
 		return
 	}
@@ -237,7 +238,7 @@ func (f *fakeService) token() string {
 	if f.srv.Certificate() == nil {
 		return f.joinSecret
 	}
-	return api.FormatJoinToken(f.joinSecret, Fingerprint(f.srv.Certificate().Raw))
+	return api.FormatJoinToken(f.joinSecret, tlspin.Fingerprint(f.srv.Certificate().Raw))
 }
 
 // client returns a Client for f, closed at the end of the test.
