@@ -28,14 +28,18 @@ import (
 	"tailscale.com/types/logger"
 )
 
-// tsnetEnv is the environment a tsnet child runs with: no log upload, no
-// port mapping (UPnP, NAT-PMP and PCP would talk to the LAN's gateway), a
-// panic rather than a connection to Tailscale's own control plane.
+// tsnetEnv is the environment a tsnet child runs with: no log upload; no
+// port mapping (UPnP, NAT-PMP and PCP would talk to the LAN's gateway); a
+// panic rather than a connection to Tailscale's own control plane; no
+// wait for a default route; and no local interface addresses among a
+// member's endpoints, so that disco pings go to 127.0.0.1 only (the one
+// endpoint the local STUN server reports), as wiremesh's do.
 var tsnetEnv = []string{
 	"TS_NO_LOGS_NO_SUPPORT=true",
 	"TS_DISABLE_PORTMAPPER=1",
 	"TS_PANIC_IF_HIT_MAIN_CONTROL=1",
 	"TS_ASSUME_NETWORK_UP_FOR_TEST=1",
+	"TS_DEBUG_OMIT_LOCAL_ADDRS=1",
 }
 
 // envSet reports whether the process started with tsnetEnv.
