@@ -110,7 +110,7 @@ func TestAdminTokens(t *testing.T) {
 	_, ae = e.call("DELETE", "/v1/tokens/"+jt.ID, e.admin, nil, nil)
 	require.Equal(t, api.CodeNotFound, ae.Code)
 	// A deleted token no longer registers.
-	code, _, _ = e.register(jt.Token, e.request(newDevice(), "x"))
+	code, _, _ = e.register(jt.Token, e.request(jt.Token, newDevice(), "x"))
 	require.Equal(t, http.StatusUnauthorized, code)
 }
 
@@ -176,7 +176,9 @@ func TestAdminDevicesAndPrefixes(t *testing.T) {
 }
 
 func TestCredentialsSeparated(t *testing.T) {
-	e := newEnv(t)
+	// 76 refused calls from one client: lift the failed-authentication
+	// limit, which TestAuthFailureLimit covers.
+	e := newEnv(t, func(c *serverConfig) { c.limits.authFailBurst = 1000 })
 	tok := e.joinToken(api.DefaultZone, true)
 	_, reg := e.mustRegister(tok, "a", "192.168.50.0/24")
 	adminCalls := []struct{ method, path string }{

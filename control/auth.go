@@ -40,13 +40,16 @@ var errUnauthorized = apiErr(api.CodeUnauthorized, "missing or invalid credentia
 func (s *server) admin(next http.HandlerFunc) http.HandlerFunc {
 	want := sha256.Sum256([]byte(s.cfg.AdminToken))
 	return func(w http.ResponseWriter, r *http.Request) {
+		if s.authBlocked(w, r) {
+			return
+		}
 		tok := bearer(r)
 		got := sha256.Sum256([]byte(tok))
 		if s.cfg.AdminToken == "" || tok == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-			writeError(w, errUnauthorized)
+			s.refuse(w, r, "admin", "", errUnauthorized)
 			return
 		}
-		next(w, r)
+		s.auditAdminAction(next, w, r)
 	}
 }
 
@@ -56,14 +59,17 @@ type deviceHandler func(w http.ResponseWriter, r *http.Request, d store.Device)
 // device wraps a member handler: a device token, looked up by its SHA-256.
 func (s *server) device(next deviceHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if s.authBlocked(w, r) {
+			return
+		}
 		tok := bearer(r)
 		if !strings.HasPrefix(tok, api.DeviceTokenPrefix) || len(tok) != len(api.DeviceTokenPrefix)+32 {
-			writeError(w, errUnauthorized)
+			s.refuse(w, r, "device", "", errUnauthorized)
 			return
 		}
 		d, err := s.cfg.Store.DeviceByToken(r.Context(), sha256.Sum256([]byte(tok)))
 		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, errUnauthorized)
+			s.refuse(w, r, "device", "", errUnauthorized)
 			return
 		}
 		if err != nil {
@@ -121,14 +127,6 @@ func (c *replayCache) add(proof []byte, expires, now time.Time) error {
 	}
 	c.seen[k] = expires
 	return nil
-}
-
-// remove forgets proof (the registration it carried failed, so a retry of
-// the same body is not a replay).
-func (c *replayCache) remove(proof []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.seen, string(proof))
 }
 
 func (c *replayCache) len() int {

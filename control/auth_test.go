@@ -27,8 +27,7 @@ func TestReplayCacheBoundedAndPruned(t *testing.T) {
 	// An expired proof may be seen again (its timestamp is stale by then,
 	// which the handler refuses before it gets here).
 	require.NoError(t, c.add([]byte("a"), later.Add(time.Minute), later))
-	c.remove([]byte("a"))
-	require.Equal(t, 2, c.len())
+	require.Equal(t, 3, c.len())
 	// Periodic pruning without reaching the bound.
 	c2 := newReplayCache(100)
 	for _, p := range []string{"x", "y"} {

@@ -151,7 +151,7 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, toAPIDevice)
+	writeList(s, w, r, "list devices", ds, err, func(d store.Device) api.Device { return s.withPresence(toAPIDevice(d)) })
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +165,7 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, toAPIDevice(d))
+	writeJSON(w, http.StatusOK, s.withPresence(toAPIDevice(d)))
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {

@@ -14,11 +14,10 @@ import (
 // token: the answer is never a 5xx (nothing malformed reaches the store
 // unchecked) and the handler never panics.
 func FuzzRegister(f *testing.F) {
-	e := newEnv(f)
+	e := fuzzEnv(f)
 	tok := e.joinToken(api.DefaultZone, true)
-	e.t = f
 	for _, prefixes := range [][]string{nil, {"172.24.0.0/24"}, {"10.1.2.3/16"}, {"::/0"}, {"fd00:1::/64", "fd00:1::/64"}} {
-		b, _ := json.Marshal(e.request(newDevice(), "seed", prefixes...))
+		b, _ := json.Marshal(e.request(tok, newDevice(), "seed", prefixes...))
 		f.Add(b)
 	}
 	f.Add([]byte(`{"public_key":"AAAA","proof":"AA=="}`))

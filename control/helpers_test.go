@@ -143,8 +143,8 @@ func newDevice() testDevice {
 	return d
 }
 
-// request builds a signed registration.
-func (e *env) request(d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
+// request builds a registration signed for the join token tok.
+func (e *env) request(tok string, d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
 	e.t.Helper()
 	r := api.RegisterRequest{
 		PublicKey:     d.pub,
@@ -152,8 +152,18 @@ func (e *env) request(d testDevice, hostname string, prefixes ...string) api.Reg
 		ChildPrefixes: prefixes,
 		Timestamp:     time.Now().Unix(),
 	}
-	require.NoError(e.t, r.Sign(d.priv, api.PublicKey(e.priv)))
+	e.sign(tok, d, &r)
 	return r
+}
+
+// sign (re-)signs r with d's key for the join token tok.
+func (e *env) sign(tok string, d testDevice, r *api.RegisterRequest) {
+	e.t.Helper()
+	secret, _, err := api.ParseJoinToken(tok)
+	if err != nil {
+		secret = tok // a malformed token in a refusal test: sign for it as is
+	}
+	require.NoError(e.t, r.Sign(d.priv, api.PublicKey(e.priv), api.JoinTokenHash(secret)))
 }
 
 func (e *env) register(tok string, r api.RegisterRequest) (int, api.RegisterResponse, *api.Error) {
@@ -167,7 +177,7 @@ func (e *env) register(tok string, r api.RegisterRequest) (int, api.RegisterResp
 func (e *env) mustRegister(tok, hostname string, prefixes ...string) (testDevice, api.RegisterResponse) {
 	e.t.Helper()
 	d := newDevice()
-	code, resp, ae := e.register(tok, e.request(d, hostname, prefixes...))
+	code, resp, ae := e.register(tok, e.request(tok, d, hostname, prefixes...))
 	require.Nil(e.t, ae)
 	require.Equal(e.t, http.StatusCreated, code)
 	return d, resp

@@ -29,6 +29,8 @@ type hubEvent struct {
 	// removed is the id of the device a remove event is about ("" for
 	// upserts): that device's own stream ends after it.
 	removed string
+	// at is when the hub read the change from the store (watch lag).
+	at time.Time
 }
 
 // subscriber is one watch stream of a zone. The hub closes ch when the
@@ -36,7 +38,10 @@ type hubEvent struct {
 type subscriber struct {
 	zone *hubZone
 	ch   chan hubEvent
-	gone bool // guarded by zone.mu; ch is closed
+	// member is a member's watch stream (counted in the watchers gauge);
+	// false for an observer such as the dashboard's event stream.
+	member bool
+	gone   bool // guarded by zone.mu; ch is closed
 }
 
 // hubZone is the fan-out state of one zone.
@@ -132,6 +137,16 @@ func (h *hub) zone(name string) *hubZone {
 // after subscribing and skips live events at or below the backlog's
 // revision misses nothing and sees nothing twice.
 func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
+	return h.add(ctx, zone, true)
+}
+
+// observe is subscribe for a reader that is not a member (the dashboard):
+// same delivery, not counted as a watch stream.
+func (h *hub) observe(ctx context.Context, zone string) (*subscriber, error) {
+	return h.add(ctx, zone, false)
+}
+
+func (h *hub) add(ctx context.Context, zone string, member bool) (*subscriber, error) {
 	z := h.zone(zone)
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -145,9 +160,11 @@ func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
 		}
 		z.lastRev, z.ready = rev, true
 	}
-	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf)}
+	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member}
 	z.subs[sub] = struct{}{}
-	h.metrics.watchers.Inc()
+	if member {
+		h.metrics.watchers.Inc()
+	}
 	return sub, nil
 }
 
@@ -168,7 +185,9 @@ func (h *hub) dropLocked(sub *subscriber) {
 	sub.gone = true
 	close(sub.ch)
 	delete(z.subs, sub)
-	h.metrics.watchers.Dec()
+	if sub.member {
+		h.metrics.watchers.Dec()
+	}
 	if len(z.subs) == 0 {
 		z.ready = false // re-read the revision when someone subscribes again
 	}
@@ -213,7 +232,7 @@ func (h *hub) update(zone string) {
 		if c.Rev <= z.lastRev {
 			continue
 		}
-		ev := hubEvent{rev: c.Rev, line: h.encode(c)}
+		ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
 		if c.Kind == store.ChangeRemove {
 			ev.removed = c.Device.ID
 		}

@@ -17,6 +17,10 @@ type metrics struct {
 	fanout        prometheus.Counter
 	encoded       prometheus.Counter
 	dropped       prometheus.Counter
+	refusals      *prometheus.CounterVec
+	watchStreams  *prometheus.CounterVec
+	watchLag      prometheus.Histogram
+	storeLatency  *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -47,7 +51,26 @@ func newMetrics() *metrics {
 			Help: "Watch streams disconnected because they fell behind.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.registrations, m.watchers, m.fanout, m.encoded, m.dropped)
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wiremesh_refusals_total",
+		Help: "Requests answered with an API error, by route pattern and error code (unauthorized, prefix_conflict, ...).",
+	}, []string{"route", "code"})
+	m.watchStreams = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wiremesh_watch_streams_total",
+		Help: "Watch streams started, by how they started (snapshot: from scratch; resume: from a revision).",
+	}, []string{"start"})
+	m.watchLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "wiremesh_watch_lag_seconds",
+		Help:    "Time from the hub reading a change from the store to a watch stream writing it.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	m.storeLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wiremesh_store_seconds",
+		Help:    "Latency of store calls by operation and result (ok, or error).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"op", "result"})
+	m.reg.MustRegister(m.requests, m.registrations, m.watchers, m.fanout, m.encoded, m.dropped,
+		m.refusals, m.watchStreams, m.watchLag, m.storeLatency)
 	return m
 }
 
@@ -61,14 +84,35 @@ func (m *metrics) instrument(route string, next http.Handler) http.Handler {
 			code = http.StatusOK
 		}
 		m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+		if sw.errCode != "" {
+			m.refusals.WithLabelValues(route, sw.errCode).Inc()
+		}
 	})
 }
 
-// statusWriter records the status code; Unwrap lets http.ResponseController
-// reach the underlying writer (Flush, deadlines).
+// statusWriter records the status code and the API error code (set by
+// writeError); Unwrap lets http.ResponseController reach the underlying
+// writer (Flush, deadlines).
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status  int
+	errCode string
+}
+
+// noteErrorCode records the API error code of an answer on w, if w is (or
+// wraps) a statusWriter.
+func noteErrorCode(w http.ResponseWriter, code string) {
+	for w != nil {
+		if sw, ok := w.(*statusWriter); ok {
+			sw.errCode = code
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {

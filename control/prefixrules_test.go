@@ -18,13 +18,13 @@ import (
 
 // requestNonce is e.request with a fresh nonce, so that the same device may
 // send the same body twice.
-func (e *env) requestNonce(d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
+func (e *env) requestNonce(tok string, d testDevice, hostname string, prefixes ...string) api.RegisterRequest {
 	e.t.Helper()
 	n := make([]byte, 8)
 	_, _ = rand.Read(n)
 	r := api.RegisterRequest{PublicKey: d.pub, Hostname: hostname, ChildPrefixes: prefixes,
 		Timestamp: time.Now().Unix(), Nonce: hex.EncodeToString(n)}
-	require.NoError(e.t, r.Sign(d.priv, api.PublicKey(e.priv)))
+	e.sign(tok, d, &r)
 	return r
 }
 
@@ -91,7 +91,7 @@ func TestPrefixRulesSameEverywhere(t *testing.T) {
 			}
 			before := e.state()
 			// Control, at registration of the same key.
-			_, _, ae := e.register(tok, e.requestNonce(dev, "dev", tt.add...))
+			_, _, ae := e.register(tok, e.requestNonce(tok, dev, "dev", tt.add...))
 			check("control register", codeOf(ae))
 			if ae != nil {
 				require.Equal(t, before, e.state())
@@ -194,7 +194,7 @@ func TestRegisterNonCanonicalKey(t *testing.T) {
 	alias := dev
 	alias.pub[31] |= 0x80
 	before := e.state()
-	code, _, ae := e.register(tok, e.requestNonce(alias, "twin"))
+	code, _, ae := e.register(tok, e.requestNonce(tok, alias, "twin"))
 	require.NotNil(t, ae, "status %d", code)
 	require.Equal(t, api.CodeInvalidKey, ae.Code)
 	require.Contains(t, ae.Message, "bit 255")

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -23,26 +22,12 @@ const (
 
 func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	secret, _, err := api.ParseJoinToken(bearer(r))
-	if err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "missing or malformed join token"))
+	if !s.allowRegistration(w, r) {
 		return
 	}
-	tokHash := sha256.Sum256([]byte(secret))
-	tok, aerr := s.lookupJoinToken(ctx, tokHash)
+	req, tok, tokHash, aerr := s.authorizeRegistration(w, r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-
-	body, aerr := readBody(w, r)
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	var req api.RegisterRequest
-	if aerr := decodeRegister(body, &req); aerr != nil {
-		writeError(w, aerr)
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, aerr)
 		return
 	}
 
@@ -60,7 +45,7 @@ func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if zone.Name != tok.Zone {
-		writeError(w, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, apiErr(api.CodeUnauthorized, "join token is not valid for zone %q", zoneName))
 		return
 	}
 
@@ -83,27 +68,8 @@ func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := s.cfg.Now()
-	ts := time.Unix(req.Timestamp, 0)
-	if d := now.Sub(ts); d > s.cfg.MaxClockSkew || d < -s.cfg.MaxClockSkew {
-		writeError(w, apiErr(api.CodeUnauthorized, "stale timestamp: %d is %s away from the service clock (max %s)",
-			req.Timestamp, d.Round(time.Second), s.cfg.MaxClockSkew))
-		return
-	}
-	if err := req.Verify(s.cfg.PrivateKey); err != nil {
-		writeError(w, apiErr(api.CodeUnauthorized, "registration proof does not verify for key %s", req.PublicKey))
-		return
-	}
-	// The in-memory cache is the fast path (errReplayFull just skips it);
-	// the store records every proof durably and refuses a replay too.
-	if err := s.replay.add(req.Proof, ts.Add(s.cfg.MaxClockSkew), now); errors.Is(err, errReplayed) {
-		writeError(w, apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already"))
-		return
-	}
-
 	devTok, err := randomToken(api.DeviceTokenPrefix)
 	if err != nil {
-		s.replay.remove(req.Proof)
 		writeError(w, apiErr(api.CodeInternal, "generating device token failed"))
 		return
 	}
@@ -116,20 +82,23 @@ func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Prefixes:        prefixes,
 		Endpoints:       req.Endpoints,
 		RequestedIPv4:   req.RequestedIPv4,
-		Proof:           req.Proof,
-		ProofExpires:    ts.Add(s.cfg.MaxClockSkew).UTC(),
-		Now:             now.UTC(),
+		// The proof was spent by authorizeRegistration already.
+		Now: s.cfg.Now().UTC(),
 	})
-	if err != nil {
-		s.replay.remove(req.Proof)
-		writeError(w, s.storeErr(ctx, "register", err))
+	if err != nil { // unauthorized if the token was spent meanwhile
+		s.refuseRegistration(w, r, tok.ID, req.PublicKey, s.storeErr(ctx, "register", err))
 		return
 	}
 	s.metrics.registrations.WithLabelValues(map[bool]string{true: "created", false: "updated"}[created]).Inc()
 	s.log.InfoContext(ctx, "device registered", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname,
 		"ipv4", d.IPv4, "created", created)
 	s.hub.update(d.Zone)
+	writeRegistered(w, d, zone, created, devTok)
+}
 
+// writeRegistered answers a successful registration: 201 for a new device,
+// 200 for a known key.
+func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, created bool, devTok string) {
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated

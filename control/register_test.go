@@ -26,7 +26,7 @@ func TestRegisterInvalidPrefixes(t *testing.T) {
 	} {
 		t.Run(in, func(t *testing.T) {
 			before := e.state()
-			code, _, ae := e.register(tok, e.request(newDevice(), "host", in))
+			code, _, ae := e.register(tok, e.request(tok, newDevice(), "host", in))
 			require.Equal(t, http.StatusBadRequest, code)
 			require.Equal(t, api.CodeInvalidPrefix, ae.Code)
 			require.Contains(t, ae.Message, `"`+in) // quotes the input
@@ -72,7 +72,7 @@ func TestRegisterConflicts(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.state()
-			code, _, ae := e.register(tok, e.request(newDevice(), "node2", "192.168.7.0/24", tc.prefix))
+			code, _, ae := e.register(tok, e.request(tok, newDevice(), "node2", "192.168.7.0/24", tc.prefix))
 			require.Equal(t, http.StatusConflict, code)
 			require.Equal(t, api.CodePrefixConflict, ae.Code)
 			require.Equal(t, tc.wantPrefix, ae.Prefix)
@@ -90,8 +90,8 @@ func TestRegisterRefused(t *testing.T) {
 	e := newEnv(t)
 	tok := e.joinToken(api.DefaultZone, true)
 	dev := newDevice()
-	valid := func() api.RegisterRequest { return e.request(dev, "host", "192.168.1.0/24") }
-	resign := func(r *api.RegisterRequest) { require.NoError(t, r.Sign(dev.priv, api.PublicKey(e.priv))) }
+	valid := func() api.RegisterRequest { return e.request(tok, dev, "host", "192.168.1.0/24") }
+	resign := func(r *api.RegisterRequest) { e.sign(tok, dev, r) }
 	raw := func(r api.RegisterRequest) map[string]any {
 		b, _ := json.Marshal(r)
 		var m map[string]any
@@ -170,9 +170,9 @@ func TestRegisterReplayAndReRegister(t *testing.T) {
 	e := newEnv(t)
 	tok := e.joinToken(api.DefaultZone, true)
 	dev := newDevice()
-	req := e.request(dev, "node1", "172.24.0.0/24")
+	req := e.request(tok, dev, "node1", "172.24.0.0/24")
 	req.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:51820")}
-	require.NoError(t, req.Sign(dev.priv, api.PublicKey(e.priv)))
+	e.sign(tok, dev, &req)
 	code, first, ae := e.register(tok, req)
 	require.Nil(t, ae)
 	require.Equal(t, http.StatusCreated, code)
@@ -189,9 +189,9 @@ func TestRegisterReplayAndReRegister(t *testing.T) {
 
 	// A fresh registration of the same key (a restart) keeps everything and
 	// adds the new prefix.
-	req2 := e.request(dev, "node1-renamed", "172.25.0.0/24")
+	req2 := e.request(tok, dev, "node1-renamed", "172.25.0.0/24")
 	req2.Timestamp++ // a different proof even within the same second
-	require.NoError(t, req2.Sign(dev.priv, api.PublicKey(e.priv)))
+	e.sign(tok, dev, &req2)
 	code, second, ae := e.register(tok, req2)
 	require.Nil(t, ae)
 	require.Equal(t, http.StatusOK, code)
@@ -217,7 +217,7 @@ func TestRegisterSingleUseToken(t *testing.T) {
 	tok := e.joinToken(api.DefaultZone, false)
 	e.mustRegister(tok, "a")
 	before := e.state()
-	code, _, ae := e.register(tok, e.request(newDevice(), "b"))
+	code, _, ae := e.register(tok, e.request(tok, newDevice(), "b"))
 	require.Equal(t, http.StatusUnauthorized, code, ae)
 	require.Equal(t, before, e.state())
 }
@@ -230,9 +230,9 @@ func TestRegisterZoneMismatchAndExpiry(t *testing.T) {
 	tok := e.joinToken(api.DefaultZone, true)
 
 	d := newDevice()
-	r := e.request(d, "x")
+	r := e.request(tok, d, "x")
 	r.Zone = "lab"
-	require.NoError(t, r.Sign(d.priv, api.PublicKey(e.priv)))
+	e.sign(tok, d, &r)
 	before := e.state()
 	code, _, ae := e.register(tok, r)
 	require.Equal(t, http.StatusUnauthorized, code)
@@ -244,11 +244,11 @@ func TestRegisterZoneMismatchAndExpiry(t *testing.T) {
 	require.NoError(t, err)
 	now = now.Add(2 * time.Minute)
 	clock = func() time.Time { return now }
-	r = e.request(newDevice(), "y")
+	r = e.request(tok, newDevice(), "y")
 	r.Timestamp = now.Unix()
 	dd := newDevice()
 	r.PublicKey = dd.pub
-	require.NoError(t, r.Sign(dd.priv, api.PublicKey(e.priv)))
+	e.sign(short, dd, &r)
 	code, _, ae = e.register(short, r)
 	require.Equal(t, http.StatusUnauthorized, code, ae)
 }
@@ -257,9 +257,9 @@ func TestRegisterRequestedAddress(t *testing.T) {
 	e := newEnv(t)
 	tok := e.joinToken(api.DefaultZone, true)
 	d := newDevice()
-	r := e.request(d, "a")
+	r := e.request(tok, d, "a")
 	r.RequestedIPv4 = netip.MustParseAddr("100.64.0.77")
-	require.NoError(t, r.Sign(d.priv, api.PublicKey(e.priv)))
+	e.sign(tok, d, &r)
 	_, resp, ae := e.register(tok, r)
 	require.Nil(t, ae)
 	require.Equal(t, r.RequestedIPv4, resp.IPv4)
@@ -271,9 +271,9 @@ func TestRegisterRequestedAddress(t *testing.T) {
 		{"10.0.0.1", api.CodeBadRequest},
 	} {
 		d := newDevice()
-		r := e.request(d, "b")
+		r := e.request(tok, d, "b")
 		r.RequestedIPv4 = netip.MustParseAddr(tc.addr)
-		require.NoError(t, r.Sign(d.priv, api.PublicKey(e.priv)))
+		e.sign(tok, d, &r)
 		before := e.state()
 		_, _, ae := e.register(tok, r)
 		require.NotNil(t, ae)
@@ -292,7 +292,7 @@ func TestRegisterPoolExhausted(t *testing.T) {
 	tok := e.joinToken("tiny", true)
 	var err *api.Error
 	for i := range 8 {
-		_, _, err = e.register(tok, e.request(newDevice(), "n"))
+		_, _, err = e.register(tok, e.request(tok, newDevice(), "n"))
 		if err != nil {
 			require.Greater(t, i, 0)
 			break
@@ -309,8 +309,8 @@ func TestRegisterReplayAfterRestart(t *testing.T) {
 	e := newEnv(t)
 	tok := e.joinToken(api.DefaultZone, true)
 	dev := newDevice()
-	req := e.request(dev, "node1")
-	require.NoError(t, req.Sign(dev.priv, api.PublicKey(e.priv)))
+	req := e.request(tok, dev, "node1")
+	e.sign(tok, dev, &req)
 	code, _, ae := e.register(tok, req)
 	require.Nil(t, ae)
 	require.Equal(t, http.StatusCreated, code)

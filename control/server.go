@@ -12,7 +12,10 @@
 //   - admin token: every admin endpoint and GET /metrics.
 //
 // A credential of one kind never works where another is expected; wrong or
-// missing credentials give 401 unauthorized and change nothing.
+// missing credentials give 401 unauthorized and change nothing. A client
+// refused too often, or registering too often, gets 429 rate_limited with
+// Retry-After; every refusal and every admin action is written to the
+// audit log. docs/HARDENING.md has the limits and deadlines.
 package control
 
 import (
@@ -22,12 +25,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/dashboard"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
@@ -58,6 +63,15 @@ type serverConfig struct {
 	Now func() time.Time
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are the addresses of reverse proxies in front of the
+	// service. Only for a peer inside one of them is X-Forwarded-For used
+	// to find the client address (rate limits, audit log); nil trusts no
+	// one and uses the connection's peer address.
+	TrustedProxies []netip.Prefix
+
+	// limits are the per-client and per-device limits; zero fields mean
+	// the defaults (limits.go).
+	limits limits
 }
 
 const (
@@ -76,8 +90,14 @@ type server struct {
 	pub     api.Key
 	hub     *hub
 	metrics *metrics
-	replay  *replayCache
-	handler http.Handler
+	// presence tracks members' watch streams (online, last seen).
+	presence *presence
+	replay   *replayCache
+	handler  http.Handler
+
+	registerLimit *clientLimiter // registrations per client address
+	authFailLimit *clientLimiter // refused authentications per client address
+	streams       *streamSet     // watch streams per device
 
 	closeOnce sync.Once
 }
@@ -103,19 +123,32 @@ func newServer(cfg serverConfig) (*server, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	cfg.limits = cfg.limits.withDefaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	l := cfg.limits
+	m := newMetrics()
+	cfg.Store = newTimedStore(cfg.Store, m.storeLatency)
 	s := &server{
-		cfg:     cfg,
-		log:     log,
-		pub:     api.PublicKey(cfg.PrivateKey),
-		metrics: newMetrics(),
-		replay:  newReplayCache(maxReplayEntries),
+		cfg:           cfg,
+		log:           log,
+		pub:           api.PublicKey(cfg.PrivateKey),
+		metrics:       m,
+		presence:      newPresence(cfg.Now),
+		replay:        newReplayCache(maxReplayEntries),
+		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
+		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
+		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.handler = s.routes()
+	dash, err := s.newDashboard()
+	if err != nil {
+		s.hub.close()
+		return nil, fmt.Errorf("control.NewServer: %w", err)
+	}
+	s.handler = s.routes(dash)
 	return s, nil
 }
 
@@ -132,10 +165,10 @@ func (s *server) Close() error {
 // PublicKey returns the service's static public key.
 func (s *server) PublicKey() api.Key { return s.pub }
 
-func (s *server) routes() http.Handler {
+func (s *server) routes(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, fn http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, fn))
+		mux.Handle(pattern, s.metrics.instrument(pattern, s.withReadDeadline(fn)))
 	}
 	h("GET /v1/info", s.handleInfo)
 
@@ -144,7 +177,7 @@ func (s *server) routes() http.Handler {
 	h("GET /v1/devices/self", s.device(s.handleGetSelf))
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
-	h("GET /v1/zones/{zone}/watch", s.device(s.handleWatch))
+	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 
 	// Admin.
 	h("POST /v1/zones", s.admin(s.handleCreateZone))
@@ -162,6 +195,9 @@ func (s *server) routes() http.Handler {
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	h("GET /metrics", s.admin(func(w http.ResponseWriter, r *http.Request) { prom.ServeHTTP(w, r) }))
+
+	// The web dashboard (its own login; see package dashboard).
+	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -11,10 +11,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
+	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
@@ -48,6 +48,10 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// Version is reported in /v1/info. Empty means "dev".
 	Version string
+	// TrustedProxies are reverse proxies in front of the service: only for
+	// connections from them is X-Forwarded-For used to find the client
+	// address that rate limits and the audit log go by. Nil trusts none.
+	TrustedProxies []netip.Prefix
 }
 
 // Service is a running coordination service: API listener, STUN responder
@@ -68,8 +72,10 @@ type Service struct {
 	closed bool
 }
 
-// Start opens the state in o.DataDir, binds the listeners and serves until
-// Close. It returns once the service accepts connections.
+// Start binds the listeners, opens the state in o.DataDir and serves until
+// Close. It returns once the service accepts connections. A start that
+// fails leaves the data directory as it found it: the listeners are bound
+// before anything is written, and what a failed start created is removed.
 func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	wrap := func(err error) error { return fmt.Errorf("control.Start: %w", err) }
 	if o.DataDir == "" {
@@ -91,96 +97,67 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+
+	l, err := bind(ctx, o, log)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	undo, err := newDataDirUndo(o.DataDir)
+	if err != nil {
+		l.close()
+		return nil, wrap(err)
+	}
+	var st store.Store
+	defer func() {
+		if err == nil {
+			return
+		}
+		l.close()
+		if st != nil {
+			st.Close()
+		}
+		if uerr := undo.undo(); uerr != nil {
+			log.Warn("could not remove what the failed start created", "data_dir", o.DataDir, "err", uerr)
+		}
+	}()
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, wrap(fmt.Errorf("data directory: %w", err))
 	}
-
-	key, err := loadOrCreateServerKey(o.DataDir)
+	key, admin, tlsCfg, fp, err := loadState(o, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	admin := o.AdminToken
-	if admin == "" {
-		if admin, err = loadOrCreateAdminToken(o.DataDir); err != nil {
-			return nil, wrap(err)
-		}
-	}
-	var tlsCfg *tls.Config
-	var fp []byte
-	if !o.InsecureHTTP {
-		var cert tls.Certificate
-		if o.TLSCertFile != "" {
-			cert, fp, err = loadKeyPair(o.TLSCertFile, o.TLSKeyFile)
-		} else {
-			var missing []string
-			cert, fp, missing, err = loadOrCreateSelfSigned(o.DataDir, o.TLSHosts)
-			if len(missing) > 0 {
-				log.Warn("the existing self-signed certificate does not cover some names; members pin its fingerprint, so it is kept",
-					"cert", filepath.Join(o.DataDir, TLSCertFile), "missing", missing)
-			}
-		}
-		if err != nil {
-			return nil, wrap(err)
-		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	}
-
-	st, err := store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log))
-	if err != nil {
+	if st, err = store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log)); err != nil {
 		return nil, wrap(err)
 	}
-	s := &Service{log: log, store: st, fp: fp, adminToken: admin, scheme: "http", serveDone: make(chan struct{})}
-	defer func() {
-		if err != nil {
-			if s.stun != nil {
-				s.stun.Close()
-			}
-			st.Close()
-		}
-	}()
-
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Listen)
-	if err != nil {
-		return nil, wrap(err)
-	}
-	s.addr = ln.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
-
-	stunAdvertised := ""
-	if o.STUNListen != "off" {
-		pc, err := lc.ListenPacket(ctx, "udp", o.STUNListen)
-		if err != nil {
-			ln.Close()
-			return nil, wrap(fmt.Errorf("STUN: %w", err))
-		}
-		s.stun = NewSTUNServer(pc, log)
-		sa := s.stun.Addr()
-		if sa.Addr().IsUnspecified() {
-			stunAdvertised = ":" + strconv.Itoa(int(sa.Port()))
-		} else {
-			stunAdvertised = sa.String()
-		}
-	}
-
+	s := &Service{log: log, store: st, stun: l.stun, fp: fp, adminToken: admin, scheme: "http", serveDone: make(chan struct{})}
+	s.addr = l.api.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
 	s.srv, err = newServer(serverConfig{
 		Store:             st,
 		PrivateKey:        key,
 		AdminToken:        admin,
-		STUNAddr:          stunAdvertised,
+		STUNAddr:          l.stunAdvertised,
 		Fingerprint:       fp,
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
+		TrustedProxies:    o.TrustedProxies,
 	})
 	if err != nil {
-		ln.Close()
 		return nil, wrap(err)
 	}
+	s.serve(l.api, tlsCfg)
+	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir)
+	return s, nil
+}
+
+// serve serves the API on ln (with TLS when tlsCfg is set) until Close.
+func (s *Service) serve(ln net.Listener, tlsCfg *tls.Config) {
 	s.http = &http.Server{
 		Handler:           s.srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
@@ -189,11 +166,42 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	go func() {
 		defer close(s.serveDone)
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API listener failed", "err", err)
+			s.log.Error("API listener failed", "err", err)
 		}
 	}()
-	log.Info("wiremesh service started", "url", s.URL(), "stun", stunAdvertised, "data_dir", o.DataDir)
-	return s, nil
+}
+
+// loadState reads (or creates, on first start) the service key, the admin
+// token and the TLS certificate.
+func loadState(o Options, log *slog.Logger) (key api.Key, admin string, tlsCfg *tls.Config, fp []byte, err error) {
+	if key, err = loadOrCreateServerKey(o.DataDir); err != nil {
+		return
+	}
+	admin = o.AdminToken
+	if admin == "" {
+		if admin, err = loadOrCreateAdminToken(o.DataDir); err != nil {
+			return
+		}
+	}
+	if o.InsecureHTTP {
+		return key, admin, nil, nil, nil
+	}
+	var cert tls.Certificate
+	if o.TLSCertFile != "" {
+		cert, fp, err = loadKeyPair(o.TLSCertFile, o.TLSKeyFile)
+	} else {
+		var missing []string
+		cert, fp, missing, err = loadOrCreateSelfSigned(o.DataDir, o.TLSHosts)
+		if len(missing) > 0 {
+			log.Warn("the existing self-signed certificate does not cover some names; members pin its fingerprint, so it is kept",
+				"cert", filepath.Join(o.DataDir, TLSCertFile), "missing", missing)
+		}
+	}
+	if err != nil {
+		return
+	}
+	tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	return key, admin, tlsCfg, fp, nil
 }
 
 // URL returns the base URL of the API, e.g. "https://127.0.0.1:8443"; an

@@ -77,7 +77,7 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 	require.NoError(t, err)
 	e := &env{t: t, srv: s.srv, admin: s.AdminToken(), priv: mustReadKey(t, dir)}
 	dev := newDevice()
-	req := e.request(dev, "node1", "172.24.0.0/24")
+	req := e.request(tok, dev, "node1", "172.24.0.0/24")
 	regBefore := registerTLS(t, s, tok, req)
 	ds, err := c.Devices(ctx, "")
 	require.NoError(t, err)
@@ -103,9 +103,9 @@ func TestServiceTLSPinnedAndRestart(t *testing.T) {
 	ps, err := c2.Prefixes(ctx, "")
 	require.NoError(t, err)
 	require.Len(t, ps, 1)
-	req2 := e.request(dev, "node1", "172.25.0.0/24")
+	req2 := e.request(tok, dev, "node1", "172.25.0.0/24")
 	req2.Timestamp++
-	require.NoError(t, req2.Sign(dev.priv, api.PublicKey(e.priv)))
+	e.sign(tok, dev, &req2)
 	regAfter := registerTLS(t, s2, tok, req2) // the old token still works: server key unchanged
 	require.Equal(t, regBefore.DeviceID, regAfter.DeviceID)
 	require.Equal(t, regBefore.IPv4, regAfter.IPv4)
@@ -154,7 +154,7 @@ func TestServiceInsecureAndOptions(t *testing.T) {
 	hc := &http.Client{}
 	defer hc.CloseIdleConnections()
 	var reg api.RegisterResponse
-	_, ae := callURL(t, hc, "POST", s.URL()+"/v1/devices", tok, e.request(newDevice(), "w"), &reg)
+	_, ae := callURL(t, hc, "POST", s.URL()+"/v1/devices", tok, e.request(tok, newDevice(), "w"), &reg)
 	require.Nil(t, ae)
 	req, err := http.NewRequest("GET", s.URL()+"/v1/zones/default/watch", nil)
 	require.NoError(t, err)

@@ -101,6 +101,14 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 	if !send(backlog...) {
 		return
 	}
+	start := "resume"
+	if snapshot {
+		start = "snapshot"
+	}
+	s.metrics.watchStreams.WithLabelValues(start).Inc()
+	s.presence.connect(zone, d.ID)
+	deleted := false
+	defer func() { s.presence.disconnect(zone, d.ID, deleted) }()
 	s.log.DebugContext(ctx, "watch started", "zone", zone, "device", d.ID, "since", since, "rev", rev, "snapshot", snapshot)
 
 	hb := time.NewTicker(s.cfg.HeartbeatInterval)
@@ -120,7 +128,9 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			if !send(ev.line) {
 				return
 			}
+			s.metrics.watchLag.Observe(time.Since(ev.at).Seconds())
 			if ev.removed == d.ID {
+				deleted = true
 				// The device was deleted: it is told (the remove event
 				// about itself is the stream's last line), then its
 				// credentials are gone, and so is its view of the zone.
@@ -133,6 +143,7 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 			// event was missed (a dropped hub subscription is closed, but
 			// be strict): check before every heartbeat.
 			if _, err := s.cfg.Store.Device(ctx, d.ID); errors.Is(err, store.ErrNotFound) {
+				deleted = true
 				s.sendOwnRemoval(ctx, sub, d, rev, send)
 				return
 			}

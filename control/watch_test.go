@@ -230,17 +230,18 @@ func TestWatchHeartbeatsAndClose(t *testing.T) {
 // register: each watcher's snapshot plus its events must end up with every
 // member, and revisions never repeat or go backwards.
 func TestWatchNoLossUnderConcurrentChanges(t *testing.T) {
-	e := newEnv(t)
+	const members, watchers = 20, 8
+	// All watchers share one device token: lift the per-device stream cap.
+	e := newEnv(t, func(c *serverConfig) { c.limits.streamsPerDevice = watchers })
 	tok := e.joinToken(api.DefaultZone, true)
 	_, first := e.mustRegister(tok, "first")
-	const members, watchers = 20, 8
 	regDone := make(chan []string, 1)
 	go func() {
 		var ids []string
 		for range members {
 			d := newDevice()
 			r := api.RegisterRequest{PublicKey: d.pub, Hostname: "m", Timestamp: time.Now().Unix()}
-			if err := r.Sign(d.priv, api.PublicKey(e.priv)); err != nil {
+			if err := r.Sign(d.priv, api.PublicKey(e.priv), api.JoinTokenHash(tok)); err != nil {
 				panic(err)
 			}
 			b, _ := json.Marshal(r)

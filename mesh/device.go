@@ -19,7 +19,6 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
-	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 )
 
@@ -35,14 +34,12 @@ import (
 // kept.
 const holdDelay = 3 * time.Second
 
-// wgDevice is a wireguard-go device over a gVisor netstack (userspace
-// mode) or a TUN device (kernel mode). Its configuration goes through the
-// device's UAPI text protocol, which stays internal: callers use
-// applyPeers and stats.
+// wgDevice is a wireguard-go device over a tun.Device: our netstack
+// (userspacePlane) or a TUN device (kernelPlane). Its configuration goes
+// through the device's UAPI text protocol, which stays internal: callers
+// use applyPeers and stats.
 type wgDevice struct {
 	dev  *device.Device
-	tnet *netstack.Net // userspace mode; nil in kernel mode
-	kern kernelPlane   // kernel mode; nil in userspace mode
 	port uint16
 	pub  api.Key
 	log  *slog.Logger
@@ -56,20 +53,12 @@ type wgDevice struct {
 	timer   *time.Timer           // re-syncs when a hold ends
 }
 
-// newWGDevice creates the netstack with addrs, the WireGuard device with
-// the private key, and brings it up listening on UDP port (0 = random).
-func newWGDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, logger *slog.Logger) (*wgDevice, error) {
-	tnet, err := netstack.New(netstack.Config{Addrs: addrs, MTU: mtu, Logger: logger})
-	if err != nil {
-		return nil, fmt.Errorf("netstack: %w", err)
-	}
-	d, err := startDevice(tnet, udpbind.New(netstack.DefaultBatchSize), priv, port, logger)
-	if err != nil {
-		return nil, err
-	}
-	d.tnet = tnet
-	return d, nil
-}
+// newBind returns the UDP transport of a node's WireGuard device: our
+// udpbind (one dual-stack socket, sendmmsg/recvmmsg, UDP GSO/GRO) with
+// batches of batchSize packets, the tun device's batch size (wireguard-go
+// sizes its buffers by the larger of the two). Every data plane gets its
+// bind here.
+func newBind(batchSize int) conn.Bind { return udpbind.New(batchSize) }
 
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
@@ -105,8 +94,8 @@ func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, log
 	return d, nil
 }
 
-// close stops the device, its bind (UDP sockets) and the netstack.
-// Idempotent.
+// close stops the device, its bind (UDP sockets) and its tun device (the
+// netstack, or the TUN interface). Idempotent.
 func (d *wgDevice) close() {
 	d.mu.Lock()
 	if d.closed {
@@ -119,32 +108,19 @@ func (d *wgDevice) close() {
 	}
 	d.mu.Unlock()
 	d.dev.Close()
-	if d.kern != nil {
-		if err := d.kern.close(); err != nil {
-			d.log.Warn("mesh: removing the interface's routes and rules", "err", err)
-		}
-	}
 }
 
 // applyPeers makes the device's peers equal to want with the fewest
 // changes (see diffPeers). Peers that did not change are not touched, so
 // their sessions survive.
-//
-// In kernel mode it then routes the peers' allowed IPs through the TUN
-// device (see kernelPlane.setPeers).
 func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.closed {
-		d.mu.Unlock()
 		return fmt.Errorf("configure peers: %w", net.ErrClosed)
 	}
 	d.want = maps.Clone(want)
-	err := d.syncLocked(time.Now())
-	d.mu.Unlock()
-	if d.kern != nil {
-		d.kern.setPeers(want)
-	}
-	return err
+	return d.syncLocked(time.Now())
 }
 
 // syncLocked writes d.want, minus what is held back from new peers (see
@@ -235,6 +211,24 @@ type peerStats struct {
 	txBytes       uint64
 }
 
+// peerStats returns the peers' runtime state; nil after close or when the
+// device cannot be read.
+func (d *wgDevice) peerStats() map[api.Key]peerStats {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return nil
+	}
+	st, err := d.stats()
+	if err != nil {
+		d.log.Debug("mesh: reading the device state", "err", err)
+		return nil
+	}
+	return st.peers
+}
+
+// stats reads the device's runtime state. It does not take d.mu.
 func (d *wgDevice) stats() (devStats, error) {
 	s, err := d.dev.IpcGet()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	hexpkg "encoding/hex"
 	"io"
+	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
@@ -11,12 +12,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 )
 
 // testDev is a device with hand-made configuration, for data plane tests
 // without a service.
 type testDev struct {
 	*wgDevice
+	tnet      *netstack.Net
 	priv, pub api.Key
 	v4, v6    netip.Addr
 }
@@ -27,11 +30,11 @@ func newTestDev(t *testing.T, i int) *testDev {
 	require.NoError(t, err)
 	v4 := netip.AddrFrom4([4]byte{100, 64, 0, byte(i)})
 	v6 := netip.MustParseAddr("fd00::" + string(rune('0'+i)))
-	d, err := newWGDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, nil)
+	d, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(d.close)
 	require.NotZero(t, d.port)
-	return &testDev{wgDevice: d, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}
+	return &testDev{wgDevice: d, tnet: tnet, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}
 }
 
 // peer is d's configuration; hold marks it as seen live (see shouldHold).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,7 +15,10 @@ import (
 
 // Dial connects to addr ("host:port") through the mesh. network is tcp,
 // tcp4, tcp6, udp, udp4 or udp6. host is an IP address or a member's
-// hostname (resolved against the peer list, never DNS).
+// hostname (resolved against the peer list, never DNS). Hostnames are not
+// unique in a zone: a name that more than one member holds fails with an
+// *AmbiguousNameError (errors.Is(err, ErrAmbiguousName)) naming their
+// addresses, rather than reaching whichever member took it.
 //
 // The destination must be a tunnel address of the zone or inside a peer's
 // addresses or child prefixes; anything else fails with a *NoRouteError
@@ -56,15 +60,7 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 			}
 			continue
 		}
-		var c net.Conn
-		switch {
-		case n.dev.kern != nil:
-			c, err = n.dev.kern.dial(ctx, proto, ap)
-		case proto == "tcp":
-			c, err = n.dev.tnet.DialContextTCPAddrPort(ctx, ap)
-		default:
-			c, err = n.dev.tnet.DialUDPAddrPort(netip.AddrPort{}, ap)
-		}
+		c, err := n.plane.dial(ctx, proto, ap)
 		if err == nil {
 			return c, nil
 		}
@@ -85,20 +81,7 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	var l net.Listener
-	switch {
-	case n.dev.kern != nil:
-		l, err = n.dev.kern.listen(ap)
-	case !ap.Addr().IsValid():
-		// Not the netstack's wildcard: with forwarding on, the netstack is
-		// promiscuous and a socket bound to the zero address would capture
-		// the traffic to the node's child prefixes too.
-		l, err = listenEach(n.Addrs(), ap.Port(), func(ap netip.AddrPort) (net.Listener, error) {
-			return n.dev.tnet.ListenTCPAddrPort(ap)
-		})
-	default:
-		l, err = n.dev.tnet.ListenTCPAddrPort(ap)
-	}
+	l, err := n.plane.listen(ap)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}
@@ -120,12 +103,7 @@ func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 		// capture the datagrams to the node's child prefixes too.
 		ap = netip.AddrPortFrom(n.Addr(), ap.Port())
 	}
-	var c net.PacketConn
-	if n.dev.kern != nil {
-		c, err = n.dev.kern.listenPacket(ap)
-	} else {
-		c, err = n.dev.tnet.ListenUDPAddrPort(ap)
-	}
+	c, err := n.plane.listenPacket(ap)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: addrOf(network, ap), Err: err}
 	}
@@ -182,7 +160,9 @@ func (n *Node) localAddr(network, addr, want string) (netip.AddrPort, error) {
 }
 
 // resolve turns a host (IP literal or member hostname) into addresses of
-// family fam (0 = both, IPv4 first).
+// family fam (0 = both, IPv4 first). A hostname must name exactly one
+// member, the node itself included: none is a *net.DNSError (not found),
+// several an *AmbiguousNameError.
 func (n *Node) resolve(host string, fam int) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()
@@ -192,29 +172,43 @@ func (n *Node) resolve(host string, fam int) ([]netip.Addr, error) {
 		return []netip.Addr{ip}, nil
 	}
 	name := strings.TrimSuffix(strings.ToLower(host), ".")
-	n.mu.Lock()
-	var v4, v6 netip.Addr
 	match := func(h string) bool { return name != "" && strings.ToLower(h) == name }
+	var found [][2]netip.Addr // IPv4 and IPv6 of each member with the name
+	n.mu.Lock()
 	if match(n.self.hostname) {
-		v4, v6 = n.self.ipv4, n.self.ipv6
-	} else {
-		for _, k := range sortedPeerKeys(n.peers) {
-			if p := n.peers[k]; match(p.Hostname) {
-				v4, v6 = p.IPv4, p.IPv6
-				break
-			}
+		found = append(found, [2]netip.Addr{n.self.ipv4, n.self.ipv6})
+	}
+	for _, p := range n.peers {
+		if match(p.Hostname) {
+			found = append(found, [2]netip.Addr{p.IPv4, p.IPv6})
 		}
 	}
 	n.mu.Unlock()
+	switch len(found) {
+	case 0:
+		return nil, &net.DNSError{Err: "no member of the zone with this hostname", Name: host, IsNotFound: true}
+	case 1:
+	default:
+		e := &AmbiguousNameError{Name: host}
+		for _, f := range found {
+			if f[0].IsValid() {
+				e.Addrs = append(e.Addrs, f[0])
+			} else {
+				e.Addrs = append(e.Addrs, f[1])
+			}
+		}
+		slices.SortFunc(e.Addrs, netip.Addr.Compare)
+		return nil, e
+	}
 	var out []netip.Addr
-	if v4.IsValid() && fam != 6 {
+	if v4 := found[0][0]; v4.IsValid() && fam != 6 {
 		out = append(out, v4)
 	}
-	if v6.IsValid() && fam != 4 {
+	if v6 := found[0][1]; v6.IsValid() && fam != 4 {
 		out = append(out, v6)
 	}
 	if len(out) == 0 {
-		return nil, &net.DNSError{Err: "no member of the zone with this hostname", Name: host, IsNotFound: true}
+		return nil, &net.DNSError{Err: fmt.Sprintf("the member with this hostname has no IPv%d address", fam), Name: host, IsNotFound: true}
 	}
 	return out, nil
 }

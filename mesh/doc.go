@@ -52,6 +52,9 @@
 //
 // Refusals from the service come back as *api.Error (errors.As) and match
 // [ErrUnauthorized], [ErrPrefixConflict] and [ErrInvalidPrefix] (errors.Is).
+// [Node.Dial] refuses a destination outside the mesh with a [*NoRouteError]
+// ([ErrNoRoute]) and a hostname that several members hold with an
+// [*AmbiguousNameError] ([ErrAmbiguousName]).
 //
 // Several nodes may live in one process; the package has no global state.
 package mesh

@@ -30,6 +30,29 @@ func (e *NoRouteError) Error() string {
 // Is makes errors.Is(err, ErrNoRoute) true.
 func (e *NoRouteError) Is(target error) bool { return target == ErrNoRoute }
 
+// ErrAmbiguousName is matched (errors.Is) by every *AmbiguousNameError.
+var ErrAmbiguousName = errors.New("hostname held by more than one member")
+
+// AmbiguousNameError is returned by Dial for a hostname that more than one
+// member of the zone holds (the node itself included): hostnames are not
+// unique, and picking one would let any member capture the traffic meant
+// for another by joining under its name. Nothing is sent; dial a tunnel
+// address instead.
+type AmbiguousNameError struct {
+	Name string
+	// Addrs holds one tunnel address of each member with the name (IPv4,
+	// else IPv6), sorted.
+	Addrs []netip.Addr
+}
+
+func (e *AmbiguousNameError) Error() string {
+	return fmt.Sprintf("hostname %q is ambiguous: %d members of the zone hold it (%v); dial a tunnel address instead",
+		e.Name, len(e.Addrs), e.Addrs)
+}
+
+// Is makes errors.Is(err, ErrAmbiguousName) true.
+func (e *AmbiguousNameError) Is(target error) bool { return target == ErrAmbiguousName }
+
 // codeSentinel is an error matching service errors (*api.Error) by code.
 type codeSentinel struct {
 	code string

@@ -4,207 +4,44 @@ package mesh
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
-	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 	"github.com/wiremesh/wiremesh/route"
 )
 
 // kernelResync is how often a kernel-mode node re-applies its routes and
 // firewall even without peer changes: it repairs routes removed by someone
-// else and picks up changes to the node's own child prefixes.
+// else and retries what failed.
 const kernelResync = 5 * time.Second
 
 // kernelApplyTimeout bounds one reconcile of routes and rules.
 const kernelApplyTimeout = 15 * time.Second
 
-// kernelPreflight fails early, before registering, when kernel mode cannot
-// work here: no TUN support, or no CAP_NET_ADMIN.
-func kernelPreflight(c *config) error {
-	if len(c.handlers) > 0 {
-		return fmt.Errorf("WithPrefixHandler serves child-prefix traffic inside a userspace node: it does not work in kernel mode, where the host kernel forwards it")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		return fmt.Errorf("kernel mode needs /dev/net/tun to create TUN device %q: %w (use userspace mode instead)", c.ifname, err)
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err == nil && data[0].Effective&(1<<unix.CAP_NET_ADMIN) == 0 {
-		return fmt.Errorf("kernel mode needs root (CAP_NET_ADMIN) to create TUN device %q and program routes: run as root, or use userspace mode", c.ifname)
-	}
-	return nil
-}
-
-// newKernelDevice removes what a crashed run left behind, creates the TUN
-// device, puts the tunnel addresses on it and starts the WireGuard device
-// on UDP port.
-func (n *Node) newKernelDevice(port uint16) (_ *wgDevice, err error) {
-	ifname := n.cfg.ifname
-	log := n.log.With("interface", ifname)
-	if err := removeStaleTUN(ifname, log); err != nil {
-		return nil, err
-	}
-	if err := route.CleanupLeftovers(ifname, "", route.WithLogger(log)); err != nil {
-		log.Warn("mesh: removing leftovers of an earlier run", "err", err)
-	}
-	// DOCKER-USER rules a crashed router (wiremesh router --docker) left
-	// for this interface; a live router puts its own back after Join.
-	if n, err := route.CleanupDockerUser(ifname, route.WithLogger(log)); err != nil {
-		log.Warn("mesh: removing leftover DOCKER-USER rules", "err", err)
-	} else if n > 0 {
-		log.Info("mesh: removed leftover DOCKER-USER rules", "rules", n)
-	}
-	tdev, err := tun.CreateTUN(ifname, n.cfg.mtu)
-	if err != nil {
-		switch {
-		case errors.Is(err, unix.EPERM):
-			return nil, fmt.Errorf("create TUN device %q: %w (kernel mode needs root)", ifname, err)
-		case errors.Is(err, unix.EBUSY):
-			return nil, fmt.Errorf("create TUN device %q: %w (another process holds it: choose another name with WithInterfaceName)", ifname, err)
-		}
-		return nil, fmt.Errorf("create TUN device %q: %w", ifname, err)
-	}
-	started := false
-	defer func() {
-		if err != nil && !started {
-			tdev.Close()
-		}
-	}()
-	table, err := route.NewLinux(ifname, route.WithLogger(log))
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			table.Close()
-		}
-	}()
-
-	n.mu.Lock()
-	self := n.self
-	n.mu.Unlock()
-	addrs := tunnelPrefixes(self)
-	k := &kernelNet{
-		fwdFile:      forwardingFile(n.cfg.stateDir, ifname),
-		ifname:       ifname,
-		log:          log,
-		masquerade:   n.cfg.masquerade,
-		table:        table,
-		addrs:        addrs,
-		selfPrefixes: n.Prefixes,
-		stop:         make(chan struct{}),
-		kick:         make(chan struct{}, 1),
-		peers:        map[api.Key]wgPeer{},
-	}
-	if k.fwdOrig, err = loadForwarding(k.fwdFile); err != nil {
-		return nil, err
-	}
-	if len(k.fwdOrig) > 0 {
-		log.Info("mesh: an earlier run crashed after turning IP forwarding on; the recorded settings are restored on close", "was", k.fwdOrig)
-	}
-	// Addresses first: this sets the interface up, so the device comes up
-	// once and stays up.
-	ctx, cancel := context.WithTimeout(context.Background(), kernelApplyTimeout)
-	_, err = table.Apply(ctx, route.Desired{Addrs: addrs})
-	if err != nil && len(addrs) > 1 {
-		log.Warn("mesh: cannot put the IPv6 tunnel address on the interface; continuing with IPv4 only", "err", err)
-		k.addrs = addrs[:1]
-		_, err = table.Apply(ctx, route.Desired{Addrs: k.addrs})
-	}
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("configure %q: %w", ifname, err)
-	}
-
-	started = true // startDevice closes tdev on error
-	d, err := startDevice(tdev, kernelBind(tdev), n.priv, port, n.log)
-	if err != nil {
-		return nil, err
-	}
-	d.kern = k
-	k.wg.Add(1)
-	go k.loop()
-	log.Info("mesh: kernel mode: TUN device up", "addrs", k.addrs, "listen_port", d.port)
-	return d, nil
-}
-
-// kernelBind is the UDP transport of a kernel-mode device: our udpbind
-// (sendmmsg/recvmmsg, UDP GSO/GRO) with batches as large as the TUN
-// device's. Measured with BenchmarkKernelThroughput (e2e) against
-// conn.NewDefaultBind: about 25% more TCP throughput through the tunnel
-// (mesh/veth 0.124 against 0.099, mean of three runs each).
-func kernelBind(t tun.Device) conn.Bind { return udpbind.New(t.BatchSize()) }
-
-// tunnelPrefixes returns the node's tunnel addresses with the lengths of
-// the zone's pools (so the kernel routes each pool on-link through the
-// device): IPv4, then IPv6 if any.
-func tunnelPrefixes(s selfInfo) []netip.Prefix {
-	bits := func(a netip.Addr, pool netip.Prefix) int {
-		if pool.IsValid() && pool.Contains(a) {
-			return pool.Bits()
-		}
-		return a.BitLen()
-	}
-	out := []netip.Prefix{netip.PrefixFrom(s.ipv4, bits(s.ipv4, s.zone4))}
-	if s.ipv6.IsValid() {
-		out = append(out, netip.PrefixFrom(s.ipv6, bits(s.ipv6, s.zone6)))
-	}
-	return out
-}
-
-// removeStaleTUN deletes a TUN device named ifname that no process holds
-// (a persistent leftover). A device of another kind, or one in use, is an
-// error: it is someone else's.
-func removeStaleTUN(ifname string, log *slog.Logger) error {
-	link, err := netlink.LinkByName(ifname)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up interface %q: %w", ifname, err)
-	}
-	tt, ok := link.(*netlink.Tuntap)
-	if !ok || tt.Mode != netlink.TUNTAP_MODE_TUN {
-		return fmt.Errorf("interface %q already exists and is not a TUN device (type %s): choose another name with WithInterfaceName (--interface)", ifname, link.Type())
-	}
-	if tt.Queues > 0 {
-		return fmt.Errorf("TUN device %q is in use by another process (another agent?): stop it or choose another name with WithInterfaceName (--interface)", ifname)
-	}
-	log.Info("mesh: removing leftover TUN device of an earlier run")
-	if err := netlink.LinkDel(link); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return fmt.Errorf("remove leftover TUN device %q: %w", ifname, err)
-	}
-	return nil
-}
-
-// kernelNet is the Linux kernelPlane.
-type kernelNet struct {
-	ifname       string
-	log          *slog.Logger
-	masquerade   bool
-	table        *route.Linux
-	selfPrefixes func() []netip.Prefix // the node's own child prefixes (Node.Prefixes)
+// kernelPlane is the data plane of a kernel-mode node: a WireGuard device
+// (wireguard-go) over a TUN device, the TUN device's addresses and routes
+// (route.Linux), the router's forwarding and firewall
+// (kernel_router_linux.go), and the host network stack that carries
+// Node.Dial, Listen and Ping.
+type kernelPlane struct {
+	dev        *wgDevice
+	ifname     string
+	log        *slog.Logger
+	masquerade bool
+	table      *route.Linux
 
 	stop chan struct{} // closed by close: stops loop
-	kick chan struct{} // buffered 1: reconcile soon (prefixesChanged)
+	kick chan struct{} // buffered 1: reconcile soon (setPrefixes)
 	wg   sync.WaitGroup
 
 	// applyMu serializes reconciles and guards the fields below.
@@ -222,33 +59,133 @@ type kernelNet struct {
 	fwdOrig map[string]string
 	fwdFile string // "" without a state directory
 
-	// mu guards skipped; separate so status never waits for netlink.
-	mu      sync.Mutex
-	skipped []SkippedRoute
+	// mu guards skipped and prefixes; separate from applyMu so that status
+	// and setPrefixes never wait for netlink.
+	mu       sync.Mutex
+	skipped  []SkippedRoute
+	prefixes []netip.Prefix // the node's own child prefixes
 }
 
-var _ kernelPlane = (*kernelNet)(nil)
+var _ dataPlane = (*kernelPlane)(nil)
 
-func (k *kernelNet) setPeers(want map[api.Key]wgPeer) {
+// newKernelPlane removes what a crashed run left behind, creates the TUN
+// device, puts the tunnel addresses on it and starts the WireGuard device
+// on UDP port c.port.
+func newKernelPlane(c planeConfig) (dataPlane, error) {
+	k, err := startKernelPlane(c)
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
+	log := c.log.With("interface", c.ifname)
+	tdev, err := createTUN(c.ifname, c.mtu, log)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if err != nil && !started {
+			tdev.Close()
+		}
+	}()
+	table, err := route.NewLinux(c.ifname, route.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			table.Close()
+		}
+	}()
+	k := &kernelPlane{
+		fwdFile:    forwardingFile(c.stateDir, c.ifname),
+		ifname:     c.ifname,
+		log:        log,
+		masquerade: c.masquerade,
+		table:      table,
+		stop:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		peers:      map[api.Key]wgPeer{},
+		prefixes:   slices.Clone(c.prefixes),
+	}
+	if k.fwdOrig, err = loadForwarding(k.fwdFile); err != nil {
+		return nil, err
+	}
+	if len(k.fwdOrig) > 0 {
+		log.Info("mesh: an earlier run crashed after turning IP forwarding on; the recorded settings are restored on close", "was", k.fwdOrig)
+	}
+	// Addresses first: this sets the interface up, so the device comes up
+	// once and stays up.
+	if k.addrs, err = k.configureAddrs(c.addrs); err != nil {
+		return nil, err
+	}
+	started = true // startDevice closes tdev on error
+	if k.dev, err = startDevice(tdev, newBind(tdev.BatchSize()), c.priv, c.port, c.log); err != nil {
+		return nil, err
+	}
+	k.wg.Add(1)
+	go k.loop()
+	log.Info("mesh: kernel mode: TUN device up", "addrs", k.addrs, "listen_port", k.dev.port)
+	return k, nil
+}
+
+// configureAddrs puts addrs on the interface and returns those it holds:
+// all, or the IPv4 one alone when the IPv6 one cannot be added (IPv6
+// disabled on the host).
+func (k *kernelPlane) configureAddrs(addrs []netip.Prefix) ([]netip.Prefix, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), kernelApplyTimeout)
+	defer cancel()
+	_, err := k.table.Apply(ctx, route.Desired{Addrs: addrs})
+	if err != nil && len(addrs) > 1 {
+		k.log.Warn("mesh: cannot put the IPv6 tunnel address on the interface; continuing with IPv4 only", "err", err)
+		addrs = addrs[:1]
+		_, err = k.table.Apply(ctx, route.Desired{Addrs: addrs})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("configure %q: %w", k.ifname, err)
+	}
+	return addrs, nil
+}
+
+// setPeers configures the WireGuard device, then routes the peers'
+// allowed IPs through the TUN device, except those inside the zone's pools
+// (on-link through the device already).
+func (k *kernelPlane) setPeers(want map[api.Key]wgPeer) error {
+	err := k.dev.applyPeers(want)
 	k.applyMu.Lock()
 	defer k.applyMu.Unlock()
 	if k.closed {
-		return
+		return fmt.Errorf("configure routes: %w", net.ErrClosed)
 	}
 	k.peers = want
 	k.reconcileLocked()
+	return err
 }
 
-func (k *kernelNet) prefixesChanged() {
+// setPrefixes records the node's child prefixes and has the background
+// loop bring the router's forwarding and firewall in line.
+func (k *kernelPlane) setPrefixes(ps []netip.Prefix) {
+	k.mu.Lock()
+	k.prefixes = slices.Clone(ps)
+	k.mu.Unlock()
 	select {
 	case k.kick <- struct{}{}:
 	default:
 	}
 }
 
+func (k *kernelPlane) ownPrefixes() []netip.Prefix {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.prefixes)
+}
+
 // loop re-applies the desired state every kernelResync, and when kicked,
 // until close.
-func (k *kernelNet) loop() {
+func (k *kernelPlane) loop() {
 	defer k.wg.Done()
 	t := time.NewTicker(kernelResync)
 	defer t.Stop()
@@ -269,7 +206,7 @@ func (k *kernelNet) loop() {
 
 // reconcileLocked applies addresses, routes and the router's forwarding
 // and firewall. Errors are logged; the next reconcile retries.
-func (k *kernelNet) reconcileLocked() {
+func (k *kernelPlane) reconcileLocked() {
 	ctx, cancel := context.WithTimeout(context.Background(), kernelApplyTimeout)
 	defer cancel()
 	res, err := k.table.Apply(ctx, route.Desired{Addrs: k.addrs, Routes: desiredRoutes(k.addrs, k.peers)})
@@ -288,61 +225,18 @@ func (k *kernelNet) reconcileLocked() {
 	}
 }
 
-// syncRouterLocked enables forwarding and installs or updates the firewall
-// once the node has child prefixes. Both stay until close, also when the
-// prefixes are released: turning forwarding off under running traffic
-// would be worse than an accept rule too many, and the table is updated.
-func (k *kernelNet) syncRouterLocked() error {
-	prefixes := k.selfPrefixes()
-	if len(prefixes) == 0 && k.fw == nil {
-		return nil
-	}
-	var v4, v6 bool
-	for _, p := range prefixes {
-		v4 = v4 || p.Addr().Is4()
-		v6 = v6 || p.Addr().Is6()
-	}
-	// The firewall comes first: forwarding without its rules would let a
-	// peer relay packets through this host to anywhere it can reach.
-	if k.fw == nil {
-		fw, err := route.NewFirewall(route.FirewallConfig{
-			Interface:     k.ifname,
-			ChildPrefixes: prefixes,
-			Masquerade:    k.masquerade,
-		}, route.WithLogger(k.log))
-		if err != nil {
-			return err
-		}
-		k.fw = fw
-		k.log.Info("mesh: forwarding between the mesh and the child prefixes", "prefixes", prefixes, "masquerade", k.masquerade)
-	}
-	if v4 && !k.fwd4 || v6 && !k.fwd6 {
-		if err := k.recordForwarding(v4 && !k.fwd4, v6 && !k.fwd6); err != nil {
-			return err
-		}
-		restore, err := route.EnableForwarding(v4 && !k.fwd4, v6 && !k.fwd6, route.WithLogger(k.log))
-		if err != nil {
-			return err
-		}
-		k.restores = append(k.restores, restore)
-		k.fwd4, k.fwd6 = k.fwd4 || v4, k.fwd6 || v6
-	}
-	if !slices.Equal(k.fw.Prefixes(), prefixes) {
-		if err := k.fw.Update(prefixes); err != nil {
-			return err
-		}
-		k.log.Info("mesh: child prefixes changed", "prefixes", prefixes)
-	}
-	return nil
-}
-
-func (k *kernelNet) status() (string, []SkippedRoute) {
+func (k *kernelPlane) status() planeStatus {
+	st := planeStatus{peers: k.dev.peerStats(), ifname: k.ifname}
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.ifname, slices.Clone(k.skipped)
+	st.skipped = slices.Clone(k.skipped)
+	k.mu.Unlock()
+	return st
 }
 
-func (k *kernelNet) close() error {
+// close stops the WireGuard device, which closes the TUN device and so
+// removes the interface, then removes the routes, addresses, firewall
+// rules and forwarding settings the plane added.
+func (k *kernelPlane) close() error {
 	k.applyMu.Lock()
 	if k.closed {
 		k.applyMu.Unlock()
@@ -350,6 +244,7 @@ func (k *kernelNet) close() error {
 	}
 	k.closed = true
 	k.applyMu.Unlock()
+	k.dev.close()
 	close(k.stop)
 	k.wg.Wait()
 
@@ -365,12 +260,15 @@ func (k *kernelNet) close() error {
 		errs = append(errs, err)
 	}
 	k.log.Debug("mesh: kernel mode: routes and rules removed")
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("removing the interface's routes and rules: %w", err)
+	}
+	return nil
 }
 
 // routed returns nil when the host routes ip through the TUN device (or
 // it is the node's own address).
-func (k *kernelNet) routed(ip netip.Addr) error {
+func (k *kernelPlane) routed(ip netip.Addr) error {
 	if _, ok := k.table.Lookup(ip); ok {
 		return nil
 	}
@@ -384,7 +282,9 @@ func (k *kernelNet) routed(ip netip.Addr) error {
 	return &NoRouteError{Addr: ip}
 }
 
-func (k *kernelNet) dial(ctx context.Context, proto string, ap netip.AddrPort) (net.Conn, error) {
+// dial refuses a destination the host does not route through the TUN
+// device.
+func (k *kernelPlane) dial(ctx context.Context, proto string, ap netip.AddrPort) (net.Conn, error) {
 	if err := k.routed(ap.Addr()); err != nil {
 		return nil, err
 	}
@@ -395,131 +295,31 @@ func (k *kernelNet) dial(ctx context.Context, proto string, ap netip.AddrPort) (
 	return d.DialContext(ctx, proto, ap.String())
 }
 
-func (k *kernelNet) listen(ap netip.AddrPort) (net.Listener, error) {
+func (k *kernelPlane) listen(ap netip.AddrPort) (net.Listener, error) {
 	if ap.Addr().IsValid() {
 		return net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
 	}
 	return listenAll(k.tunnelAddrs(), ap.Port())
 }
 
-// listenPacket with the zero Addr listens on the IPv4 tunnel address.
-func (k *kernelNet) listenPacket(ap netip.AddrPort) (net.PacketConn, error) {
-	if !ap.Addr().IsValid() {
-		ap = netip.AddrPortFrom(k.tunnelAddrs()[0], ap.Port())
-	}
+func (k *kernelPlane) listenPacket(ap netip.AddrPort) (net.PacketConn, error) {
 	return net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
 }
 
-func (k *kernelNet) tunnelAddrs() []netip.Addr {
+// tunnelAddrs returns the tunnel addresses on the interface.
+func (k *kernelPlane) tunnelAddrs() []netip.Addr {
 	k.applyMu.Lock()
 	defer k.applyMu.Unlock()
-	out := make([]netip.Addr, len(k.addrs))
-	for i, p := range k.addrs {
-		out[i] = p.Addr()
-	}
-	return out
+	return prefixAddrs(k.addrs)
 }
 
-func (k *kernelNet) ping(ctx context.Context, local, dst netip.Addr) (time.Duration, error) {
+// ping refuses a destination the host does not route through the TUN
+// device, then pings through the host stack.
+func (k *kernelPlane) ping(ctx context.Context, local, dst netip.Addr) (time.Duration, error) {
 	if err := k.routed(dst); err != nil {
 		return 0, err
 	}
 	return hostPing(ctx, local, dst)
-}
-
-// Forwarding sysctls as route.EnableForwarding writes them.
-const (
-	sysctlForward4 = "/proc/sys/net/ipv4/ip_forward"
-	sysctlForward6 = "/proc/sys/net/ipv6/conf/all/forwarding"
-)
-
-// forwardingFile is where a node with a state directory records the
-// forwarding settings it changed.
-func forwardingFile(stateDir, ifname string) string {
-	if stateDir == "" {
-		return ""
-	}
-	return filepath.Join(stateDir, "forwarding-"+ifname+".json")
-}
-
-// loadForwarding reads the record of an earlier run; none is no error.
-func loadForwarding(path string) (map[string]string, error) {
-	m := map[string]string{}
-	if path == "" {
-		return m, nil
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return m, nil
-	}
-	if err == nil {
-		err = json.Unmarshal(b, &m)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("forwarding record %s: %w", path, err)
-	}
-	for p := range m {
-		if p != sysctlForward4 && p != sysctlForward6 {
-			delete(m, p)
-		}
-	}
-	return m, nil
-}
-
-// recordForwarding notes the current values of the sysctls about to be
-// turned on, unless an earlier run recorded them already, and saves the
-// record before anything changes.
-func (k *kernelNet) recordForwarding(v4, v6 bool) error {
-	var paths []string
-	if v4 {
-		paths = append(paths, sysctlForward4)
-	}
-	if v6 {
-		paths = append(paths, sysctlForward6)
-	}
-	changed := false
-	for _, p := range paths {
-		if _, ok := k.fwdOrig[p]; ok {
-			continue
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", p, err)
-		}
-		if v := strings.TrimSpace(string(b)); v != "1" {
-			k.fwdOrig[p] = v
-			changed = true
-		}
-	}
-	if !changed || k.fwdFile == "" {
-		return nil
-	}
-	b, err := json.Marshal(k.fwdOrig)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(k.fwdFile, b, 0o600); err != nil {
-		return fmt.Errorf("forwarding record: %w", err)
-	}
-	return nil
-}
-
-// restoreForwarding puts back every recorded original value (this run's,
-// already restored by route's restore functions, and an earlier crashed
-// run's) and removes the record.
-func (k *kernelNet) restoreForwarding() error {
-	var errs []error
-	for p, v := range k.fwdOrig {
-		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("restore %s: %w", p, err))
-		}
-	}
-	if k.fwdFile != "" && len(errs) == 0 {
-		if err := os.Remove(k.fwdFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // bindToDevice returns a net.Dialer Control function that pins a socket to

@@ -9,6 +9,7 @@ func kernelPreflight(c *config) error {
 	return fmt.Errorf("TUN device %q: %w", c.ifname, ErrKernelModeUnsupported)
 }
 
-func (n *Node) newKernelDevice(port uint16) (*wgDevice, error) {
-	return nil, fmt.Errorf("TUN device %q: %w", n.cfg.ifname, ErrKernelModeUnsupported)
+// newKernelPlane: kernel mode exists on Linux only.
+func newKernelPlane(c planeConfig) (dataPlane, error) {
+	return nil, fmt.Errorf("TUN device %q: %w", c.ifname, ErrKernelModeUnsupported)
 }

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
-
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/controlclient"
 )
@@ -39,8 +37,12 @@ type Node struct {
 	priv   api.Key
 	pub    api.Key
 	client *controlclient.Client
-	dev    *wgDevice
 	state  stateDir
+	// plane carries the traffic (see dataPlane); port is its UDP port.
+	// Set once by Join before the node is shared (under mu, which
+	// setPrefixesLocked reads it with); read-only after.
+	plane dataPlane
+	port  uint16
 
 	ctx    context.Context // done when Close starts
 	cancel context.CancelFunc
@@ -67,7 +69,6 @@ type Node struct {
 	// WithChildPrefix and AdvertisePrefix, minus ReleasePrefix.
 	wantPrefixes []netip.Prefix
 
-	fwd      *forwarder // userspace mode: serves the child prefixes (forward.go)
 	prefixMu sync.Mutex // serializes AdvertisePrefix and ReleasePrefix
 
 	// saveMu serializes saveState across its snapshot (under mu) and its
@@ -108,7 +109,65 @@ func Join(ctx context.Context, serviceURL string, opts ...Option) (*Node, error)
 	return n, nil
 }
 
+// join is Join's work, one step per function: configuration, saved
+// state, the node, its UDP port, registration (or the saved registration),
+// the data plane, the saved peers, the watch loop and the first snapshot.
 func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err error) {
+	cfg, err := joinConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	sd := stateDir(cfg.stateDir)
+	priv, saved, err := loadState(sd, serviceURL, cfg)
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNode(cfg, serviceURL, sd, priv)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	port, err := n.choosePort(saved)
+	if err != nil {
+		return nil, err
+	}
+	needRegister, restorePeers, err := n.registerOrResume(ctx, saved, port)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.saveState(); err != nil {
+		return nil, err
+	}
+	if err := n.startPlane(port); err != nil {
+		return nil, err
+	}
+	if needRegister || restorePeers {
+		// Work right away with the last known peers.
+		if err := n.applyPeerSet(peerMap(saved.Peers, n.pub), saved.Revision, false, false); err != nil {
+			return nil, err
+		}
+	}
+	n.wg.Add(1)
+	go n.run(needRegister)
+	if !needRegister {
+		if err := n.waitFirstSync(ctx); err != nil {
+			return nil, err
+		}
+	}
+	n.mu.Lock()
+	self := n.self
+	n.mu.Unlock()
+	n.log.Info("mesh: joined", "addr", self.ipv4, "zone", self.zone, "hostname", self.hostname, "listen_port", port)
+	return n, nil
+}
+
+// joinConfig applies opts and fills in the defaults that need the host:
+// kernel mode's preflight, the hostname.
+func joinConfig(opts []Option) (*config, error) {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
@@ -123,14 +182,21 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 			return nil, fmt.Errorf("hostname: %w (set one with WithHostname)", err)
 		}
 	}
-	sd := stateDir(cfg.stateDir)
+	return cfg, nil
+}
+
+// loadState returns the node's private key and its saved registration
+// with serviceURL in cfg's zone (nil when there is none, or it is for
+// another service or zone). Without a saved registration, a join token is
+// required.
+func loadState(sd stateDir, serviceURL string, cfg *config) (api.Key, *savedState, error) {
 	priv, err := sd.loadKey()
 	if err != nil {
-		return nil, err
+		return api.Key{}, nil, err
 	}
 	saved, err := sd.load()
 	if err != nil {
-		return nil, err
+		return api.Key{}, nil, err
 	}
 	if saved != nil && !saved.registered(serviceURL) {
 		cfg.logger.Info("mesh: saved state is for another service; ignoring it", "saved_url", saved.URL)
@@ -141,8 +207,14 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		saved = nil
 	}
 	if saved == nil && cfg.token == "" {
-		return nil, errors.New("no join token: use WithToken (or a state directory with a previous registration)")
+		return api.Key{}, nil, errors.New("no join token: use WithToken (or a state directory with a previous registration)")
 	}
+	return priv, saved, nil
+}
+
+// newNode returns a node with its service client, not yet registered and
+// without a data plane. Close releases it.
+func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, error) {
 	client, err := controlclient.New(controlclient.Config{
 		URL:              serviceURL,
 		Token:            cfg.token,
@@ -167,30 +239,25 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		wantPrefixes: canonPrefixes(cfg.childPrefixes),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	defer func() {
-		if err != nil {
-			n.cancel()
-			client.Close()
-			if n.fwd != nil {
-				n.fwd.close()
-			}
-			if n.dev != nil {
-				n.dev.close()
-			}
-		}
-	}()
+	return n, nil
+}
 
-	port := cfg.listenPort
+// choosePort returns the UDP port of the node: WithListenPort, else the
+// saved one when still free, else a random free one.
+func (n *Node) choosePort(saved *savedState) (uint16, error) {
+	port := n.cfg.listenPort
 	if port == 0 && saved != nil {
 		port = saved.ListenPort
 	}
-	if port, err = reservePort(port, cfg.listenPort == 0); err != nil {
-		return nil, err
-	}
+	return reservePort(port, n.cfg.listenPort == 0)
+}
 
-	// Register, or fall back to the saved registration.
-	needRegister := false
-	restorePeers := false // start from saved.Peers until the first snapshot
+// registerOrResume registers the node, or falls back to its saved
+// registration: when the service is unreachable (needRegister: the watch
+// loop registers later), or when the join token is refused but the saved
+// device token still works. restorePeers reports that the node registered
+// again and adopted its saved peers (see adoptSavedPeers).
+func (n *Node) registerOrResume(ctx context.Context, saved *savedState, port uint16) (needRegister, restorePeers bool, err error) {
 	regCtx, cancel := ctx, context.CancelFunc(func() {})
 	if saved != nil {
 		regCtx, cancel = context.WithTimeout(ctx, savedStateRegisterTimeout)
@@ -200,233 +267,66 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	switch {
 	case rerr == nil:
 		n.adoptRegistration(resp, port)
-		restorePeers = n.adoptSavedPeers(saved)
+		return false, n.adoptSavedPeers(saved), nil
 	case ctx.Err() != nil:
-		return nil, fmt.Errorf("register: %w", context.Cause(ctx))
+		return false, false, fmt.Errorf("register: %w", context.Cause(ctx))
 	case saved != nil && isTransient(rerr):
-		n.log.Warn("mesh: service unreachable, starting from the saved state", "url", serviceURL, "err", rerr)
+		n.log.Warn("mesh: service unreachable, starting from the saved state", "url", n.url, "err", rerr)
 		n.adoptSaved(saved, port)
-		needRegister = true
+		return true, false, nil
 	case saved != nil && errors.Is(wrapService("", rerr), ErrUnauthorized):
 		// The join token may be used up (single use): the device token of
 		// the previous registration still identifies this node.
 		if err := n.resumeWithDeviceToken(ctx, saved, port); err != nil {
 			n.log.Debug("mesh: saved device token refused too", "err", err)
-			return nil, rerr
+			return false, false, rerr
 		}
-	default:
-		return nil, rerr
+		return false, false, nil
 	}
-	if err := n.saveState(); err != nil {
-		return nil, err
-	}
+	return false, false, rerr
+}
 
-	addrs := []netip.Addr{n.self.ipv4}
-	if n.self.ipv6.IsValid() {
-		addrs = append(addrs, n.self.ipv6)
-	}
-	if cfg.mode == Kernel {
-		n.dev, err = n.newKernelDevice(port)
-	} else {
-		n.dev, err = newWGDevice(priv, addrs, port, cfg.mtu, n.log)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if n.dev.tnet != nil {
-		if err := n.startForwarding(); err != nil {
-			return nil, err
-		}
-	}
-	if needRegister || restorePeers {
-		// Work right away with the last known peers.
-		if err := n.applyPeerSet(peerMap(saved.Peers, n.pub), saved.Revision, false, false); err != nil {
-			return nil, err
-		}
-	}
-	n.wg.Add(1)
-	go n.run(needRegister)
-
-	if !needRegister {
-		t := time.NewTimer(firstSyncTimeout)
-		defer t.Stop()
-		select {
-		case <-n.firstSync:
-		case <-t.C:
-			n.log.Warn("mesh: no peer snapshot from the service yet; continuing, peers will be added when it arrives")
-		case <-ctx.Done():
-			n.Close()
-			return nil, fmt.Errorf("waiting for the peer list: %w", context.Cause(ctx))
-		}
-	}
+// startPlane brings up the node's data plane (see dataPlane) on port with
+// the node's addresses and child prefixes.
+func (n *Node) startPlane(port uint16) error {
 	n.mu.Lock()
-	self := n.self
+	c := planeConfig{
+		priv:       n.priv,
+		port:       port,
+		mtu:        n.cfg.mtu,
+		log:        n.log,
+		addrs:      tunnelPrefixes(n.self),
+		prefixes:   slices.Clone(n.self.prefixes),
+		handlers:   n.cfg.handlers,
+		ifname:     n.cfg.ifname,
+		masquerade: n.cfg.masquerade,
+		stateDir:   n.cfg.stateDir,
+	}
 	n.mu.Unlock()
-	n.log.Info("mesh: joined", "addr", self.ipv4, "zone", self.zone, "hostname", self.hostname, "listen_port", port)
-	return n, nil
-}
-
-// reservePort returns a UDP port free on IPv4 and IPv6: port itself when
-// it can be bound, else (when fallback) a random free one.
-func reservePort(port uint16, fallback bool) (uint16, error) {
-	b := conn.NewStdNetBind()
-	_, got, err := b.Open(port)
-	if err != nil && port != 0 && fallback {
-		_, got, err = b.Open(0)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("listen on UDP port %d: %w", port, err)
-	}
-	b.Close()
-	return got, nil
-}
-
-// register sends a registration with the node's key, hostname, zone, child
-// prefixes and endpoints.
-func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse, error) {
-	req := api.RegisterRequest{
-		PublicKey: n.pub,
-		Hostname:  n.cfg.hostname,
-		Zone:      n.cfg.zone,
-		Endpoints: n.endpointsFor(ctx, port),
-	}
-	for _, p := range n.wantedPrefixes() {
-		req.ChildPrefixes = append(req.ChildPrefixes, p.String())
-	}
-	resp, err := n.client.Register(ctx, n.priv, req)
-	if err == nil {
-		n.mu.Lock()
-		n.self.endpoints = req.Endpoints
-		n.mu.Unlock()
-	}
-	return resp, err
-}
-
-// endpointsFor returns the endpoints to advertise: WithEndpoints, or the
-// local address used to reach the service with the listen port.
-func (n *Node) endpointsFor(ctx context.Context, port uint16) []netip.AddrPort {
-	if len(n.cfg.endpoints) > 0 {
-		return slices.Clone(n.cfg.endpoints)
-	}
-	a, err := n.client.LocalAddrFor(ctx)
-	if err != nil {
-		n.log.Warn("mesh: no local address towards the service; advertising no endpoint", "err", err)
-		return nil
-	}
-	return []netip.AddrPort{netip.AddrPortFrom(a, port)}
-}
-
-func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.self.ipv4.IsValid() && (n.self.ipv4 != r.IPv4 || n.self.ipv6 != r.IPv6) {
-		n.log.Error("mesh: the service assigned different addresses than the running ones; restart the node to use them",
-			"running", n.self.ipv4, "assigned", r.IPv4)
-	} else {
-		n.self.ipv4, n.self.ipv6 = r.IPv4, r.IPv6
-	}
-	n.self.deviceID = r.DeviceID
-	n.self.zone = r.Zone
-	n.self.hostname = r.Hostname
-	if n.self.hostname == "" {
-		n.self.hostname = n.cfg.hostname
-	}
-	n.self.zone4, n.self.zone6 = r.ZoneIPv4, r.ZoneIPv6
-	n.setPrefixesLocked(canonPrefixes(r.ChildPrefixes))
-	n.saved.URL = n.url
-	n.saved.DeviceToken = n.client.DeviceToken()
-	n.saved.ListenPort = port
-}
-
-// adoptSavedPeers starts a node that registered again from the peers and
-// revision saved by its previous run, when s is for the same device in the
-// same zone, so that they stay on disk and on the device until the watch
-// delivers a snapshot. It reports whether it did.
-func (n *Node) adoptSavedPeers(s *savedState) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if s == nil || s.Zone != n.self.zone || s.DeviceID != n.self.deviceID || s.IPv4 != n.self.ipv4 {
-		return false
-	}
-	n.peers = peerMap(s.Peers, n.pub)
-	n.revision = s.Revision
-	return true
-}
-
-func (n *Node) adoptSaved(s *savedState, port uint16) {
-	n.client.SetDeviceToken(s.DeviceToken)
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.self = selfInfo{
-		deviceID:  s.DeviceID,
-		hostname:  s.Hostname,
-		zone:      s.Zone,
-		ipv4:      s.IPv4,
-		ipv6:      s.IPv6,
-		zone4:     s.ZoneIPv4,
-		zone6:     s.ZoneIPv6,
-		prefixes:  canonPrefixes(append(slices.Clone(s.ChildPrefixes), n.wantPrefixes...)),
-		endpoints: s.Endpoints,
-	}
-	n.peers = peerMap(s.Peers, n.pub)
-	n.revision = s.Revision
-	n.saved = *s
-	n.saved.ListenPort = port
-}
-
-// resumeWithDeviceToken restarts from the saved registration when the
-// join token is refused but the saved device token is still valid, and
-// updates the node's endpoints and hostname at the service.
-func (n *Node) resumeWithDeviceToken(ctx context.Context, s *savedState, port uint16) error {
-	n.client.SetDeviceToken(s.DeviceToken)
-	d, err := n.client.Self(ctx)
+	p, err := newDataPlane(n.cfg.mode, c)
 	if err != nil {
 		return err
 	}
-	eps := n.endpointsFor(ctx, port)
-	req := api.UpdateSelfRequest{Hostname: &n.cfg.hostname, Endpoints: &eps}
-	for _, p := range n.wantedPrefixes() {
-		req.AddChildPrefixes = append(req.AddChildPrefixes, p.String())
-	}
-	if d, err = n.client.UpdateSelf(ctx, req); err != nil {
-		return err
-	}
-	n.adoptSaved(s, port)
 	n.mu.Lock()
-	n.self.deviceID, n.self.hostname = d.ID, d.Hostname
-	n.self.ipv4, n.self.ipv6 = d.IPv4, d.IPv6
-	n.setPrefixesLocked(canonPrefixes(d.ChildPrefixes))
-	n.self.endpoints = d.Endpoints
+	n.plane, n.port = p, port
 	n.mu.Unlock()
 	return nil
 }
 
-// saveState writes the node's registration, peers and revision to the
-// state directory (no-op without one). Concurrent calls write in order:
-// the file ends with the latest snapshot.
-func (n *Node) saveState() error {
-	n.saveMu.Lock()
-	defer n.saveMu.Unlock()
-	n.mu.Lock()
-	s := n.saved
-	s.URL = n.url
-	s.DeviceID = n.self.deviceID
-	s.Zone = n.self.zone
-	s.Hostname = n.self.hostname
-	s.IPv4, s.IPv6 = n.self.ipv4, n.self.ipv6
-	s.ZoneIPv4, s.ZoneIPv6 = n.self.zone4, n.self.zone6
-	s.ChildPrefixes = slices.Clone(n.self.prefixes)
-	s.Endpoints = slices.Clone(n.self.endpoints)
-	if tok := n.client.DeviceToken(); tok != "" {
-		s.DeviceToken = tok
+// waitFirstSync waits for the first peer snapshot, at most
+// firstSyncTimeout: without one the node goes on, and peers are added when
+// it arrives.
+func (n *Node) waitFirstSync(ctx context.Context) error {
+	t := time.NewTimer(firstSyncTimeout)
+	defer t.Stop()
+	select {
+	case <-n.firstSync:
+	case <-t.C:
+		n.log.Warn("mesh: no peer snapshot from the service yet; continuing, peers will be added when it arrives")
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the peer list: %w", context.Cause(ctx))
 	}
-	s.Peers = make([]api.Peer, 0, len(n.peers))
-	for _, k := range sortedPeerKeys(n.peers) {
-		s.Peers = append(s.Peers, n.peers[k])
-	}
-	s.Revision = n.revision
-	n.mu.Unlock()
-	return n.state.save(&s)
+	return nil
 }
 
 // Addr returns the node's IPv4 tunnel address.
@@ -491,10 +391,11 @@ func (n *Node) Close() error {
 	n.events.close()
 	n.HTTPClient() // creates the transport if needed, so the read below is safe
 	n.httpTransport.CloseIdleConnections()
-	if n.fwd != nil {
-		n.fwd.close()
+	if n.plane != nil {
+		if err := n.plane.close(); err != nil {
+			n.log.Warn("mesh: closing the data plane", "err", err)
+		}
 	}
-	n.dev.close()
 	n.log.Debug("mesh: closed")
 	return nil
 }

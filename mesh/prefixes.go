@@ -218,14 +218,12 @@ func (n *Node) ReleasePrefix(ctx context.Context, p netip.Prefix) error {
 }
 
 // setPrefixesLocked records the node's child prefixes and hands them to
-// the forwarder. n.mu must be held.
+// the data plane (once it runs; it starts with n.self.prefixes). n.mu must
+// be held.
 func (n *Node) setPrefixesLocked(ps []netip.Prefix) {
 	n.self.prefixes = ps
-	if n.fwd != nil {
-		n.fwd.setPrefixes(slices.Clone(ps))
-	}
-	if n.dev != nil && n.dev.kern != nil {
-		n.dev.kern.prefixesChanged()
+	if n.plane != nil {
+		n.plane.setPrefixes(ps)
 	}
 }
 
@@ -235,18 +233,4 @@ func (n *Node) wantedPrefixes() []netip.Prefix {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return slices.Clone(n.wantPrefixes)
-}
-
-// startForwarding serves the node's child prefixes from its netstack
-// (userspace mode): forwarding to the host network, or the handlers.
-func (n *Node) startForwarding() error {
-	f := newForwarder(n.dev.tnet, n.cfg.handlers, n.log)
-	if err := f.start(); err != nil {
-		return fmt.Errorf("forwarding: %w", err)
-	}
-	n.mu.Lock()
-	n.fwd = f
-	n.setPrefixesLocked(n.self.prefixes)
-	n.mu.Unlock()
-	return nil
 }

@@ -92,15 +92,7 @@ type PeerStatus struct {
 // Status returns the node's state: itself, and each peer with the
 // WireGuard device's view of it.
 func (n *Node) Status() Status {
-	var ds devStats
-	var ifname string
-	var skipped []SkippedRoute
-	if !n.isClosed() {
-		ds, _ = n.dev.stats() // on error: peers without runtime stats
-	}
-	if n.dev.kern != nil {
-		ifname, skipped = n.dev.kern.status()
-	}
+	ps := n.plane.status() // after Close or on error: peers without runtime stats
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := Status{
@@ -113,12 +105,12 @@ func (n *Node) Status() Status {
 			Prefixes:   slices.Clone(n.self.prefixes),
 			ZoneIPv4:   n.self.zone4,
 			ZoneIPv6:   n.self.zone6,
-			ListenPort: n.dev.port,
+			ListenPort: n.port,
 			Endpoints:  slices.Clone(n.self.endpoints),
 			Mode:       n.cfg.mode,
-			Interface:  ifname,
+			Interface:  ps.ifname,
 		},
-		SkippedRoutes:    skipped,
+		SkippedRoutes:    ps.skipped,
 		ControlConnected: n.connected,
 		Revision:         n.revision,
 		EventsDropped:    n.events.dropped.Load(),
@@ -128,13 +120,13 @@ func (n *Node) Status() Status {
 	}
 	for _, k := range sortedPeerKeys(n.peers) {
 		p := publicPeer(n.peers[k])
-		ps := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
-		if s, ok := ds.peers[k]; ok {
-			ps.Endpoint = s.endpoint
-			ps.LastHandshake = s.lastHandshake
-			ps.RxBytes, ps.TxBytes = s.rxBytes, s.txBytes
+		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
+		if s, ok := ps.peers[k]; ok {
+			pst.Endpoint = s.endpoint
+			pst.LastHandshake = s.lastHandshake
+			pst.RxBytes, pst.TxBytes = s.rxBytes, s.txBytes
 		}
-		st.Peers = append(st.Peers, ps)
+		st.Peers = append(st.Peers, pst)
 	}
 	return st
 }

@@ -21,7 +21,7 @@ func (n *Node) run(needRegister bool) {
 	bo := backoff{min: n.cfg.backoffMin, max: n.cfg.backoffMax}
 	for n.ctx.Err() == nil {
 		if needRegister {
-			resp, err := n.register(n.ctx, n.dev.port)
+			resp, err := n.register(n.ctx, n.port)
 			if err != nil {
 				if n.ctx.Err() != nil {
 					return
@@ -34,7 +34,7 @@ func (n *Node) run(needRegister bool) {
 				}
 				continue
 			}
-			n.adoptRegistration(resp, n.dev.port)
+			n.adoptRegistration(resp, n.port)
 			if err := n.saveState(); err != nil {
 				n.log.Warn("mesh: saving state", "err", err)
 			}
@@ -149,7 +149,7 @@ func (n *Node) applyPeerSet(next map[api.Key]api.Peer, rev int64, snapshot, live
 		w.Hold = shouldHold(live, advertises, w)
 		want[k] = w
 	}
-	if err := n.dev.applyPeers(want); err != nil {
+	if err := n.plane.setPeers(want); err != nil {
 		return err // the watch reconnects and gets a fresh chance
 	}
 

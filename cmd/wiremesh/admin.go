@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,6 +53,9 @@ func (a *adminFlags) client() (*adminclient.Client, error) {
 	if tok == "" {
 		return nil, usageErr("no admin token: pass --admin-token, set WIREMESH_ADMIN_TOKEN, or run on the service's machine with --data-dir")
 	}
+	if err := checkServiceURL("--server", a.server); err != nil {
+		return nil, err
+	}
 	o := adminclient.Options{AdminToken: tok}
 	switch {
 	case a.fingerprint != "":
@@ -75,9 +79,18 @@ func (a *adminFlags) client() (*adminclient.Client, error) {
 	return c, nil
 }
 
+// adminSession is an admin client and the URL it calls.
+type adminSession struct {
+	*adminclient.Client
+	server string
+}
+
+// fail turns the failure of op into a message a person can act on.
+func (s *adminSession) fail(op string, err error) error { return adminError(op, s.server, err) }
+
 // adminCmd parses the common admin flags plus extra ones, checks the
 // number of positional arguments, and builds the client.
-func adminCmd(name, usage string, stderr io.Writer, args []string, nargs int, extra func(*flag.FlagSet)) (*adminclient.Client, []string, error) {
+func adminCmd(name, usage string, stderr io.Writer, args []string, nargs int, extra func(*flag.FlagSet)) (*adminSession, []string, error) {
 	fs := newFlagSet(name, stderr, usage)
 	var a adminFlags
 	a.register(fs)
@@ -93,7 +106,25 @@ func adminCmd(name, usage string, stderr io.Writer, args []string, nargs int, ex
 		return nil, nil, usageErr("%s: want %d argument(s), got %d", name, nargs, len(pos))
 	}
 	c, err := a.client()
-	return c, pos, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return &adminSession{Client: c, server: a.server}, pos, nil
+}
+
+// jsonFlag registers --json on a list command.
+func jsonFlag(fs *flag.FlagSet, v *bool) {
+	fs.BoolVar(v, "json", false, "print JSON: an array of the admin API's objects (snake_case keys, RFC 3339 times, [] when empty)")
+}
+
+// printJSONList prints items as an indented JSON array ([] when empty).
+func printJSONList[T any](w io.Writer, items []T) error {
+	if items == nil {
+		items = []T{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(items)
 }
 
 func newTable(w io.Writer, header string) *tabwriter.Writer {
@@ -139,7 +170,7 @@ func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	z, err := c.CreateZone(ctx, api.CreateZoneRequest{Name: pos[0], IPv4Pool: v4, IPv6Pool: v6, AllowExitNodes: exits,
 		MinPrefixBits4: min4, MinPrefixBits6: min6, MaxPrefixes: maxPrefixes})
 	if err != nil {
-		return fmt.Errorf("zone create %q: %w", pos[0], err)
+		return c.fail(fmt.Sprintf("zone create %q", pos[0]), err)
 	}
 	fmt.Fprintf(stdout, "zone %q created: tunnel pools %s and %s", z.Name, z.IPv4Pool, z.IPv6Pool)
 	if z.AllowExitNodes {
@@ -151,14 +182,18 @@ func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 func runZoneList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c, _, err := adminCmd("zone list", "zone list [flags]", stderr, args, 0, nil)
+	var asJSON bool
+	c, _, err := adminCmd("zone list", "zone list [flags]", stderr, args, 0, func(fs *flag.FlagSet) { jsonFlag(fs, &asJSON) })
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	zs, err := c.Zones(ctx)
 	if err != nil {
-		return fmt.Errorf("zone list: %w", err)
+		return c.fail("zone list", err)
+	}
+	if asJSON {
+		return printJSONList(stdout, zs)
 	}
 	tw := newTable(stdout, "NAME\tIPV4 POOL\tIPV6 POOL\tEXIT NODES\tCREATED")
 	for _, z := range zs {
@@ -174,7 +209,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	c, _, err := adminCmd("token create", "token create [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
 		fs.StringVar(&zone, "zone", api.DefaultZone, "zone the token joins")
 		fs.BoolVar(&reusable, "reusable", false, "the token may be used by many machines (default: single use)")
-		fs.DurationVar(&expires, "expires", 0, "lifetime, e.g. 24h (default: never expires)")
+		fs.Var(durationFlag{&expires}, "expires", "lifetime, a duration such as 24h or 30m (default: never expires)")
 	})
 	if err != nil {
 		return err
@@ -185,7 +220,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	jt, err := c.CreateToken(ctx, api.CreateTokenRequest{Zone: zone, Reusable: reusable, ExpiresInSeconds: int64(expires / time.Second)})
 	if err != nil {
-		return fmt.Errorf("token create --zone %q: %w", zone, err)
+		return c.fail(fmt.Sprintf("token create --zone %q", zone), err)
 	}
 	fmt.Fprintln(stdout, jt.Token)
 	return nil
@@ -193,8 +228,10 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 
 func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var zone string
+	var asJSON bool
 	c, _, err := adminCmd("token list", "token list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
 		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+		jsonFlag(fs, &asJSON)
 	})
 	if err != nil {
 		return err
@@ -202,7 +239,10 @@ func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	defer c.Close()
 	ts, err := c.Tokens(ctx, zone)
 	if err != nil {
-		return fmt.Errorf("token list: %w", err)
+		return c.fail("token list", err)
+	}
+	if asJSON {
+		return printJSONList(stdout, ts)
 	}
 	tw := newTable(stdout, "ID\tZONE\tREUSABLE\tEXPIRES\tUSED\tCREATED")
 	for _, t := range ts {
@@ -218,7 +258,7 @@ func runTokenDelete(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer c.Close()
 	if err := c.DeleteToken(ctx, pos[0]); err != nil {
-		return fmt.Errorf("token delete %q: %w", pos[0], err)
+		return c.fail(fmt.Sprintf("token delete %q", pos[0]), err)
 	}
 	fmt.Fprintf(stdout, "token %s deleted\n", pos[0])
 	return nil
@@ -226,8 +266,10 @@ func runTokenDelete(ctx context.Context, args []string, stdout, stderr io.Writer
 
 func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var zone string
+	var asJSON bool
 	c, _, err := adminCmd("device list", "device list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
 		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+		jsonFlag(fs, &asJSON)
 	})
 	if err != nil {
 		return err
@@ -235,12 +277,19 @@ func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer c.Close()
 	ds, err := c.Devices(ctx, zone)
 	if err != nil {
-		return fmt.Errorf("device list: %w", err)
+		return c.fail("device list", err)
 	}
-	tw := newTable(stdout, "ID\tZONE\tHOSTNAME\tIPV4\tIPV6\tPREFIXES\tENDPOINTS\tUPDATED")
+	if asJSON {
+		return printJSONList(stdout, ds)
+	}
+	tw := newTable(stdout, "ID\tZONE\tHOSTNAME\tIPV4\tIPV6\tPREFIXES\tENDPOINTS\tONLINE\tLAST SEEN\tUPDATED")
 	for _, d := range ds {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Zone, d.Hostname, d.IPv4, d.IPv6,
-			joinStrings(d.ChildPrefixes), joinStrings(d.Endpoints), fmtTime(d.UpdatedAt))
+		online := "-"
+		if d.Online != nil {
+			online = map[bool]string{true: "yes", false: "no"}[*d.Online]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Zone, d.Hostname, d.IPv4, d.IPv6,
+			joinStrings(d.ChildPrefixes), joinStrings(d.Endpoints), online, fmtTime(d.LastSeen), fmtTime(d.UpdatedAt))
 	}
 	return tw.Flush()
 }
@@ -252,7 +301,7 @@ func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	defer c.Close()
 	if err := c.DeleteDevice(ctx, pos[0]); err != nil {
-		return fmt.Errorf("device delete %q: %w", pos[0], err)
+		return c.fail(fmt.Sprintf("device delete %q", pos[0]), err)
 	}
 	fmt.Fprintf(stdout, "device %s deleted; its addresses and prefixes are free\n", pos[0])
 	return nil
@@ -260,8 +309,10 @@ func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Write
 
 func runPrefixList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var zone string
+	var asJSON bool
 	c, _, err := adminCmd("prefix list", "prefix list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
 		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+		jsonFlag(fs, &asJSON)
 	})
 	if err != nil {
 		return err
@@ -269,7 +320,10 @@ func runPrefixList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer c.Close()
 	ps, err := c.Prefixes(ctx, zone)
 	if err != nil {
-		return fmt.Errorf("prefix list: %w", err)
+		return c.fail("prefix list", err)
+	}
+	if asJSON {
+		return printJSONList(stdout, ps)
 	}
 	tw := newTable(stdout, "ZONE\tPREFIX\tDEVICE\tHOSTNAME")
 	for _, p := range ps {
@@ -292,7 +346,7 @@ func runPrefixRelease(ctx context.Context, args []string, stdout, stderr io.Writ
 		return usageErr("prefix release: %q is not a canonical CIDR prefix", pos[0])
 	}
 	if err := c.ReleasePrefix(ctx, zone, p); err != nil {
-		return fmt.Errorf("prefix release %s --zone %q: %w", p, zone, err)
+		return c.fail(fmt.Sprintf("prefix release %s --zone %q", p, zone), err)
 	}
 	fmt.Fprintf(stdout, "prefix %s released in zone %q\n", p, zone)
 	return nil

@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/internal/tlspin"
 	"github.com/wiremesh/wiremesh/mesh"
 )
 
@@ -66,12 +67,14 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
 	var a agentFlags
 	a.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -85,6 +88,9 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
 	}
 	url := pos[0]
+	if err := checkServiceURL(name+": service URL", url); err != nil {
+		return err
+	}
 	opts, err := a.options(name, stderr)
 	if err != nil {
 		return err
@@ -190,6 +196,7 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	if a.token == "" {
 		a.token = os.Getenv("WIREMESH_TOKEN")
 	}
+
 	opts := []mesh.Option{
 		mesh.WithToken(a.token),
 		mesh.WithZone(a.zone),
@@ -249,7 +256,14 @@ func printSkipped(w io.Writer, before, now []mesh.SkippedRoute) {
 // joinError turns a Join error into an actionable message.
 func joinError(name, url string, err error) error {
 	var ae *api.Error
+	if https, ok := speaksHTTPS(url, err); ok {
+		return usageErr("%s: the service at %s speaks HTTPS: use %s", name, url, https)
+	}
 	switch {
+	case strings.Contains(err.Error(), "no join token"):
+		// mesh.Join had no token and no registration with this service
+		// saved in a state directory (mesh has no sentinel for it yet).
+		return usageErr("%s: no join token: pass --token or set WIREMESH_TOKEN (`wiremesh serve` prints one; `wiremesh token create` makes more)", name)
 	case errors.Is(err, mesh.ErrKernelModeUnsupported):
 		return fmt.Errorf("%s: %w (pass --userspace)", name, err)
 	case errors.Is(err, mesh.ErrUnauthorized):
@@ -264,12 +278,15 @@ func joinError(name, url string, err error) error {
 		return fmt.Errorf("%s: the service at %s refused the registration: %w", name, url, err)
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s: interrupted: %w", name, err)
+	case errors.As(err, new(*tlspin.MismatchError)):
+		return fmt.Errorf("%s: the service at %s presents a certificate that is not the one pinned in the join token "+
+			"(a token from another service, or the service's certificate was replaced): create a new token with `wiremesh token create`", name, url)
 	case errors.As(err, new(x509.UnknownAuthorityError)), errors.As(err, new(*tls.CertificateVerificationError)):
 		return fmt.Errorf("%s: the service at %s presents a certificate this machine does not trust: use a join token printed by `wiremesh serve` or `wiremesh token create` (it pins the service's certificate) (%w)", name, url, err)
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
-			return fmt.Errorf("%s: cannot reach the service at %s: %w", name, url, err)
+			return fmt.Errorf("%s: cannot reach the service at %s: is `wiremesh serve` running there? (%w)", name, url, err)
 		}
 		return fmt.Errorf("%s %s: %w", name, url, err)
 	}

@@ -37,11 +37,12 @@ type command struct {
 // commands is the command table. To add a command, add an entry here and
 // its run function in its own file.
 var commands = map[string]*command{
-	"serve":  {summary: "run the coordination service", run: runServe},
-	"join":   {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
-	"router": {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
-	"status": {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
-	"demo":   {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
+	"serve":   {summary: "run the coordination service", run: runServe},
+	"join":    {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
+	"router":  {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
+	"status":  {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
+	"demo":    {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
+	"version": {summary: "print the version and build information (also --version)", run: runVersion},
 	"zone": {summary: "manage zones (separate meshes)", sub: map[string]*command{
 		"create": {summary: "create a zone: zone create NAME [--ipv4-pool CIDR] [--ipv6-pool CIDR] [--allow-exit-nodes]", run: runZoneCreate},
 		"list":   {summary: "list zones", run: runZoneList},
@@ -89,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	}
-	fmt.Fprintf(stderr, "wiremesh: %v\n", err)
+	fmt.Fprintf(stderr, "wiremesh: %s\n", plainMessage(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return 2
@@ -108,8 +109,14 @@ func dispatch(ctx context.Context, table map[string]*command, path, args []strin
 		}
 		return flag.ErrHelp
 	}
+	if len(path) == 0 && (args[0] == "--version" || args[0] == "-version") {
+		return runVersion(ctx, args[1:], stdout, stderr)
+	}
 	c, ok := table[args[0]]
 	if !ok {
+		if len(path) == 0 && looksLikeHostPort(args[0]) {
+			return usageErr("unknown command %q: a service URL needs a scheme: did you mean wiremesh join https://%s?", args[0], args[0])
+		}
 		if len(path) == 0 && (strings.Contains(args[0], "://") || strings.HasPrefix(args[0], "-")) {
 			if d, ok := table[defaultCommand]; ok {
 				return d.run(ctx, args, stdout, stderr)
@@ -141,13 +148,16 @@ func printUsage(w io.Writer, table map[string]*command, path []string) {
 }
 
 // newFlagSet returns a flag set for a command; parse errors are usage
-// errors.
+// errors. The flag package's own report of a bad flag is suppressed: the
+// error is printed once, by run, after the usage.
 func newFlagSet(name string, stderr io.Writer, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: wiremesh %s\n\nflags:\n", usage)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -50,6 +51,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	insecure := fs.Bool("insecure-http", false, "serve plain HTTP (behind a TLS-terminating proxy, or for tests)")
 	var hosts stringList
 	fs.Var(&hosts, "tls-host", "extra name or address for the self-signed certificate (repeatable; only when it is first created)")
+	var proxies stringList
+	fs.Var(&proxies, "trusted-proxy", "address or CIDR of a reverse proxy whose X-Forwarded-For names the client, for rate limits and the audit log (repeatable; default: trust none)")
 	verbose := fs.Bool("v", false, "debug logs")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -64,6 +67,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *insecure && *tlsCert != "" {
 		return usageErr("serve: --insecure-http and --tls-cert are mutually exclusive")
 	}
+	trusted, err := parseProxies(proxies)
+	if err != nil {
+		return usageErr("serve: %v", err)
+	}
+	if err := checkListen("serve: --listen", *listen); err != nil {
+		return err
+	}
+	if *stunListen != "off" {
+		if err := checkListen("serve: --stun-listen", *stunListen); err != nil {
+			return err
+		}
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -75,16 +90,22 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
 	svc, err := control.Start(ctx, control.Options{
-		DataDir:      *dataDir,
-		Listen:       *listen,
-		STUNListen:   *stunListen,
-		TLSCertFile:  *tlsCert,
-		TLSKeyFile:   *tlsKey,
-		TLSHosts:     hosts,
-		InsecureHTTP: *insecure,
-		AdminToken:   adminEnv,
-		Logger:       log,
+		DataDir:        *dataDir,
+		Listen:         *listen,
+		STUNListen:     *stunListen,
+		TLSCertFile:    *tlsCert,
+		TLSKeyFile:     *tlsKey,
+		TLSHosts:       hosts,
+		InsecureHTTP:   *insecure,
+		AdminToken:     adminEnv,
+		Logger:         log,
+		TrustedProxies: trusted,
+		Version:        readBuildInfo().short(),
 	})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("serve: cannot listen on %s (TCP) or %s (UDP, STUN): the address is in use, maybe by another `wiremesh serve`: "+
+			"stop it or choose another --listen / --stun-listen (%s)", *listen, *stunListen, plainMessage(err))
+	}
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -94,21 +115,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: creating a join token: %w", err)
 	}
 
-	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
-	if sa := svc.STUNAddr(); sa.IsValid() {
-		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
-	}
-	fmt.Fprintf(stdout, "data directory: %s\n", *dataDir)
-	if adminEnv != "" {
-		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	} else {
-		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(*dataDir, control.AdminTokenFile))
-	}
-	if fp := svc.Fingerprint(); fp != nil {
-		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
-	}
-	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
-		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
+	printBanner(stdout, svc, *dataDir, adminEnv != "", tok)
 
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -145,4 +152,44 @@ func joinURL(svc *control.Service) string {
 		}
 	}
 	return svc.URL()
+}
+
+// parseProxies parses --trusted-proxy values: a CIDR prefix or a single
+// address.
+func parseProxies(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range in {
+		if p, err := netip.ParsePrefix(v); err == nil && p == p.Masked() {
+			out = append(out, p)
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("--trusted-proxy %q: want an address or a CIDR prefix without host bits", v)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// printBanner prints what `wiremesh serve` tells a person at start-up.
+func printBanner(stdout io.Writer, svc *control.Service, dataDir string, adminFromEnv bool, tok string) {
+	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
+	if sa := svc.STUNAddr(); sa.IsValid() {
+		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
+	}
+	fmt.Fprintf(stdout, "data directory: %s\n", dataDir)
+	if adminFromEnv {
+		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
+	} else {
+		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	}
+	if fp := svc.Fingerprint(); fp != nil {
+		fmt.Fprintf(stdout, "certificate SHA-256: %s\n", hex.EncodeToString(fp))
+	}
+	if svc.AdminToken() != "" {
+		fmt.Fprintf(stdout, "dashboard: %s/ui/ (sign in with the admin token)\n", svc.URL())
+	}
+	fmt.Fprintf(stdout, "\nJoin a machine to zone %q (token reusable for %s):\n\n  wiremesh join --token %s %s\n\n",
+		api.DefaultZone, serveJoinTokenTTL, tok, joinURL(svc))
 }

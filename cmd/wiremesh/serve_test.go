@@ -173,13 +173,14 @@ func TestDispatch(t *testing.T) {
 		{[]string{"zone", "create", "-h"}, 0, "-allow-exit-nodes"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{[]string{"token", "nope"}, 2, `unknown command "token nope"`},
-		// A URL first means join (which has no token here); its own
-		// socket and state directory, never the host-wide defaults.
-		{append([]string{"https://127.0.0.1:1", "--userspace"}, agentArgs(t)...), 1, "join https://127.0.0.1:1: mesh.Join: no join token"},
+		// A URL first means join.
+		{append([]string{"https://127.0.0.1:1", "--userspace"}, agentArgs(t)...), 2, "join: no join token: pass --token or set WIREMESH_TOKEN"},
+		{[]string{"127.0.0.1:1"}, 2, `unknown command "127.0.0.1:1": a service URL needs a scheme: did you mean wiremesh join https://127.0.0.1:1?`},
 		{[]string{"zone", "list", "--server", "ftp://x", "--admin-token", "t"}, 2, "--server"},
 		{[]string{"zone", "list", "--data-dir", "/nonexistent", "--server", "https://127.0.0.1:1"}, 2, "no admin token"},
 	} {
 		t.Setenv("WIREMESH_ADMIN_TOKEN", "")
+		t.Setenv("WIREMESH_TOKEN", "")
 		code, _, errOut := cli(t, tc.args...)
 		require.Equal(t, tc.code, code, "%q: %s", tc.args, errOut)
 		require.Contains(t, errOut, tc.want, "%q", tc.args)

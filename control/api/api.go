@@ -35,6 +35,7 @@ const (
 	CodeAddrInUse       = "addr_in_use"       // 409: a requested tunnel address is taken
 	CodeTooManyPrefixes = "too_many_prefixes" // 409: the device would hold more child prefixes than the zone allows
 	CodeTooLarge        = "too_large"         // 413: body over MaxBodyBytes
+	CodeRateLimited     = "rate_limited"      // 429: too many requests or failed authentications from this client; see Retry-After
 	CodePoolExhausted   = "pool_exhausted"    // 507: no free tunnel address left in the zone
 	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
 	CodeUnavailable     = "unavailable"       // 503: the service is shutting down
@@ -55,6 +56,8 @@ func StatusForCode(code string) int {
 		return 409
 	case CodeTooLarge:
 		return 413
+	case CodeRateLimited:
+		return 429
 	case CodePoolExhausted:
 		return 507
 	case CodeUnavailable:
@@ -191,9 +194,12 @@ type Info struct {
 // RegisterRequest is the body of POST /v1/devices, authorized by a join
 // token (Authorization: Bearer TOKEN).
 //
-// Proof is HMAC-SHA256(k, r.SigningBytes()) with
+// Proof is HMAC-SHA256(k, r.SigningBytes(JoinTokenHash(joinSecret))) with
 // k = HKDF-SHA256(secret = X25519(device private, service public),
-// salt = nil, info = ProofInfo), 32 bytes. See ProofKey and Sign in proof.go.
+// salt = nil, info = ProofInfo), 32 bytes, where joinSecret is the join
+// token the request is sent with. See ProofKey and Sign in proof.go. The
+// service accepts a proof once, whether the registration succeeds or not,
+// so every attempt carries a new Timestamp or Nonce and a new Proof.
 type RegisterRequest struct {
 	PublicKey Key    `json:"public_key"`
 	Hostname  string `json:"hostname"`
@@ -258,6 +264,14 @@ type Device struct {
 	Endpoints     []netip.AddrPort `json:"endpoints"`
 	CreatedAt     time.Time        `json:"created_at"`
 	UpdatedAt     time.Time        `json:"updated_at"`
+	// Online (admin API only) reports whether the device holds a watch
+	// stream to the service process that answered. Absent in answers to the
+	// device itself.
+	Online *bool `json:"online,omitempty"`
+	// LastSeen (admin API only) is when the device last held a watch stream
+	// to the service process that answered (the time of the answer while it
+	// holds one). Absent if not since that process started.
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // Peer is a member as other members see it in the watch stream.

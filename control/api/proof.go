@@ -3,6 +3,7 @@ package api
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"strconv"
@@ -15,12 +16,21 @@ import (
 // ProofInfo is the HKDF info string of the registration proof key.
 const ProofInfo = "wiremesh register proof v1"
 
-// SigningBytes is the canonical text the registration proof covers: every
-// field but Proof, one per line, in a fixed order, so both sides compute it
-// byte for byte without depending on JSON encoding details.
-func (r *RegisterRequest) SigningBytes() []byte {
+// JoinTokenHash is the SHA-256 of a join token's secret (the part before
+// the fingerprint, as [ParseJoinToken] returns it). The registration proof
+// covers it, and the service stores only this hash.
+func JoinTokenHash(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
+
+// SigningBytes is the canonical text the registration proof covers: the
+// hash of the join token the request is sent with, then every field but
+// Proof, one per line, in a fixed order, so both sides compute it byte for
+// byte without depending on JSON encoding details. Covering the token
+// binds a signed body to it: a body refused for its token (spent, expired)
+// is worthless with any other.
+func (r *RegisterRequest) SigningBytes(joinTokenHash [32]byte) []byte {
 	var b strings.Builder
-	b.WriteString("wiremesh-register-v1\n")
+	b.WriteString("wiremesh-register-v2\n")
+	b.WriteString("join_token_sha256=" + hex.EncodeToString(joinTokenHash[:]) + "\n")
 	b.WriteString("public_key=" + r.PublicKey.String() + "\n")
 	b.WriteString("hostname=" + strconv.Quote(r.Hostname) + "\n")
 	b.WriteString("zone=" + strconv.Quote(r.Zone) + "\n")
@@ -55,14 +65,17 @@ func ProofKey(private, peerPublic Key) ([]byte, error) {
 	return k, nil
 }
 
-// Sign sets r.Proof using the device private key and the service public key.
-func (r *RegisterRequest) Sign(devicePrivate, servicePublic Key) error {
+// Sign sets r.Proof using the device private key and the service public
+// key, for the join token whose secret hashes to joinTokenHash
+// ([JoinTokenHash]). Sign a new Timestamp and Nonce for every attempt: the
+// service accepts each proof once, whatever the outcome.
+func (r *RegisterRequest) Sign(devicePrivate, servicePublic Key, joinTokenHash [32]byte) error {
 	k, err := ProofKey(devicePrivate, servicePublic)
 	if err != nil {
 		return err
 	}
 	m := hmac.New(sha256.New, k)
-	m.Write(r.SigningBytes())
+	m.Write(r.SigningBytes(joinTokenHash))
 	r.Proof = m.Sum(nil)
 	return nil
 }
@@ -70,14 +83,15 @@ func (r *RegisterRequest) Sign(devicePrivate, servicePublic Key) error {
 // ErrBadProof is returned by Verify when the proof does not match.
 var ErrBadProof = errors.New("registration proof does not verify")
 
-// Verify checks r.Proof with the service private key against r.PublicKey.
-func (r *RegisterRequest) Verify(servicePrivate Key) error {
+// Verify checks r.Proof with the service private key against r.PublicKey,
+// for the join token whose secret hashes to joinTokenHash.
+func (r *RegisterRequest) Verify(servicePrivate Key, joinTokenHash [32]byte) error {
 	k, err := ProofKey(servicePrivate, r.PublicKey)
 	if err != nil {
 		return ErrBadProof
 	}
 	m := hmac.New(sha256.New, k)
-	m.Write(r.SigningBytes())
+	m.Write(r.SigningBytes(joinTokenHash))
 	if !hmac.Equal(m.Sum(nil), r.Proof) {
 		return ErrBadProof
 	}

@@ -203,6 +203,15 @@ type Store interface {
 	// on any error nothing is changed. created reports a first registration.
 	Register(ctx context.Context, p RegisterParams) (d Device, created bool, err error)
 
+	// RecordProof remembers a registration proof until expires, in a
+	// transaction of its own, and gives ErrReplayed for a proof remembered
+	// already (by either RecordProof or Register). The service calls it
+	// before it checks the join token, so a proof is spent whatever becomes
+	// of its registration; it then registers without RegisterParams.Proof.
+	// Expired proofs are forgotten (now is the clock; zero means the
+	// store's).
+	RecordProof(ctx context.Context, proof []byte, expires, now time.Time) error
+
 	// DeviceByToken returns the device a device-token hash belongs to, or
 	// ErrNotFound.
 	DeviceByToken(ctx context.Context, tokenHash [32]byte) (Device, error)

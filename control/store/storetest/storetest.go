@@ -44,6 +44,7 @@ func Run(t *testing.T, open Open) {
 		{"RegisterPoolExhausted", testPoolExhausted},
 		{"RegisterAtomic", testRegisterAtomic},
 		{"RegisterProofReplay", testRegisterProofReplay},
+		{"RecordProof", testRecordProof},
 		{"RegisterConcurrent", testRegisterConcurrent},
 		{"PrefixConflicts", testPrefixConflicts},
 		{"PrefixRules", testPrefixRules},

@@ -85,12 +85,16 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 		return fail(errors.New("service info carries no public key"))
 	}
 
+	tokHash := api.JoinTokenHash(c.joinSecret)
 	var resp *http.Response
 	for attempt := 0; ; attempt++ {
+		// Every attempt is signed anew (timestamp, nonce): the service
+		// spends a proof whatever the outcome, so a retried body would be
+		// refused as a replay.
 		r := req // Sign only sets r.Proof; the slices are shared read-only
 		r.Timestamp = c.nextTimestamp()
 		r.Nonce = newNonce()
-		if err := r.Sign(private, info.PublicKey); err != nil {
+		if err := r.Sign(private, info.PublicKey, tokHash); err != nil {
 			return fail(fmt.Errorf("sign: %w", err))
 		}
 		body, err := json.Marshal(&r)

@@ -363,13 +363,14 @@ func backoff(lo, hi time.Duration, attempt int, resp *http.Response) time.Durati
 }
 
 // slogAdapter makes an slog.Logger a retryablehttp.LeveledLogger. Its
-// "request failed" errors are logged at Warn: the caller gets the error and
-// decides what it is worth.
+// per-attempt "request failed" errors are logged at Debug: the caller gets
+// the final error and decides what it is worth, so an unreachable service
+// is one message, not one warning per retry.
 type slogAdapter struct{ l *slog.Logger }
 
 var _ retryablehttp.LeveledLogger = slogAdapter{}
 
-func (a slogAdapter) Error(msg string, kv ...any) { a.l.Warn("controlclient: "+msg, kv...) }
-func (a slogAdapter) Warn(msg string, kv ...any)  { a.l.Warn("controlclient: "+msg, kv...) }
+func (a slogAdapter) Error(msg string, kv ...any) { a.l.Debug("controlclient: "+msg, kv...) }
+func (a slogAdapter) Warn(msg string, kv ...any)  { a.l.Debug("controlclient: "+msg, kv...) }
 func (a slogAdapter) Info(msg string, kv ...any)  { a.l.Info("controlclient: "+msg, kv...) }
 func (a slogAdapter) Debug(msg string, kv ...any) { a.l.Debug("controlclient: "+msg, kv...) }

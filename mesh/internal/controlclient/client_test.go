@@ -49,7 +49,7 @@ func TestRegisterAndDeviceCalls(t *testing.T) {
 
 			regs := f.registers()
 			require.Len(t, regs, 1)
-			require.NoError(t, regs[0].Verify(f.priv), "proof verifies server-side")
+			require.NoError(t, regs[0].Verify(f.priv, api.JoinTokenHash(f.joinSecret)), "proof verifies server-side")
 			require.Equal(t, api.PublicKey(priv), regs[0].PublicKey)
 			require.Equal(t, []netip.AddrPort{ep}, regs[0].Endpoints)
 			require.InDelta(t, time.Now().Unix(), regs[0].Timestamp, 5)
@@ -315,7 +315,8 @@ func TestRegisterRetryResigns(t *testing.T) {
 	regs := f.registers()
 	require.Len(t, regs, 4, "three 503s, then success")
 	for i, r := range regs {
-		require.NoError(t, r.Verify(f.priv), "attempt %d", i)
+		require.NoError(t, r.Verify(f.priv, api.JoinTokenHash(f.joinSecret)), "attempt %d", i)
+		require.ErrorIs(t, r.Verify(f.priv, api.JoinTokenHash(f.joinSecret+"x")), api.ErrBadProof, "the proof is bound to the join token")
 		if i > 0 {
 			require.Greater(t, r.Timestamp, regs[i-1].Timestamp, "each attempt has a new timestamp")
 			require.NotEqual(t, r.Proof, regs[i-1].Proof)

@@ -154,7 +154,7 @@ func (f *fakeService) register(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, api.CodeBadRequest, err.Error())
 		return
 	}
-	if err := req.Verify(f.priv); err != nil {
+	if err := req.Verify(f.priv, api.JoinTokenHash(f.joinSecret)); err != nil {
 		writeErr(w, api.CodeUnauthorized, err.Error())
 		return
 	}
