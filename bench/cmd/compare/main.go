@@ -62,7 +62,7 @@ func main() {
 	}
 	cfgOf := measure.Flags(flag.CommandLine)
 	var (
-		rounds   = flag.Int("rounds", 3, "rounds; each runs one wiremesh child and then one tsnet child")
+		rounds   = flag.Int("rounds", 5, "rounds; each runs one wiremesh child and then one tsnet child")
 		only     = flag.String("only", "", "run only this system's children (wiremesh or tsnet)")
 		tsnetDir = flag.String("tsnet-module", "", "directory of the tsnet child's module (default: ./tsnet or ./bench/tsnet, whichever exists)")
 		tsnetBin = flag.String("tsnet-child", "", "a tsnet child binary built before (skips the build)")
