@@ -59,7 +59,7 @@ type Config struct {
 
 	// Profile, if set, is called with true before the pair's timed
 	// transfer and with false after it.
-	Profile func(on bool) `json:"-"`
+	Profile func(on bool)
 }
 
 // Flags registers the flags that set a Config on fs (the runner passes
