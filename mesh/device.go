@@ -62,9 +62,13 @@ func newBind(batchSize int) conn.Bind { return udpbind.New(batchSize) }
 
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
-// error tdev is closed.
+// error tdev is closed. The device sends through a crossGuard around bind
+// (see crossWindow).
 func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
-	dev := device.NewDevice(tdev, bind, wgLogger(logger))
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	dev := device.NewDevice(tdev, guardCrossing(bind, logger), wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
 		dev.Close()
@@ -73,9 +77,6 @@ func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, log
 	if err := dev.Up(); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("bring device up on UDP port %d: %w", port, err)
-	}
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
 	}
 	d := &wgDevice{
 		log:     logger,
