@@ -31,7 +31,7 @@ func (r *recBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return 1, nil
 	}}, 1, nil
 }
-func (r *recBind) Close() error        { return nil }
+func (r *recBind) Close() error         { return nil }
 func (r *recBind) SetMark(uint32) error { return nil }
 func (r *recBind) BatchSize() int       { return 1 }
 func (r *recBind) ParseEndpoint(s string) (conn.Endpoint, error) {
