@@ -23,13 +23,15 @@ type deviceJSON struct {
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 	CreatedAt time.Time        `json:"created_at"`
 	UpdatedAt time.Time        `json:"updated_at"`
+	// Generation is absent in changes recorded before it existed.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 func encodeDevice(d Device) (string, error) {
 	b, err := json.Marshal(deviceJSON{
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints,
-		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(), Generation: d.Generation,
 	})
 	return string(b), err
 }
@@ -42,7 +44,7 @@ func decodeDevice(s string) (Device, error) {
 	return Device{
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
-		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), Generation: j.Generation,
 	}, nil
 }
 

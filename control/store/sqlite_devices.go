@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.generation`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -46,6 +46,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		switch {
 		case err == nil:
 			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			d.Generation++ // a restart: peers start a new session at once
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -86,25 +87,26 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, ErrPoolExhausted)
 	}
 	d := Device{
-		ID:        newDeviceID(),
-		Zone:      z.Name,
-		PublicKey: p.PublicKey,
-		Hostname:  p.Hostname,
-		IPv4:      v4,
-		IPv6:      v6,
-		Endpoints: p.Endpoints,
-		CreatedAt: now,
-		UpdatedAt: now,
+		ID:         newDeviceID(),
+		Zone:       z.Name,
+		PublicKey:  p.PublicKey,
+		Hostname:   p.Hostname,
+		IPv4:       v4,
+		IPv6:       v6,
+		Endpoints:  p.Endpoints,
+		CreatedAt:  now,
+		UpdatedAt:  now,
+		Generation: 1,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
 		return Device{}, err
 	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, generation)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano())
+		now.UnixNano(), now.UnixNano(), int64(d.Generation))
 	if err != nil {
 		return Device{}, err
 	}
@@ -161,8 +163,8 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, generation = ? WHERE id = ?`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), int64(d.Generation), d.ID)
 	return err
 }
 
@@ -363,8 +365,9 @@ func scanDevice(r scanner) (Device, error) {
 		key, v4, v6      []byte
 		eps              string
 		created, updated sql.NullInt64
+		generation       int64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &generation); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -383,6 +386,7 @@ func scanDevice(r scanner) (Device, error) {
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.Generation = uint64(generation)
 	return d, nil
 }
 

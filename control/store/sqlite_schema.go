@@ -102,6 +102,11 @@ ALTER TABLE zones ADD COLUMN min_prefix_bits4 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN min_prefix_bits6 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN max_prefixes INTEGER NOT NULL DEFAULT 0;
 `,
+	// 4: registration generation (Device.Generation); rows from before
+	// count as registered once.
+	`
+ALTER TABLE devices ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+`,
 }
 
 // sqliteHeader starts every SQLite database file.
