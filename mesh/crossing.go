@@ -103,6 +103,14 @@ func (g *crossGuard) received(ep string) {
 	g.from[ep] = now
 }
 
+// forget forgets the initiations received, so that the next initiations
+// go out whatever arrived: for deliberate ones (see restartRetries).
+func (g *crossGuard) forget() {
+	g.mu.Lock()
+	clear(g.from)
+	g.mu.Unlock()
+}
+
 // Send drops an initiation that would cross one received from ep (see
 // crossWindow), reporting success as for a lost datagram.
 func (g *crossGuard) Send(bufs [][]byte, ep conn.Endpoint) error {
