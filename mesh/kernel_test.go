@@ -149,6 +149,12 @@ func TestKernelModeInNamespace(t *testing.T) {
 	waitFor(t, "route to 10.79.0.0/24 removed", func() bool {
 		return !strings.Contains(run("ip", "route", "show", "proto", "87"), "10.79.0.0/24")
 	})
+	// Its address is in the zone's range, routed on-link through the TUN
+	// device, but no member holds it: refused at once, not left to hang.
+	waitFor(t, "u3 gone from the peers", func() bool { return len(k.Status().Peers) == 2 })
+	_, err = k.Dial(ctx, "tcp", netip.AddrPortFrom(u3.Addr(), 80).String())
+	require.ErrorIs(t, err, mesh.ErrNoRoute)
+	require.ErrorContains(t, err, "no member of the zone holds")
 
 	// Close removes everything it added and restores forwarding.
 	require.NoError(t, k.Close())
