@@ -238,8 +238,10 @@ func TestSeedScenario(t *testing.T) {
 		t.Logf("the spoke reached node1's container %v after node1 had joined again", time.Since(start))
 		a1.proc.WaitFor(t, "removing leftover nftables table", startTimeout)
 		a1.proc.WaitFor(t, "an earlier run crashed after turning IP forwarding on", startTimeout)
+		start = time.Now()
 		b, err := node2.DialTCPBanner(probeCtx(t), targets["container"])
 		require.NoError(t, err, "node2 -> container after node1 restarted")
+		t.Logf("node2 reached node1's container %v later", time.Since(start))
 		require.Equal(t, "container", b.Host)
 		waitFor(t, "node1 routes node2's prefix again", func() bool {
 			return strings.Contains(ourRoutes(t, node1), "172.28.0.0/24 dev wg0")
