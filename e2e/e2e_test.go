@@ -94,7 +94,7 @@ func startAgent(t testing.TB, bin string, s *service, h *netlab.Host, state stri
 }
 
 // snapshot is what a host's network looks like, for before/after checks.
-type snapshot struct{ links, routes, rules, nft, forward string }
+type snapshot struct{ links, routes, rules, nft, forward, forwardIf string }
 
 func snap(t *testing.T, h *netlab.Host) snapshot {
 	t.Helper()
@@ -104,6 +104,8 @@ func snap(t *testing.T, h *netlab.Host) snapshot {
 		rules:   h.Rules(),
 		nft:     h.NFTRuleset(),
 		forward: strings.TrimSpace(h.MustRun(t, "cat", "/proc/sys/net/ipv4/ip_forward")),
+		// Per interface (wg0 comes and goes with the agent).
+		forwardIf: h.MustRun(t, "sh", "-c", "grep -H . /proc/sys/net/ipv4/conf/*/forwarding /proc/sys/net/ipv6/conf/*/force_forwarding 2>/dev/null | grep -v /wg0/ || true"),
 	}
 }
 
@@ -225,7 +227,8 @@ func TestSeedScenario(t *testing.T) {
 	require.NoError(t, crashed.Kill()) // SIGKILL
 	<-a1.proc.Done()
 	require.Contains(t, node1.NFTRuleset(), "wiremesh-wg0", "the crash left the firewall table")
-	require.Equal(t, "1", strings.TrimSpace(node1.MustRun(t, "cat", "/proc/sys/net/ipv4/ip_forward")), "the crash left forwarding on")
+	require.Equal(t, "1", strings.TrimSpace(node1.MustRun(t, "cat", "/proc/sys/net/ipv4/conf/br0/forwarding")), "the crash left forwarding on for the bridge")
+	require.Equal(t, "0", strings.TrimSpace(node1.MustRun(t, "cat", "/proc/sys/net/ipv4/ip_forward")), "the global switch is never written")
 	a1 = startAgent(t, bin, svc, node1, a1.state, "172.24.0.0/24")
 	t.Run("a crashed router restarts cleanly", func(t *testing.T) {
 		// The spoke learns that node1 registered again and handshakes with
@@ -267,6 +270,20 @@ func TestSeedScenario(t *testing.T) {
 		}
 		require.Error(t, spoke.Ping(probeCtxFor(t, 2*time.Second), addr("172.28.0.10")))
 		require.NoError(t, spoke.Ping(probeCtx(t), addr("172.24.0.2")), "the rest keeps working")
+	})
+
+	t.Run("a router that stops leaves forwarding on when a neighbour relies on it", func(t *testing.T) {
+		// Docker (or another router) starts while node1 routes and turns
+		// forwarding on everywhere; stopping node1 must not turn it off.
+		fwd := "/proc/sys/net/ipv4/conf/br0/forwarding"
+		node1.MustRun(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+		require.NoError(t, a1.proc.Stop(), a1.proc.Output())
+		require.Equal(t, "1", strings.TrimSpace(node1.MustRun(t, "cat", "/proc/sys/net/ipv4/ip_forward")))
+		require.Equal(t, "1", strings.TrimSpace(node1.MustRun(t, "cat", fwd)))
+		node1.MustRun(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward") // the neighbour goes
+		a1 = startAgent(t, bin, svc, node1, a1.state, "172.24.0.0/24")
+		require.NoError(t, spoke.Ping(probeCtx(t), addr("172.24.0.2")), "spoke -> container")
+		require.Equal(t, "1", strings.TrimSpace(node1.MustRun(t, "cat", fwd)))
 	})
 
 	t.Run("stopping every agent leaves nothing behind", func(t *testing.T) {

@@ -109,8 +109,11 @@ func TestKernelModeInNamespace(t *testing.T) {
 	_, err = k.Dial(ctx, "tcp", "192.0.2.1:80")
 	require.ErrorIs(t, err, mesh.ErrNoRoute)
 
-	// The router side: forwarding on, firewall table for its prefix.
-	require.Equal(t, "1", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/ip_forward")))
+	// The router side: forwarding on for the TUN device only (the global
+	// switch is never written), firewall table for its prefix.
+	require.Equal(t, "1", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/conf/"+ifname+"/forwarding")))
+	require.Equal(t, "0", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/ip_forward")))
+	require.Equal(t, "0", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/conf/dum0/forwarding")))
 	rules := run("nft", "list", "table", "inet", "wiremesh-"+ifname)
 	require.Contains(t, rules, "10.66.0.0/24")
 	require.Contains(t, rules, "masquerade")
