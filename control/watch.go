@@ -59,8 +59,15 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	var deadline time.Time
 	send := func(lines ...[]byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		// Moving the deadline costs a timer update per write: move it only
+		// once a third of it has passed, so a member that stops reading is
+		// cut off after between 2/3 and all of watchWriteTimeout.
+		if now := time.Now(); deadline.Sub(now) < watchWriteTimeout*2/3 {
+			deadline = now.Add(watchWriteTimeout)
+			_ = rc.SetWriteDeadline(deadline)
+		}
 		for _, l := range lines {
 			if _, err := w.Write(l); err != nil {
 				return false
