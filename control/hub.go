@@ -19,6 +19,10 @@ import (
 // holding them grows on demand: an idle watcher holds none.
 const subscriberBuffer = 256
 
+// hubCoalesce is how long the hub's worker waits after a wake-up before it
+// reads the change log: changes arriving meanwhile share one pass.
+const hubCoalesce = 2 * time.Millisecond
+
 // errHubClosed is returned by subscribe after close.
 var errHubClosed = errors.New("watch hub closed")
 
@@ -147,6 +151,13 @@ func (h *hub) run(poll time.Duration) {
 		case <-h.ctx.Done():
 			return
 		case <-h.kick:
+			// Let the request that kicked finish answering before the
+			// fan-out wakes every stream, and batch what comes meanwhile.
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-time.After(hubCoalesce):
+			}
 		case <-tick:
 			h.markAll()
 		}
