@@ -27,8 +27,8 @@ Joins the mesh coordinated by the service at URL as a member (a spoke) and
 stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
 default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
---userspace runs without root or TUN device (reachable only through the
-mesh library). On exit the interface and everything the agent added are
+--userspace runs without root or TUN device: programs reach the mesh
+through --socks5-server or --http-proxy (or the mesh library). On exit the interface and everything the agent added are
 removed; the registration stays (see 'wiremesh device delete').
 
 flags:
@@ -41,6 +41,7 @@ type agentFlags struct {
 	userspace, insecureHTTP, masquerade, verbose    bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
+	services                                        serviceFlags
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
@@ -57,6 +58,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
 	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
 	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
+	a.services.register(fs)
 }
 
 // runJoin implements `wiremesh join` (and `wiremesh URL`): a spoke.
@@ -110,6 +112,12 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
 	}
 
+	svc, err := a.services.listen(name)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
+
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -154,6 +162,9 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	} else {
 		defer srv.Close()
 	}
+	if err := svc.serve(n, stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
 
 	events := n.Watch(ctx)
 	for _, p := range st.Peers {
@@ -182,6 +193,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	if srv != nil {
 		srv.Close()
 	}
+	svc.close()
 	if err := n.Close(); err != nil {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
