@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,8 +17,9 @@ import (
 )
 
 // The status socket: a running agent listens on a unix socket (mode 0600
-// in a 0700 directory) and answers every connection with its mesh.Status
-// as one JSON document, then closes it. `wiremesh status` reads it.
+// in a 0700 directory) and answers one request per connection (see
+// statusrpc.go): its mesh.Status for `wiremesh status`, ping for
+// `wiremesh ping`.
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -44,14 +43,16 @@ func defaultSocketPath(ifname string) string {
 type statusServer struct {
 	ln     net.Listener
 	path   string
-	status func() mesh.Status
+	ops    map[string]statusOp // read-only once serving
+	ctx    context.Context     // done on Close: ends running ops
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
 }
 
 // serveStatus listens on path (replacing a stale socket file) and serves
-// status() to every connection.
-func serveStatus(path string, status func() mesh.Status) (*statusServer, error) {
+// status() to {"op":"status"} requests, and the ops of opts.
+func serveStatus(path string, status func() mesh.Status, opts ...statusOption) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -75,12 +76,20 @@ func serveStatus(path string, status func() mesh.Status) (*statusServer, error) 
 		ln.Close()
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	s := &statusServer{ln: ln, path: path, status: status}
+	s := &statusServer{ln: ln, path: path, ops: map[string]statusOp{
+		"status": func(ctx context.Context, _ []byte, enc *json.Encoder) error { return enc.Encode(status()) },
+	}}
+	for _, o := range opts {
+		o(s)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
 }
 
+// serve handles each connection in a goroutine of its own (a ping may
+// last a while).
 func (s *statusServer) serve() {
 	defer s.wg.Done()
 	for {
@@ -88,16 +97,22 @@ func (s *statusServer) serve() {
 		if err != nil {
 			return
 		}
-		c.SetDeadline(time.Now().Add(statusTimeout))
-		json.NewEncoder(c).Encode(s.status())
-		c.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			stop := context.AfterFunc(s.ctx, func() { c.Close() })
+			defer stop()
+			s.handle(s.ctx, c)
+		}()
 	}
 }
 
-// Close stops serving and removes the socket file. Idempotent.
+// Close stops serving, ends the requests being served and removes the
+// socket file. Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
+		s.cancel()
 		s.wg.Wait()
 		os.Remove(s.path)
 	})
@@ -116,22 +131,23 @@ func statusSocketLive(path string) bool {
 
 // readStatus asks the agent at path for its status.
 func readStatus(ctx context.Context, path string) (mesh.Status, error) {
-	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	c, err := d.DialContext(ctx, "unix", path)
+	dec, c, err := statusCall(ctx, path, statusRequest{Op: "status"})
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return mesh.Status{}, fmt.Errorf("no agent is running (nothing answers on %s): start one with 'wiremesh URL' or 'wiremesh router', or pass --interface/--socket", path)
-		}
-		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
+		return mesh.Status{}, err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return mesh.Status{}, fmt.Errorf("status socket %s: reading the answer: %w", path, err)
+	}
+	var e statusErrorReply
+	if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+		return mesh.Status{}, fmt.Errorf("status socket %s: the agent says: %s", path, e.Error)
 	}
 	var st mesh.Status
-	if err := json.NewDecoder(c).Decode(&st); err != nil {
+	if err := json.Unmarshal(raw, &st); err != nil {
 		return mesh.Status{}, fmt.Errorf("status socket %s: reading the answer: %w", path, err)
 	}
 	return st, nil
@@ -154,7 +170,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ifname := fs.String("interface", mesh.DefaultInterfaceName, "the agent's interface (selects its status socket)")
 	sock := fs.String("socket", "", "the agent's status socket (default "+defaultSocketPath("IFACE")+")")
-	asJSON := fs.Bool("json", false, "print the status as JSON")
+	asJSON := fs.Bool("json", false, "print the status as JSON (format: docs/STATUS-JSON.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -173,7 +189,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(statusJSONOf(st))
 	}
 	return printStatus(stdout, st, time.Now())
 }
@@ -194,7 +210,7 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "  prefixes:  %s\n", joinStrings(self.Prefixes))
 	fmt.Fprintf(w, "  service:   %s (revision %d)\n\n", service, st.Revision)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		ep := "-"
 		if p.Endpoint.IsValid() {
