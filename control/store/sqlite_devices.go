@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -32,7 +32,8 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 	)
 	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		d, created = Device{}, false // fn runs once, but keep it self-contained
-		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
+		jt, err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now)
+		if err != nil {
 			return err
 		}
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
@@ -45,13 +46,13 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d, err = loadDevice(ctx, tx, `d.zone = ? AND d.public_key = ?`, p.Zone, p.PublicKey[:])
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
 		case errors.Is(err, ErrNotFound):
 			created = true
-			if d, err = insertDevice(ctx, tx, z, p, now); err != nil {
+			if d, err = insertDevice(ctx, tx, z, p, jt.Tags, now); err != nil {
 				return err
 			}
 		default:
@@ -75,7 +76,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 }
 
 // insertDevice allocates a host index and inserts a new device row.
-func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, now time.Time) (Device, error) {
+func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, tags []string, now time.Time) (Device, error) {
 	idx, err := allocIndex(ctx, tx, z, p.RequestedIPv4)
 	if err != nil {
 		return Device{}, err
@@ -93,6 +94,7 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		IPv4:      v4,
 		IPv6:      v6,
 		Endpoints: p.Endpoints,
+		Tags:      nilIfEmpty(slices.Clone(tags)),
 		CreatedAt: now,
 		UpdatedAt: now,
 	}
@@ -100,11 +102,15 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
+	tj, err := encodeTags(d.Tags)
+	if err != nil {
+		return Device{}, err
+	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano())
+		now.UnixNano(), now.UnixNano(), tj)
 	if err != nil {
 		return Device{}, err
 	}
@@ -161,8 +167,12 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), d.ID)
+	tags, err := encodeTags(d.Tags)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, tags = ? WHERE id = ?`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tags, d.ID)
 	return err
 }
 
@@ -361,10 +371,10 @@ func scanDevice(r scanner) (Device, error) {
 	var (
 		d                Device
 		key, v4, v6      []byte
-		eps              string
+		eps, tags        string
 		created, updated sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -382,6 +392,9 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: stored endpoints: %w", d.ID, err)
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
+	if d.Tags, err = decodeTags(tags); err != nil {
+		return Device{}, fmt.Errorf("device %q: %w", d.ID, err)
+	}
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return d, nil
 }

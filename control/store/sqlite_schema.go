@@ -102,6 +102,18 @@ ALTER TABLE zones ADD COLUMN min_prefix_bits4 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN min_prefix_bits6 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN max_prefixes INTEGER NOT NULL DEFAULT 0;
 `,
+	// 4: access policies (one document per zone; a NULL document is a
+	// removed policy whose revision is kept) and tags of tokens and devices.
+	`
+CREATE TABLE zone_policies (
+	zone       TEXT PRIMARY KEY REFERENCES zones(name),
+	document   BLOB,             -- NULL: no policy
+	rev        INTEGER NOT NULL, -- revision of the change that set it
+	updated_at INTEGER NOT NULL
+) STRICT;
+ALTER TABLE join_tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'; -- JSON array
+ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';     -- JSON array
+`,
 }
 
 // sqliteHeader starts every SQLite database file.
