@@ -54,7 +54,7 @@ func TestJoinProxiesAndMetrics(t *testing.T) {
 	// SOCKS5, with the member's name resolved in the mesh.
 	d, err := xproxy.SOCKS5("tcp", socksAddr, nil, xproxy.Direct)
 	require.NoError(t, err)
-	viaSOCKS := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Dial: d.Dial}}
+	viaSOCKS := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.(xproxy.ContextDialer).DialContext}}
 	body, code := httpGet(t, viaSOCKS, "http://web/")
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "hello from web", body)

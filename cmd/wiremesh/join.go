@@ -68,28 +68,10 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // run prints a bad flag's error once
-	var a agentFlags
-	a.register(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	pos, err := parseInterleaved(fs, args)
+	a, fs, url, err := parseAgentArgs(name, usage, args, stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &usageError{fmt.Errorf("%s: %w", name, err)}
+		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
-	}
-	url := pos[0]
 	if err := checkServiceURL(name+": service URL", url); err != nil {
 		return err
 	}
@@ -137,25 +119,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 	}
 
-	st := n.Status()
-	// One write per line: readers (and tests) see whole lines.
-	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
-	if addrs := n.Addrs(); len(addrs) > 1 {
-		line += fmt.Sprintf(" and %s", addrs[1])
-	}
-	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
-	if st.Self.Interface != "" {
-		line += ", interface " + st.Self.Interface
-	} else {
-		line += ", userspace mode"
-	}
-	fmt.Fprintln(stdout, line)
-	if ps := n.Prefixes(); len(ps) > 0 {
-		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
-	}
-	if !st.ControlConnected {
-		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
-	}
+	st := printJoined(stdout, n)
 	srv, err := serveStatus(sock, n.Status, withOp("ping", pingOp(n.Status, n.Ping)))
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
@@ -166,29 +130,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: %w", name, err)
 	}
 
-	events := n.Watch(ctx)
-	for _, p := range st.Peers {
-		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
-	}
-	printSkipped(stdout, nil, st.SkippedRoutes)
-	skipped := st.SkippedRoutes
-	for ev := range events {
-		switch ev.Type {
-		case mesh.PeerAdded:
-			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerUpdated:
-			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerRemoved:
-			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.ControlLost:
-			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
-		case mesh.ControlRestored:
-			fmt.Fprintf(stdout, "connected to the service\n")
-		}
-		now := n.Status().SkippedRoutes
-		printSkipped(stdout, skipped, now)
-		skipped = now
-	}
+	reportEvents(stdout, n, n.Watch(ctx), st)
 	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
 	if srv != nil {
 		srv.Close()
@@ -198,6 +140,33 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
+}
+
+// parseAgentArgs parses the flags and the service URL of `wiremesh join`
+// or `wiremesh router`.
+func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agentFlags, *flag.FlagSet, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
+	a := &agentFlags{}
+	a.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, "", err
+		}
+		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return nil, nil, "", usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
+	}
+	return a, fs, pos[0], nil
 }
 
 // options turns the flags into mesh options.
@@ -332,5 +301,57 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
+	}
+}
+
+// printJoined prints the lines that say the node joined, and returns its
+// status.
+func printJoined(stdout io.Writer, n *mesh.Node) mesh.Status {
+	st := n.Status()
+	// One write per line: readers (and tests) see whole lines.
+	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
+	if addrs := n.Addrs(); len(addrs) > 1 {
+		line += fmt.Sprintf(" and %s", addrs[1])
+	}
+	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
+	if st.Self.Interface != "" {
+		line += ", interface " + st.Self.Interface
+	} else {
+		line += ", userspace mode"
+	}
+	fmt.Fprintln(stdout, line)
+	if ps := n.Prefixes(); len(ps) > 0 {
+		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
+	}
+	if !st.ControlConnected {
+		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
+	}
+	return st
+}
+
+// reportEvents prints the node's peers, then each change until events
+// ends (the agent stops).
+func reportEvents(stdout io.Writer, n *mesh.Node, events <-chan mesh.Event, st mesh.Status) {
+	for _, p := range st.Peers {
+		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
+	}
+	printSkipped(stdout, nil, st.SkippedRoutes)
+	skipped := st.SkippedRoutes
+	for ev := range events {
+		switch ev.Type {
+		case mesh.PeerAdded:
+			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.PeerUpdated:
+			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.PeerRemoved:
+			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.ControlLost:
+			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
+		case mesh.ControlRestored:
+			fmt.Fprintf(stdout, "connected to the service\n")
+		}
+		now := n.Status().SkippedRoutes
+		printSkipped(stdout, skipped, now)
+		skipped = now
 	}
 }
