@@ -1,5 +1,6 @@
-// Package proxy serves a SOCKS5 proxy and an HTTP proxy (CONNECT, and
-// plain http:// requests in absolute form) whose connections go through a
+// Package proxy serves a SOCKS5 proxy (CONNECT and UDP ASSOCIATE) and an
+// HTTP proxy (CONNECT, and plain http:// requests in absolute form) whose
+// connections go through a
 // mesh node, so that any program on the machine reaches the mesh, and the
 // members' child prefixes, from an unprivileged userspace agent, as
 // tailscaled's --socks5-server and --outbound-http-proxy-listen do.

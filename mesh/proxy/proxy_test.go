@@ -183,8 +183,6 @@ func TestSOCKS5Refusals(t *testing.T) {
 		{"not SOCKS5", []byte{4, 1, 0, 80, 1, 2, 3, 4, 0}, []byte{}},
 		{"BIND", append([]byte{5, 1, 0, 5, 2, 0, 1}, a4[0], a4[1], a4[2], a4[3], 0, 7),
 			[]byte{5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0}},
-		{"UDP ASSOCIATE", append([]byte{5, 1, 0, 5, 3, 0, 1}, a4[0], a4[1], a4[2], a4[3], 0, 7),
-			[]byte{5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0}},
 		{"address type 9", []byte{5, 1, 0, 5, 1, 0, 9, 1, 2}, []byte{5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,7 +21,8 @@ const (
 	methodNoAuth       = 0x00
 	methodNoAcceptable = 0xff
 
-	cmdConnect = 0x01
+	cmdConnect      = 0x01
+	cmdUDPAssociate = 0x03
 
 	atypIPv4   = 0x01
 	atypDomain = 0x03
@@ -36,10 +37,10 @@ const (
 	replyAddrTypeUnsupp     = 0x08
 )
 
-// SOCKS5 is a SOCKS5 proxy server (RFC 1928): CONNECT, without
-// authentication. Clients offering only other authentication methods
-// (username/password, GSSAPI) are told that none is acceptable (0xFF);
-// BIND and UDP ASSOCIATE are answered "command not supported".
+// SOCKS5 is a SOCKS5 proxy server (RFC 1928): CONNECT and UDP ASSOCIATE,
+// without authentication. Clients offering only other authentication
+// methods (username/password, GSSAPI) are told that none is acceptable
+// (0xFF); BIND is answered "command not supported".
 // Addresses may be IPv4, IPv6 or a name (the zone's member names, resolved
 // by Config.Dial): use socks5h:// with curl to send the name.
 type SOCKS5 struct {
@@ -115,9 +116,13 @@ func (s *conns) serve(ln net.Listener, handle func(net.Conn)) error {
 func (s *SOCKS5) handle(c net.Conn) {
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	br := bufio.NewReader(c)
-	target, err := s.negotiate(br, c)
+	cmd, target, err := s.negotiate(br, c)
 	if err != nil {
 		s.c.log.Debug("proxy: socks5: refused", "client", c.RemoteAddr(), "err", err)
+		return
+	}
+	if cmd == cmdUDPAssociate {
+		s.associate(c)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -150,49 +155,51 @@ func (s *SOCKS5) handle(c net.Conn) {
 }
 
 // negotiate reads the method selection and the request, and returns the
-// target "host:port". A request the server refuses has been answered.
-func (s *SOCKS5) negotiate(r *bufio.Reader, w io.Writer) (string, error) {
+// command and its target "host:port" (for UDP ASSOCIATE, where the client
+// will send from, often 0.0.0.0:0: not used). A request the server
+// refuses has been answered.
+func (s *SOCKS5) negotiate(r *bufio.Reader, w io.Writer) (cmd byte, target string, err error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return "", fmt.Errorf("reading methods: %w", err)
+		return 0, "", fmt.Errorf("reading methods: %w", err)
 	}
 	if hdr[0] != socksVersion {
-		return "", fmt.Errorf("version %d, not SOCKS5", hdr[0])
+		return 0, "", fmt.Errorf("version %d, not SOCKS5", hdr[0])
 	}
 	methods := make([]byte, hdr[1])
 	if _, err := io.ReadFull(r, methods); err != nil {
-		return "", fmt.Errorf("reading methods: %w", err)
+		return 0, "", fmt.Errorf("reading methods: %w", err)
 	}
 	if !slices.Contains(methods, methodNoAuth) {
 		w.Write([]byte{socksVersion, methodNoAcceptable})
-		return "", fmt.Errorf("client offers only authentication methods %v; this proxy has none", methods)
+		return 0, "", fmt.Errorf("client offers only authentication methods %v; this proxy has none", methods)
 	}
 	if _, err := w.Write([]byte{socksVersion, methodNoAuth}); err != nil {
-		return "", err
+		return 0, "", err
 	}
 	var req [4]byte
 	if _, err := io.ReadFull(r, req[:]); err != nil {
-		return "", fmt.Errorf("reading request: %w", err)
+		return 0, "", fmt.Errorf("reading request: %w", err)
 	}
 	if req[0] != socksVersion {
-		return "", fmt.Errorf("request version %d, not SOCKS5", req[0])
+		return 0, "", fmt.Errorf("request version %d, not SOCKS5", req[0])
 	}
 	host, err := readAddr(r, req[3])
 	if err != nil {
 		if errors.Is(err, errAddrType) {
 			writeReply(w, replyAddrTypeUnsupp, netip.AddrPort{})
 		}
-		return "", err
+		return 0, "", err
 	}
 	var port [2]byte
 	if _, err := io.ReadFull(r, port[:]); err != nil {
-		return "", fmt.Errorf("reading request: %w", err)
+		return 0, "", fmt.Errorf("reading request: %w", err)
 	}
-	if req[1] != cmdConnect {
+	if req[1] != cmdConnect && req[1] != cmdUDPAssociate {
 		writeReply(w, replyCommandUnsupported, netip.AddrPort{})
-		return "", fmt.Errorf("command %d not supported (only CONNECT)", req[1])
+		return 0, "", fmt.Errorf("command %d not supported (only CONNECT and UDP ASSOCIATE)", req[1])
 	}
-	return net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(port[:])))), nil
+	return req[1], net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(port[:])))), nil
 }
 
 var errAddrType = errors.New("address type not supported")
