@@ -1,9 +1,9 @@
 // Package proxy serves a SOCKS5 proxy (CONNECT and UDP ASSOCIATE) and an
 // HTTP proxy (CONNECT, and plain http:// requests in absolute form) whose
-// connections go through a
-// mesh node, so that any program on the machine reaches the mesh, and the
-// members' child prefixes, from an unprivileged userspace agent, as
-// tailscaled's --socks5-server and --outbound-http-proxy-listen do.
+// connections go through a mesh node, so that any program on the machine
+// reaches the mesh, and the members' child prefixes, from an unprivileged
+// userspace agent, as tailscaled's --socks5-server and
+// --outbound-http-proxy-listen do.
 //
 // Every connection is made with Config.Dial, normally [mesh.Node.Dial]:
 // the proxies never reach the host network. A destination outside the
