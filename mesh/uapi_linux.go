@@ -19,12 +19,13 @@ import (
 // of a userspace implementation: /var/run/wireguard/IFACE.sock.
 const uapiDir = "/var/run/wireguard"
 
-// uapiServer answers the standard WireGuard UAPI on a unix socket, so that
-// `wg show IFACE` lists a kernel-mode node's peers, endpoints, handshakes
-// and bytes. It is wireguard-go's ipc.UAPIOpen/UAPIListen done without
-// their process-wide umask change and unowned goroutines: the socket is
-// made owner-only in a private directory and renamed into place, every
-// connection is tracked, and close waits for them. What `wg set` changes
+// uapiServer answers the standard WireGuard UAPI on a unix socket (see
+// serveUAPI), so that `wg show IFACE` lists a kernel-mode node's peers,
+// endpoints, handshakes and bytes. It is wireguard-go's
+// ipc.UAPIOpen/UAPIListen done without their process-wide umask change
+// and unowned goroutines: the socket is made owner-only in a private
+// directory and renamed into place, every connection is tracked, and
+// close waits for them. What `wg set` changes
 // the node restores (see repairDrift), and after each connection onDone
 // is called so that it does so at once.
 type uapiServer struct {
@@ -123,7 +124,8 @@ func (s *uapiServer) serve() {
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.dev.IpcHandle(c) // closes c
+			serveUAPI(s.dev, c)
+			c.Close()
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
