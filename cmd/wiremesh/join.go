@@ -120,7 +120,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	}
 
 	st := printJoined(stdout, n)
-	srv, err := serveStatus(sock, n.Status, withOp("ping", pingOp(n.Status, n.Ping)))
+	srv, err := serveStatus(sock, n)
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
 	} else {

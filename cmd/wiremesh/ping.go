@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -17,8 +18,9 @@ import (
 
 // `wiremesh ping` asks the running agent (status socket, op "ping") to
 // ping a member or an address through the mesh with Node.Ping. The agent
-// answers with JSON lines: first pingStart (or {"error"} when the target
-// cannot be pinged at all), then one pingResult per echo request.
+// answers with JSON lines: first pingStart (or an agentReply with the
+// error when the target cannot be pinged at all), then one pingResult per
+// echo request.
 
 // pingRequest is the "ping" request.
 type pingRequest struct {
@@ -49,57 +51,77 @@ const (
 	minPingInterval = 10 * time.Millisecond
 )
 
-// pingOp serves "ping" requests with the node's status (to resolve names)
-// and ping function.
-func pingOp(status func() mesh.Status, ping func(context.Context, netip.Addr) (time.Duration, error)) statusOp {
-	return func(ctx context.Context, raw []byte, enc *json.Encoder) error {
-		var req pingRequest
-		if err := json.Unmarshal(raw, &req); err != nil {
-			return fmt.Errorf("bad ping request: %v", err)
-		}
-		if req.Count < 1 || req.Count > maxPingCount {
-			return fmt.Errorf("ping: count %d: want 1..%d", req.Count, maxPingCount)
-		}
-		interval := max(time.Duration(req.IntervalMS)*time.Millisecond, minPingInterval)
-		timeout := time.Duration(req.TimeoutMS) * time.Millisecond
-		if timeout <= 0 {
-			timeout = mesh.DefaultPingTimeout
-		}
-		addr, host, err := resolveTarget(status(), req.Target)
-		if err != nil {
-			return err
-		}
-		if err := enc.Encode(pingStart{Addr: addr.String(), Hostname: host}); err != nil {
-			return nil
-		}
-		start := time.Now()
-		for seq := 1; seq <= req.Count; seq++ {
-			pctx, cancel := context.WithTimeout(ctx, timeout)
-			rtt, err := ping(pctx, addr)
-			cancel()
-			if ctx.Err() != nil {
-				return nil
-			}
-			res := pingResult{Seq: seq, RTTNS: rtt.Nanoseconds()}
-			if err != nil {
-				// Node.Ping's errors start with "mesh: ping ADDR: ".
-				msg := strings.TrimPrefix(err.Error(), "mesh: ping "+addr.String()+": ")
-				if errors.Is(err, mesh.ErrNoRoute) {
-					return errors.New(msg)
-				}
-				res = pingResult{Seq: seq, Error: msg}
-			}
-			if err := enc.Encode(res); err != nil || seq == req.Count {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Until(start.Add(time.Duration(seq) * interval))):
-			}
-		}
+// ping serves a ping request (raw is its line) on c until the pings are
+// done, the client hangs up or the server closes.
+func (s *statusServer) ping(c net.Conn, raw []byte) {
+	c.SetDeadline(time.Time{})
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	hangup := make(chan struct{})
+	go func() {
+		defer close(hangup)
+		c.Read(make([]byte, 1)) // returns when the client hangs up or c is closed
+		cancel()
+	}()
+	defer func() {
+		c.Close()
+		<-hangup
+	}()
+	enc := json.NewEncoder(c)
+	if err := pingStream(ctx, s.agent, raw, enc); err != nil {
+		enc.Encode(agentReply{Error: err.Error()})
+	}
+}
+
+// pingStream pings as raw (a pingRequest) asks and writes the answers to
+// enc. An error ends the request as a whole.
+func pingStream(ctx context.Context, agent agentAPI, raw []byte, enc *json.Encoder) error {
+	var req pingRequest
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return fmt.Errorf("bad ping request: %v", err)
+	}
+	if req.Count < 1 || req.Count > maxPingCount {
+		return fmt.Errorf("ping: count %d: want 1..%d", req.Count, maxPingCount)
+	}
+	interval := max(time.Duration(req.IntervalMS)*time.Millisecond, minPingInterval)
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = mesh.DefaultPingTimeout
+	}
+	addr, host, err := resolveTarget(agent.Status(), req.Target)
+	if err != nil {
+		return err
+	}
+	if err := enc.Encode(pingStart{Addr: addr.String(), Hostname: host}); err != nil {
 		return nil
 	}
+	start := time.Now()
+	for seq := 1; seq <= req.Count; seq++ {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		rtt, err := agent.Ping(pctx, addr)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		res := pingResult{Seq: seq, RTTNS: rtt.Nanoseconds()}
+		if err != nil {
+			// Node.Ping's errors start with "mesh: ping ADDR: ".
+			msg := strings.TrimPrefix(err.Error(), "mesh: ping "+addr.String()+": ")
+			if errors.Is(err, mesh.ErrNoRoute) {
+				return errors.New(msg)
+			}
+			res = pingResult{Seq: seq, Error: msg}
+		}
+		if err := enc.Encode(res); err != nil || seq == req.Count {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Until(start.Add(time.Duration(seq) * interval))):
+		}
+	}
+	return nil
 }
 
 // resolveTarget turns target (an address, or the hostname of exactly one
@@ -195,11 +217,16 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // pingVia sends req to the agent at path and prints the answers like ping.
 func pingVia(ctx context.Context, path string, req pingRequest, w io.Writer) error {
-	dec, c, err := statusCall(ctx, path, req)
+	c, err := dialAgent(ctx, path)
 	if err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
 	defer c.Close()
+	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return fmt.Errorf("ping: status socket %s: %w", path, err)
+	}
+	dec := json.NewDecoder(c)
 	var st pingStart
 	if err := dec.Decode(&st); err != nil {
 		return fmt.Errorf("ping: status socket %s: reading the answer: %w", path, err)

@@ -65,15 +65,27 @@ func TestPingCommand(t *testing.T) {
 	require.ErrorContains(t, err, "no agent is running")
 }
 
-// fakeAgent serves a status socket with a fixed status and ping function.
-func fakeAgent(t *testing.T, st mesh.Status, ping func(context.Context, netip.Addr) (time.Duration, error)) string {
+// fakeAgent is an agentAPI with a fixed status and a ping function.
+type fakeAgent struct {
+	st   mesh.Status
+	ping func(context.Context, netip.Addr) (time.Duration, error)
+}
+
+func (f *fakeAgent) Status() mesh.Status                                       { return f.st }
+func (f *fakeAgent) AdvertisePrefix(ctx context.Context, p netip.Prefix) error { return nil }
+func (f *fakeAgent) ReleasePrefix(ctx context.Context, p netip.Prefix) error   { return nil }
+func (f *fakeAgent) Ping(ctx context.Context, a netip.Addr) (time.Duration, error) {
+	return f.ping(ctx, a)
+}
+
+// serveFake serves a status socket for a fakeAgent until the test ends.
+func serveFake(t *testing.T, st mesh.Status, ping func(context.Context, netip.Addr) (time.Duration, error)) (string, *statusServer) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	status := func() mesh.Status { return st }
-	srv, err := serveStatus(sock, status, withOp("ping", pingOp(status, ping)))
+	srv, err := serveStatus(sock, &fakeAgent{st: st, ping: ping})
 	require.NoError(t, err)
 	t.Cleanup(func() { srv.Close() })
-	return sock
+	return sock, srv
 }
 
 // TestPingLossAndInterrupt: lost replies are reported per sequence number
@@ -85,7 +97,7 @@ func TestPingLossAndInterrupt(t *testing.T) {
 		Peers: []mesh.PeerStatus{{Hostname: "flaky", Addrs: []netip.Addr{a}}, {Hostname: "twin", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.3")}},
 			{Hostname: "twin", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.4")}}}}
 	n := 0
-	sock := fakeAgent(t, st, func(ctx context.Context, addr netip.Addr) (time.Duration, error) {
+	sock, srv := serveFake(t, st, func(ctx context.Context, addr netip.Addr) (time.Duration, error) {
 		n++
 		if n%2 == 0 {
 			<-ctx.Done()
@@ -111,13 +123,26 @@ func TestPingLossAndInterrupt(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 	require.Regexp(t, `\d+ sent, \d+ received, \d+% loss`, out.String())
+
+	// The agent stopping ends a running ping (and Close does not wait
+	// for the thousand pings).
+	out = joinOutput{}
+	go func() {
+		done <- runPing(context.Background(), []string{"--socket", sock, "-c", "1000", "-i", "10ms", "100.64.0.9"}, &out, io.Discard)
+	}()
+	meshtest.WaitFor(t, "a reply", func() bool { return bytes.Contains([]byte(out.String()), []byte("seq=3")) })
+	closed := time.Now()
+	require.NoError(t, srv.Close())
+	require.Less(t, time.Since(closed), 5*time.Second)
+	require.NoError(t, <-done, "replies came: the ping ends with its statistics")
+	require.Regexp(t, `\d+ sent, \d+ received`, out.String())
 }
 
 // TestStatusSocketProtocol: a client that sends no request gets the
 // status (the first protocol); an unknown request is answered with an
 // error naming the known ones.
 func TestStatusSocketProtocol(t *testing.T) {
-	sock := fakeAgent(t, mesh.Status{Self: mesh.SelfStatus{Hostname: "me"}}, nil)
+	sock, _ := serveFake(t, mesh.Status{Self: mesh.SelfStatus{Hostname: "me"}}, nil)
 	c, err := net.Dial("unix", sock)
 	require.NoError(t, err)
 	var st mesh.Status
@@ -125,12 +150,9 @@ func TestStatusSocketProtocol(t *testing.T) {
 	require.Equal(t, "me", st.Self.Hostname)
 	c.Close()
 
-	dec, c2, err := statusCall(context.Background(), sock, statusRequest{Op: "advertise"})
+	r, err := callAgent(context.Background(), sock, agentRequest{Op: "advertise"})
 	require.NoError(t, err)
-	defer c2.Close()
-	var e statusErrorReply
-	require.NoError(t, dec.Decode(&e))
-	require.Contains(t, e.Error, `unknown request "advertise"`)
+	require.Contains(t, r.Error, `unknown request "advertise"`)
 }
 
 // TestStatusJSON pins the documented format of `wiremesh status --json`

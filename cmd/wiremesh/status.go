@@ -17,9 +17,11 @@ import (
 )
 
 // The status socket: a running agent listens on a unix socket (mode 0600
-// in a 0700 directory) and answers one request per connection (see
-// statusrpc.go): its mesh.Status for `wiremesh status`, ping for
-// `wiremesh ping`.
+// in a 0700 directory). A client sends one request line (agentctl.go) and
+// gets one JSON document back: the agent's mesh.Status for a status
+// request (`wiremesh status`), or the result of a prefix command
+// (`wiremesh prefix advertise|release`); a ping request gets a stream of
+// JSON lines (ping.go).
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -43,16 +45,16 @@ func defaultSocketPath(ifname string) string {
 type statusServer struct {
 	ln     net.Listener
 	path   string
-	ops    map[string]statusOp // read-only once serving
-	ctx    context.Context     // done on Close: ends running ops
+	agent  agentAPI
+	ctx    context.Context // done on Close: ends a running ping
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
 }
 
-// serveStatus listens on path (replacing a stale socket file) and serves
-// status() to {"op":"status"} requests, and the ops of opts.
-func serveStatus(path string, status func() mesh.Status, opts ...statusOption) (*statusServer, error) {
+// serveStatus listens on path (replacing a stale socket file) and answers
+// requests about agent on every connection.
+func serveStatus(path string, agent agentAPI) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -76,20 +78,13 @@ func serveStatus(path string, status func() mesh.Status, opts ...statusOption) (
 		ln.Close()
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	s := &statusServer{ln: ln, path: path, ops: map[string]statusOp{
-		"status": func(ctx context.Context, _ []byte, enc *json.Encoder) error { return enc.Encode(status()) },
-	}}
-	for _, o := range opts {
-		o(s)
-	}
+	s := &statusServer{ln: ln, path: path, agent: agent}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
 }
 
-// serve handles each connection in a goroutine of its own (a ping may
-// last a while).
 func (s *statusServer) serve() {
 	defer s.wg.Done()
 	for {
@@ -100,15 +95,15 @@ func (s *statusServer) serve() {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			stop := context.AfterFunc(s.ctx, func() { c.Close() })
-			defer stop()
-			s.handle(s.ctx, c)
+			defer c.Close()
+			s.handle(c)
 		}()
 	}
 }
 
-// Close stops serving, ends the requests being served and removes the
-// socket file. Idempotent.
+// Close stops serving, ends a running ping, waits for the requests in
+// progress (at most agentOpTimeout), and removes the socket file.
+// Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
@@ -133,21 +128,16 @@ func statusSocketLive(path string) bool {
 func readStatus(ctx context.Context, path string) (mesh.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	dec, c, err := statusCall(ctx, path, statusRequest{Op: "status"})
+	c, err := dialAgent(ctx, path)
 	if err != nil {
 		return mesh.Status{}, err
 	}
 	defer c.Close()
-	var raw json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
-		return mesh.Status{}, fmt.Errorf("status socket %s: reading the answer: %w", path, err)
-	}
-	var e statusErrorReply
-	if json.Unmarshal(raw, &e) == nil && e.Error != "" {
-		return mesh.Status{}, fmt.Errorf("status socket %s: the agent says: %s", path, e.Error)
+	if err := json.NewEncoder(c).Encode(agentRequest{Op: opStatus}); err != nil {
+		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	var st mesh.Status
-	if err := json.Unmarshal(raw, &st); err != nil {
+	if err := json.NewDecoder(c).Decode(&st); err != nil {
 		return mesh.Status{}, fmt.Errorf("status socket %s: reading the answer: %w", path, err)
 	}
 	return st, nil
