@@ -40,9 +40,11 @@ type kernelPlane struct {
 	masquerade bool
 	table      *route.Linux
 
-	stop chan struct{} // closed by close: stops loop
-	kick chan struct{} // buffered 1: reconcile soon (setPrefixes)
-	wg   sync.WaitGroup
+	stop   chan struct{} // closed by close: stops loop
+	kick   chan struct{} // buffered 1: reconcile soon (setPrefixes)
+	repair chan struct{} // buffered 1: check the device for outside changes soon (after a UAPI connection)
+	wg     sync.WaitGroup
+	uapi   *uapiServer // nil when the socket could not be opened
 
 	// applyMu serializes reconciles and guards the fields below.
 	applyMu  sync.Mutex
@@ -107,6 +109,7 @@ func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
 		table:      table,
 		stop:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
+		repair:     make(chan struct{}, 1),
 		peers:      map[api.Key]wgPeer{},
 		prefixes:   slices.Clone(c.prefixes),
 	}
@@ -125,6 +128,7 @@ func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
 	if k.dev, err = startDevice(tdev, newBind(tdev.BatchSize()), c.priv, c.port, c.log); err != nil {
 		return nil, err
 	}
+	k.openUAPI()
 	k.wg.Add(1)
 	go k.loop()
 	log.Info("mesh: kernel mode: TUN device up", "addrs", k.addrs, "listen_port", k.dev.port)
@@ -193,7 +197,11 @@ func (k *kernelPlane) loop() {
 		case <-k.stop:
 			return
 		case <-k.kick:
+		case <-k.repair:
+			k.repairDrift()
+			continue
 		case <-t.C:
+			k.repairDrift()
 		}
 		k.applyMu.Lock()
 		if !k.closed {
@@ -243,6 +251,9 @@ func (k *kernelPlane) close() error {
 	}
 	k.closed = true
 	k.applyMu.Unlock()
+	if k.uapi != nil {
+		k.uapi.close()
+	}
 	k.dev.close()
 	close(k.stop)
 	k.wg.Wait()

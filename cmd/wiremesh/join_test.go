@@ -74,11 +74,12 @@ func TestJoinCommand(t *testing.T) {
 	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +127\.0\.0\.1:\d+ +`, stOut.String())
 	stOut.Reset()
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
-	var st mesh.Status
+	var st statusJSON
 	require.NoError(t, json.Unmarshal(stOut.Bytes(), &st))
 	require.Equal(t, "cli", st.Self.Hostname)
+	require.Equal(t, "userspace", st.Self.Mode)
 	require.Len(t, st.Peers, 1)
-	require.Equal(t, first.Addr(), st.Peers[0].Addrs[0])
+	require.Equal(t, first.Addr(), st.Peers[0].Addresses[0])
 	fi, err := os.Stat(sock)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
