@@ -224,6 +224,10 @@ func (k *kernelPlane) reconcileLocked() {
 	}
 }
 
+func (k *kernelPlane) setFilter(f *api.Filter) {
+	// TODO(enforce): nftables
+}
+
 func (k *kernelPlane) status() planeStatus {
 	st := planeStatus{peers: k.dev.peerStats(), ifname: k.ifname}
 	k.mu.Lock()
