@@ -91,4 +91,3 @@ func TestFirewallInbound(t *testing.T) {
 	require.NoError(t, fw.Close())
 	require.False(t, nftTableExists(t, router, "wmtest"))
 }
-
