@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,6 +66,13 @@ type kernelPlane struct {
 	mu       sync.Mutex
 	skipped  []SkippedRoute
 	prefixes []netip.Prefix // the node's own child prefixes
+	// filter is the inbound filter wanted (setFilter; filterSet: ever
+	// given), appliedFilter the one in the nftables rules now.
+	filter        *api.Filter
+	filterSet     bool
+	appliedFilter *api.Filter
+	// fwRead is fw for status, which must not wait for applyMu.
+	fwRead atomic.Pointer[route.Firewall]
 }
 
 var _ dataPlane = (*kernelPlane)(nil)
@@ -232,11 +240,27 @@ func (k *kernelPlane) reconcileLocked() {
 	}
 }
 
+func (k *kernelPlane) setFilter(f *api.Filter) {
+	k.mu.Lock()
+	k.filter, k.filterSet = f, true
+	k.mu.Unlock()
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (k *kernelPlane) status() planeStatus {
 	st := planeStatus{peers: k.dev.peerStats(), ifname: k.ifname}
 	k.mu.Lock()
 	st.skipped = slices.Clone(k.skipped)
+	applied := k.appliedFilter
 	k.mu.Unlock()
+	if fw := k.fwRead.Load(); fw != nil && applied != nil {
+		if c, err := fw.InboundCounters(); err == nil {
+			st.filter = filterCounters{filter: applied, rules: c.Accepted, dropped: c.Dropped}
+		}
+	}
 	return st
 }
 

@@ -182,3 +182,18 @@ func TestJoinUnreachable(t *testing.T) {
 	require.ErrorContains(t, err, "cannot reach the service at http://127.0.0.1:1")
 	require.Contains(t, out.String(), "registering with http://127.0.0.1:1")
 }
+
+func TestPrintFilter(t *testing.T) {
+	var b strings.Builder
+	require.NoError(t, printFilter(&b, mesh.FilterStatus{}))
+	require.Empty(t, b.String(), "no policy: nothing printed")
+	f := mesh.FilterStatus{Active: true, Dropped: 7, Rules: []mesh.FilterRuleStatus{{
+		Rule: 1, Src: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")},
+		Proto: api.ProtoTCP, Ports: []api.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8099}}, Accepted: 3,
+	}}}
+	require.NoError(t, printFilter(&b, f))
+	out := b.String()
+	require.Contains(t, out, "1 rules, 7 packets of new flows dropped")
+	require.Regexp(t, `1 +100\.64\.0\.3/32 +172\.24\.0\.0/24 +tcp +80,8000-8099 +3\n`, out)
+	require.Regexp(t, `- +\* +\* +\* +\* +dropped 7\n`, out)
+}

@@ -184,8 +184,15 @@ func TestStatusJSON(t *testing.T) {
     {"hostname": "spoke", "public_key": "`+key.String()+`", "addresses": ["100.64.0.3"], "prefixes": [],
      "endpoint": null, "last_handshake": null, "rx_bytes": 0, "tx_bytes": 0}
   ],
-  "control_connected": true, "revision": 7, "events_dropped": 0, "skipped_routes": []
+  "control_connected": true, "revision": 7, "events_dropped": 0, "skipped_routes": [], "filter": null
 }`, string(b))
+
+	st.Filter = mesh.FilterStatus{Active: true, Dropped: 3, Rules: []mesh.FilterRuleStatus{{Rule: 2,
+		Src: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")},
+		Proto: "tcp", Ports: []api.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8099}}, Accepted: 5}}}
+	b, err = json.Marshal(statusJSONOf(st))
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"filter":{"rules":[{"rule":2,"src":["100.64.0.3/32"],"dst":["172.24.0.0/24"],"proto":"tcp","ports":["80","8000-8099"],"accepted":5}],"dropped":3}`)
 
 	b, err = json.Marshal(statusJSONOf(mesh.Status{Self: mesh.SelfStatus{Mode: mesh.Userspace}}))
 	require.NoError(t, err)

@@ -218,7 +218,27 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	for _, s := range st.SkippedRoutes {
 		fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
 	}
-	return nil
+	return printFilter(w, st.Filter)
+}
+
+// printFilter writes the inbound filter's rules and counters (nothing
+// when the zone has no policy).
+func printFilter(w io.Writer, f mesh.FilterStatus) error {
+	if !f.Active {
+		return nil
+	}
+	fmt.Fprintf(w, "\ninbound filter (zone policy): %d rules, %d packets of new flows dropped\n", len(f.Rules), f.Dropped)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tFROM\tTO\tPROTO\tPORTS\tACCEPTED")
+	for _, r := range f.Rules {
+		ports := "*"
+		if len(r.Ports) > 0 {
+			ports = joinStrings(r.Ports)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\n", r.Rule, joinStrings(r.Src), joinStrings(r.Dst), r.Proto, ports, r.Accepted)
+	}
+	fmt.Fprintf(tw, "-\t*\t*\t*\t*\tdropped %d\n", f.Dropped)
+	return tw.Flush()
 }
 
 func ago(now, t time.Time) string {

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh"
 )
 
@@ -24,6 +25,23 @@ type statusJSON struct {
 	Revision         int64              `json:"revision"`
 	EventsDropped    uint64             `json:"events_dropped"`
 	SkippedRoutes    []skippedRouteJSON `json:"skipped_routes"`
+	Filter           *filterJSON        `json:"filter"`
+}
+
+// filterJSON is the zone policy's inbound filter in force on this member;
+// null when the zone has no policy (everything is accepted).
+type filterJSON struct {
+	Rules   []filterRuleJSON `json:"rules"`
+	Dropped uint64           `json:"dropped"`
+}
+
+type filterRuleJSON struct {
+	Rule     int             `json:"rule"`
+	Src      []netip.Prefix  `json:"src"`
+	Dst      []netip.Prefix  `json:"dst"`
+	Proto    string          `json:"proto"`
+	Ports    []api.PortRange `json:"ports"`
+	Accepted uint64          `json:"accepted"`
 }
 
 type selfJSON struct {
@@ -105,6 +123,13 @@ func statusJSONOf(st mesh.Status) statusJSON {
 	}
 	for _, r := range st.SkippedRoutes {
 		out.SkippedRoutes = append(out.SkippedRoutes, skippedRouteJSON{Prefix: r.Prefix, Reason: r.Reason})
+	}
+	if f := st.Filter; f.Active {
+		out.Filter = &filterJSON{Rules: make([]filterRuleJSON, 0, len(f.Rules)), Dropped: f.Dropped}
+		for _, r := range f.Rules {
+			out.Filter.Rules = append(out.Filter.Rules, filterRuleJSON{Rule: r.Rule, Src: nonNil(r.Src),
+				Dst: nonNil(r.Dst), Proto: r.Proto, Ports: nonNil(r.Ports), Accepted: r.Accepted})
+		}
 	}
 	return out
 }
