@@ -34,6 +34,7 @@ func toPeer(d store.Device) api.Peer {
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Generation:    d.Generation,
 	}
 }
 

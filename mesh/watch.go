@@ -90,6 +90,7 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	case api.EventSnapshot:
 		next = peerMap(ev.Peers, n.pub)
 		n.updateSelf(ev.Peers)
+		n.applyFilter(ev.Filter) // enforce: before the peers it may restrict
 	case api.EventUpsert:
 		if ev.Peer == nil {
 			n.log.Warn("mesh: upsert event without a peer; ignored", "revision", ev.Revision)
@@ -123,6 +124,13 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	case api.EventHeartbeat:
 		n.setRevision(ev.Revision)
 		n.controlUp()
+		return nil
+	case api.EventFilter: // enforce
+		n.applyFilter(ev.Filter)
+		n.setRevision(ev.Revision)
+		if err := n.saveState(); err != nil {
+			n.log.Warn("mesh: saving state", "err", err)
+		}
 		return nil
 	default:
 		n.log.Debug("mesh: unknown watch event type; ignored", "type", ev.Type)
@@ -259,7 +267,8 @@ func peerMap(ps []api.Peer, self api.Key) map[api.Key]api.Peer {
 
 func samePeer(a, b api.Peer) bool {
 	return a.ID == b.ID && a.Hostname == b.Hostname && a.IPv4 == b.IPv4 && a.IPv6 == b.IPv6 &&
-		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints)
+		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.Generation == b.Generation
 }
 
 func sortedPeerKeys(m map[api.Key]api.Peer) []api.Key {

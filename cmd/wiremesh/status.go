@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,8 +17,11 @@ import (
 )
 
 // The status socket: a running agent listens on a unix socket (mode 0600
-// in a 0700 directory) and answers every connection with its mesh.Status
-// as one JSON document, then closes it. `wiremesh status` reads it.
+// in a 0700 directory). A client sends one request line (agentctl.go) and
+// gets one JSON document back: the agent's mesh.Status for a status
+// request (`wiremesh status`), or the result of a prefix command
+// (`wiremesh prefix advertise|release`); a ping request gets a stream of
+// JSON lines (ping.go).
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -44,14 +45,16 @@ func defaultSocketPath(ifname string) string {
 type statusServer struct {
 	ln     net.Listener
 	path   string
-	status func() mesh.Status
+	agent  agentAPI
+	ctx    context.Context // done on Close: ends a running ping
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
 }
 
-// serveStatus listens on path (replacing a stale socket file) and serves
-// status() to every connection.
-func serveStatus(path string, status func() mesh.Status) (*statusServer, error) {
+// serveStatus listens on path (replacing a stale socket file) and answers
+// requests about agent on every connection.
+func serveStatus(path string, agent agentAPI) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -75,7 +78,8 @@ func serveStatus(path string, status func() mesh.Status) (*statusServer, error) 
 		ln.Close()
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	s := &statusServer{ln: ln, path: path, status: status}
+	s := &statusServer{ln: ln, path: path, agent: agent}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -88,16 +92,22 @@ func (s *statusServer) serve() {
 		if err != nil {
 			return
 		}
-		c.SetDeadline(time.Now().Add(statusTimeout))
-		json.NewEncoder(c).Encode(s.status())
-		c.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
 	}
 }
 
-// Close stops serving and removes the socket file. Idempotent.
+// Close stops serving, ends a running ping, waits for the requests in
+// progress (at most agentOpTimeout), and removes the socket file.
+// Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
+		s.cancel()
 		s.wg.Wait()
 		os.Remove(s.path)
 	})
@@ -116,19 +126,15 @@ func statusSocketLive(path string) bool {
 
 // readStatus asks the agent at path for its status.
 func readStatus(ctx context.Context, path string) (mesh.Status, error) {
-	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialAgent(ctx, path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return mesh.Status{}, fmt.Errorf("no agent is running (nothing answers on %s): start one with 'wiremesh URL' or 'wiremesh router', or pass --interface/--socket", path)
-		}
-		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
+		return mesh.Status{}, err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+	if err := json.NewEncoder(c).Encode(agentRequest{Op: opStatus}); err != nil {
+		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	var st mesh.Status
 	if err := json.NewDecoder(c).Decode(&st); err != nil {
@@ -154,7 +160,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ifname := fs.String("interface", mesh.DefaultInterfaceName, "the agent's interface (selects its status socket)")
 	sock := fs.String("socket", "", "the agent's status socket (default "+defaultSocketPath("IFACE")+")")
-	asJSON := fs.Bool("json", false, "print the status as JSON")
+	asJSON := fs.Bool("json", false, "print the status as JSON (format: docs/STATUS-JSON.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -173,7 +179,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(statusJSONOf(st))
 	}
 	return printStatus(stdout, st, time.Now())
 }
@@ -194,7 +200,7 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "  prefixes:  %s\n", joinStrings(self.Prefixes))
 	fmt.Fprintf(w, "  service:   %s (revision %d)\n\n", service, st.Revision)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		ep := "-"
 		if p.Endpoint.IsValid() {
@@ -212,7 +218,27 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	for _, s := range st.SkippedRoutes {
 		fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
 	}
-	return nil
+	return printFilter(w, st.Filter)
+}
+
+// printFilter writes the inbound filter's rules and counters (nothing
+// when the zone has no policy).
+func printFilter(w io.Writer, f mesh.FilterStatus) error {
+	if !f.Active {
+		return nil
+	}
+	fmt.Fprintf(w, "\ninbound filter (zone policy): %d rules, %d packets of new flows dropped\n", len(f.Rules), f.Dropped)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tFROM\tTO\tPROTO\tPORTS\tACCEPTED")
+	for _, r := range f.Rules {
+		ports := "*"
+		if len(r.Ports) > 0 {
+			ports = joinStrings(r.Ports)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\n", r.Rule, joinStrings(r.Src), joinStrings(r.Dst), r.Proto, ports, r.Accepted)
+	}
+	fmt.Fprintf(tw, "-\t*\t*\t*\t*\tdropped %d\n", f.Dropped)
+	return tw.Flush()
 }
 
 func ago(now, t time.Time) string {

@@ -290,6 +290,11 @@ type Peer struct {
 	IPv6          netip.Addr       `json:"ipv6"`
 	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
 	Endpoints     []netip.AddrPort `json:"endpoints"`
+	// Generation counts the peer's registrations (each start of its
+	// agent registers): when it grows, the peer restarted and lost its
+	// WireGuard sessions, and members handshake with it again at once.
+	// 0 from a service that does not count them.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // Watch event types.

@@ -24,13 +24,15 @@ type deviceJSON struct {
 	Tags      []string         `json:"tags,omitempty"`
 	CreatedAt time.Time        `json:"created_at"`
 	UpdatedAt time.Time        `json:"updated_at"`
+	// Generation is absent in changes recorded before it existed.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 func encodeDevice(d Device) (string, error) {
 	b, err := json.Marshal(deviceJSON{
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints, Tags: d.Tags,
-		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(), Generation: d.Generation,
 	})
 	return string(b), err
 }
@@ -44,7 +46,7 @@ func decodeDevice(s string) (Device, error) {
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
 		Tags:      nilIfEmpty(j.Tags),
-		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), Generation: j.Generation,
 	}, nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags, d.generation`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -47,6 +47,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		switch {
 		case err == nil:
 			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
+			d.Generation++ // a restart: peers start a new session at once
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -87,16 +88,17 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, ErrPoolExhausted)
 	}
 	d := Device{
-		ID:        newDeviceID(),
-		Zone:      z.Name,
-		PublicKey: p.PublicKey,
-		Hostname:  p.Hostname,
-		IPv4:      v4,
-		IPv6:      v6,
-		Endpoints: p.Endpoints,
-		Tags:      nilIfEmpty(slices.Clone(tags)),
-		CreatedAt: now,
-		UpdatedAt: now,
+		ID:         newDeviceID(),
+		Zone:       z.Name,
+		PublicKey:  p.PublicKey,
+		Hostname:   p.Hostname,
+		IPv4:       v4,
+		IPv6:       v6,
+		Endpoints:  p.Endpoints,
+		Tags:       nilIfEmpty(slices.Clone(tags)),
+		CreatedAt:  now,
+		UpdatedAt:  now,
+		Generation: 1,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
@@ -107,10 +109,10 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, err
 	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags, generation)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano(), tj)
+		now.UnixNano(), now.UnixNano(), tj, int64(d.Generation))
 	if err != nil {
 		return Device{}, err
 	}
@@ -171,8 +173,8 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, tags = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), tags, d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, tags = ?, generation = ? WHERE id = ?`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tags, int64(d.Generation), d.ID)
 	return err
 }
 
@@ -373,8 +375,9 @@ func scanDevice(r scanner) (Device, error) {
 		key, v4, v6      []byte
 		eps, tags        string
 		created, updated sql.NullInt64
+		generation       int64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags, &generation); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -396,6 +399,7 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: %w", d.ID, err)
 	}
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.Generation = uint64(generation)
 	return d, nil
 }
 

@@ -114,6 +114,11 @@ CREATE TABLE zone_policies (
 ALTER TABLE join_tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'; -- JSON array
 ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';     -- JSON array
 `,
+	// 5: registration generation (Device.Generation); rows from before
+	// count as registered once.
+	`
+ALTER TABLE devices ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+`,
 }
 
 // sqliteHeader starts every SQLite database file.

@@ -19,7 +19,7 @@ import (
 // deviceCols selects a device and its prefixes (in address order) in one
 // row.
 const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at,
-	d.tags, ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
+	d.tags, d.generation, ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
 
 // Register implements store.Store.Register: token check, allocation,
 // prefixes, device token and change entry in one transaction.
@@ -55,6 +55,7 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 		switch {
 		case err == nil:
 			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
+			d.Generation++ // a restart: peers start a new session at once
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -93,14 +94,15 @@ const maxAllocAttempts = 1000
 // it, and the allocation moves on to the next free index.
 func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterParams, tags []string, now time.Time) (store.Device, error) {
 	d := store.Device{
-		Tags:      nilIfEmpty(slices.Clone(tags)),
-		ID:        store.NewDeviceID(),
-		Zone:      z.Name,
-		PublicKey: p.PublicKey,
-		Hostname:  p.Hostname,
-		Endpoints: p.Endpoints,
-		CreatedAt: now,
-		UpdatedAt: now,
+		Tags:       nilIfEmpty(slices.Clone(tags)),
+		Generation: 1,
+		ID:         store.NewDeviceID(),
+		Zone:       z.Name,
+		PublicKey:  p.PublicKey,
+		Hostname:   p.Hostname,
+		Endpoints:  p.Endpoints,
+		CreatedAt:  now,
+		UpdatedAt:  now,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
@@ -119,10 +121,11 @@ func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterP
 		d.IPv4, d.IPv6 = v4, v6
 		err = savepoint(ctx, tx, func(sp pgx.Tx) error {
 			_, err := sp.Exec(ctx, `
-				INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at,
+					tags, generation)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 				d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), v4, v6, eps, now.UnixNano(), now.UnixNano(),
-				tagsOrEmpty(d.Tags))
+				tagsOrEmpty(d.Tags), int64(d.Generation))
 			return err
 		})
 		if !addressTaken(err) {
@@ -209,8 +212,9 @@ func updateDeviceRow(ctx context.Context, tx pgx.Tx, d store.Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3, tags = $4 WHERE id = $5`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), tagsOrEmpty(d.Tags), d.ID)
+	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3, tags = $4, generation = $5
+		WHERE id = $6`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tagsOrEmpty(d.Tags), int64(d.Generation), d.ID)
 	return err
 }
 
@@ -364,9 +368,10 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 		key              []byte
 		eps              string
 		created, updated int64
+		generation       int64
 	)
 	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &d.IPv4, &d.IPv6, &eps, &created, &updated,
-		&d.Tags, &d.Prefixes); err != nil {
+		&d.Tags, &generation, &d.Prefixes); err != nil {
 		return store.Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -380,6 +385,7 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 	d.Prefixes, d.Tags = nilIfEmpty(d.Prefixes), nilIfEmpty(d.Tags)
 	slices.SortFunc(d.Prefixes, ipam.ComparePrefix)
 	d.CreatedAt, d.UpdatedAt = fromNanos(&created), fromNanos(&updated)
+	d.Generation = uint64(generation)
 	return d, nil
 }
 

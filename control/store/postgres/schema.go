@@ -52,6 +52,7 @@ CREATE TABLE devices (
 	ipv6       inet NOT NULL,
 	endpoints  text NOT NULL, -- JSON array of "addr:port"
 	tags       text[] NOT NULL DEFAULT '{}', -- the tags of the token it last registered with
+	generation bigint NOT NULL DEFAULT 1,    -- registrations of its key (Device.Generation)
 	created_at bigint NOT NULL,
 	updated_at bigint NOT NULL,
 	CONSTRAINT devices_zone_key UNIQUE (zone, public_key),
