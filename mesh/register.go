@@ -95,6 +95,7 @@ func (n *Node) adoptSavedPeers(s *savedState) bool {
 	}
 	n.peers = peerMap(s.Peers, n.pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	return true
 }
 
@@ -115,6 +116,7 @@ func (n *Node) adoptSaved(s *savedState, port uint16) {
 	}
 	n.peers = peerMap(s.Peers, n.pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	n.saved = *s
 	n.saved.ListenPort = port
 }
@@ -170,6 +172,7 @@ func (n *Node) saveState() error {
 		s.Peers = append(s.Peers, n.peers[k])
 	}
 	s.Revision = n.revision
+	s.Filter = n.filter
 	n.mu.Unlock()
 	return n.state.save(&s)
 }

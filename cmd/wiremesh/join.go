@@ -27,8 +27,8 @@ Joins the mesh coordinated by the service at URL as a member (a spoke) and
 stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
 default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
---userspace runs without root or TUN device (reachable only through the
-mesh library). On exit the interface and everything the agent added are
+--userspace runs without root or TUN device: programs reach the mesh
+through --socks5-server or --http-proxy (or the mesh library). On exit the interface and everything the agent added are
 removed; the registration stays (see 'wiremesh device delete').
 
 flags:
@@ -41,6 +41,7 @@ type agentFlags struct {
 	userspace, insecureHTTP, masquerade, verbose    bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
+	services                                        serviceFlags
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
@@ -57,6 +58,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
 	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
 	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
+	a.services.register(fs)
 }
 
 // runJoin implements `wiremesh join` (and `wiremesh URL`): a spoke.
@@ -66,28 +68,10 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // run prints a bad flag's error once
-	var a agentFlags
-	a.register(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	pos, err := parseInterleaved(fs, args)
+	a, fs, url, err := parseAgentArgs(name, usage, args, stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &usageError{fmt.Errorf("%s: %w", name, err)}
+		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
-	}
-	url := pos[0]
 	if err := checkServiceURL(name+": service URL", url); err != nil {
 		return err
 	}
@@ -110,6 +94,12 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
 	}
 
+	svc, err := a.services.listen(name)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
+
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -129,63 +119,54 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 	}
 
-	st := n.Status()
-	// One write per line: readers (and tests) see whole lines.
-	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
-	if addrs := n.Addrs(); len(addrs) > 1 {
-		line += fmt.Sprintf(" and %s", addrs[1])
-	}
-	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
-	if st.Self.Interface != "" {
-		line += ", interface " + st.Self.Interface
-	} else {
-		line += ", userspace mode"
-	}
-	fmt.Fprintln(stdout, line)
-	if ps := n.Prefixes(); len(ps) > 0 {
-		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
-	}
-	if !st.ControlConnected {
-		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
-	}
+	st := printJoined(stdout, n)
 	srv, err := serveStatus(sock, n)
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
 	} else {
 		defer srv.Close()
 	}
+	if err := svc.serve(n, stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
 
-	events := n.Watch(ctx)
-	for _, p := range st.Peers {
-		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
-	}
-	printSkipped(stdout, nil, st.SkippedRoutes)
-	skipped := st.SkippedRoutes
-	for ev := range events {
-		switch ev.Type {
-		case mesh.PeerAdded:
-			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerUpdated:
-			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerRemoved:
-			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.ControlLost:
-			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
-		case mesh.ControlRestored:
-			fmt.Fprintf(stdout, "connected to the service\n")
-		}
-		now := n.Status().SkippedRoutes
-		printSkipped(stdout, skipped, now)
-		skipped = now
-	}
+	reportEvents(stdout, n, n.Watch(ctx), st)
 	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
 	if srv != nil {
 		srv.Close()
 	}
+	svc.close()
 	if err := n.Close(); err != nil {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
+}
+
+// parseAgentArgs parses the flags and the service URL of `wiremesh join`
+// or `wiremesh router`.
+func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agentFlags, *flag.FlagSet, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
+	a := &agentFlags{}
+	a.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, "", err
+		}
+		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return nil, nil, "", usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
+	}
+	return a, fs, pos[0], nil
 }
 
 // options turns the flags into mesh options.
@@ -320,5 +301,57 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
+	}
+}
+
+// printJoined prints the lines that say the node joined, and returns its
+// status.
+func printJoined(stdout io.Writer, n *mesh.Node) mesh.Status {
+	st := n.Status()
+	// One write per line: readers (and tests) see whole lines.
+	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
+	if addrs := n.Addrs(); len(addrs) > 1 {
+		line += fmt.Sprintf(" and %s", addrs[1])
+	}
+	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
+	if st.Self.Interface != "" {
+		line += ", interface " + st.Self.Interface
+	} else {
+		line += ", userspace mode"
+	}
+	fmt.Fprintln(stdout, line)
+	if ps := n.Prefixes(); len(ps) > 0 {
+		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
+	}
+	if !st.ControlConnected {
+		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
+	}
+	return st
+}
+
+// reportEvents prints the node's peers, then each change until events
+// ends (the agent stops).
+func reportEvents(stdout io.Writer, n *mesh.Node, events <-chan mesh.Event, st mesh.Status) {
+	for _, p := range st.Peers {
+		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
+	}
+	printSkipped(stdout, nil, st.SkippedRoutes)
+	skipped := st.SkippedRoutes
+	for ev := range events {
+		switch ev.Type {
+		case mesh.PeerAdded:
+			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.PeerUpdated:
+			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.PeerRemoved:
+			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
+		case mesh.ControlLost:
+			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
+		case mesh.ControlRestored:
+			fmt.Fprintf(stdout, "connected to the service\n")
+		}
+		now := n.Status().SkippedRoutes
+		printSkipped(stdout, skipped, now)
+		skipped = now
 	}
 }
