@@ -33,21 +33,24 @@ import (
 // either finishes or fails with an error. TestTransfersDoNotStall runs
 // transfers of varied sizes in both directions on several connections at
 // once and fails (with the TCP state of the stalled connection and the
-// goroutines) when one makes no progress for stallAfter.
+// goroutines) when one stalls (see stallAfter). Its lossy part found the
+// two stalls described at defaultTuning.
 
 var (
 	stallDuration = flag.Duration("stall.duration", 4*time.Second, "how long each TestTransfersDoNotStall subtest starts new transfers")
 	stallWorkers  = flag.Int("stall.workers", 3, "concurrent connections in TestTransfersDoNotStall")
 )
 
-// A transfer has stalled when no byte moved for stallAfter and for more
-// than twice the retransmission timeout of its endpoints: a live sender
-// retransmits within one timeout, which doubles each time it expires, so
-// the time since the last progress stays below two of them. On a loaded
-// 2-core machine under -race the smoothed RTT of a lossy loopback path
-// can reach a second, and the backed-off timeout ten; a sender that can no
-// longer send (window 0, or no timer armed) keeps gVisor's 200 ms minimum.
-// maxIdle bounds the wait whatever the timeout says.
+// A transfer has stalled when no byte moved for stallAfter and neither
+// end received a TCP segment of the connection for stallAfter and for more
+// than twice their retransmission timeout. A live sender retransmits within
+// one timeout, which doubles each time it expires, so its silence stays
+// below two of them; a sender that can no longer send (window 0, or no
+// timer armed) sends nothing at all. On a loaded 2-core machine a lossy
+// transfer can make no progress for longer while segments still flow: the
+// smoothed RTT reaches a second (queueing), the backed-off timeout several,
+// and a lost retransmission costs one each. maxIdle bounds the wait for
+// progress whatever the segments say.
 const (
 	stallAfter = 15 * time.Second
 	maxIdle    = 90 * time.Second
@@ -126,7 +129,7 @@ func testTransfersDoNotStall(t *testing.T, loss float64, maxSize int) {
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 			for i := 0; time.Now().Before(end) && !failed.Load(); i++ {
 				up, down := stallSize(rng, maxSize), stallSize(rng, maxSize)
-				if err := stallTransfer(p, rng, up, down); err != nil {
+				if err := stallTransfer(p, probe, rng, up, down); err != nil {
 					if failed.CompareAndSwap(false, true) {
 						t.Errorf("worker %d transfer %d (up %d B, down %d B): %v", w, i, up, down, err)
 						t.Log(probe.dump(p))
@@ -208,8 +211,8 @@ func (c *progressConn) Write(b []byte) (int, error) {
 
 // stallTransfer sends up bytes to the server and receives down bytes from
 // it on a new connection. It returns an error naming the connection when
-// no byte moves for stallAfter.
-func stallTransfer(p *pair, rng *rand.Rand, up, down int) error {
+// it stalls (see stallAfter).
+func stallTransfer(p *pair, probe *tcpProbe, rng *rand.Rand, up, down int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*stallAfter) // SYN backoff 1+2+4+8 s
 	defer cancel()
 	raw, err := p.a.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(testAddrB, 9100))
@@ -236,9 +239,10 @@ func stallTransfer(p *pair, rng *rand.Rand, up, down int) error {
 				continue
 			}
 			port := uint16(c.LocalAddr().(*net.TCPAddr).Port)
-			if rto := connRTO(p, port); idle > 2*rto+time.Second || idle > maxIdle {
-				err := fmt.Errorf("%s → %s: stalled, no byte moved for %v (retransmission timeout %v)",
-					c.LocalAddr(), c.RemoteAddr(), idle.Round(time.Millisecond), rto.Round(time.Millisecond))
+			rto, silence := connTimes(p, probe, port)
+			if (silence > stallAfter && silence > 2*rto+time.Second) || idle > maxIdle {
+				err := fmt.Errorf("%s → %s: stalled, no byte moved for %v, no segment received for %v (retransmission timeout %v)",
+					c.LocalAddr(), c.RemoteAddr(), idle.Round(time.Millisecond), silence.Round(time.Millisecond), rto.Round(time.Millisecond))
 				c.SetDeadline(time.Now()) // unblock the exchange; Close after the dump
 				<-done
 				return err
@@ -277,10 +281,11 @@ func stallExchange(c *progressConn, chunk, up, down int) error {
 	return nil
 }
 
-// connRTO returns the larger retransmission timeout of the two endpoints
-// of the connection from A's port.
-func connRTO(p *pair, port uint16) time.Duration {
-	var rto time.Duration
+// connTimes returns the larger retransmission timeout of the two endpoints
+// of the connection from A's port and how long ago the later of them
+// received a segment.
+func connTimes(p *pair, probe *tcpProbe, port uint16) (rto, silence time.Duration) {
+	silence = maxIdle
 	for _, n := range []*Net{p.a, p.b} {
 		for _, te := range n.stack.RegisteredEndpoints() {
 			ep, ok := te.(*tcp.Endpoint)
@@ -292,10 +297,15 @@ func connRTO(p *pair, port uint16) time.Duration {
 				var info tcpip.TCPInfoOption
 				ep.GetSockOpt(&info)
 				rto = max(rto, info.RTO)
+				probe.mu.Lock()
+				if st := probe.last[tcp.TCPEndpointID(id)]; st != nil {
+					silence = min(silence, n.stack.Clock().NowMonotonic().Sub(st.seg))
+				}
+				probe.mu.Unlock()
 			}
 		}
 	}
-	return rto
+	return rto, silence
 }
 
 // tcpProbe keeps the TCP state of every endpoint after the last segment it
