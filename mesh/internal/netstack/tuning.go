@@ -36,8 +36,8 @@ type tuning struct {
 //     window of 1, W_max is 0.85 and W_cubic 0.6, so one ACK of two packets
 //     takes a window of 2 to int(0.76) = 0. With nothing in flight no ACK
 //     comes back and no timer is armed. Probe: W_max 0.85, K 0.86, cwnd
-//     2 → 0. The lossy part stalled in 4 of 5 runs of 4 s with cubic and
-//     RACK (the old default), the clean part once in three 20 s runs
+//     2 → 0. The lossy part stalled in 12 of 20 runs of 4 s with cubic
+//     and RACK (the old default), the clean part once in three 20 s runs
 //     under -race. Fixed upstream in 2026-08 (google/gvisor#13958). RACK
 //     makes a loss at window 1 common (its tail loss probe and reorder
 //     timer detect losses right after a retransmission timeout); without
@@ -51,8 +51,8 @@ type tuning struct {
 //     and recovery accounting, clamped at 0) to 0 while data is still
 //     unacknowledged. Probe: 1142 bytes in
 //     flight, outstanding 0, sacked -11, cwnd 13, RTO 200 ms, nothing
-//     received for 15 s. Seen with reno and RACK in one of eight 20 s runs
-//     of the lossy part (6 connections). Without RACK every ACK that
+//     received for 15 s. Seen with reno and RACK in 2 of 16 20 s runs of
+//     the lossy part (6 connections). Without RACK every ACK that
 //     leaves data unacknowledged re-arms the retransmission timer.
 //
 // Tailscale turned RACK off for a "complete stall" (tailscale#14934) and
