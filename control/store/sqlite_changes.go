@@ -23,6 +23,9 @@ type deviceJSON struct {
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 	CreatedAt time.Time        `json:"created_at"`
 	UpdatedAt time.Time        `json:"updated_at"`
+	Ephemeral bool             `json:"ephemeral,omitempty"`
+	Online    bool             `json:"online,omitempty"`
+	LastSeen  time.Time        `json:"last_seen,omitzero"`
 }
 
 func encodeDevice(d Device) (string, error) {
@@ -30,6 +33,7 @@ func encodeDevice(d Device) (string, error) {
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints,
 		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		Ephemeral: d.Ephemeral, Online: d.Online, LastSeen: d.LastSeen.UTC(),
 	})
 	return string(b), err
 }
@@ -43,6 +47,7 @@ func decodeDevice(s string) (Device, error) {
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
 		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		Ephemeral: j.Ephemeral, Online: j.Online, LastSeen: utcOrZero(j.LastSeen),
 	}, nil
 }
 
@@ -184,4 +189,12 @@ func (s *SQLite) Changes(ctx context.Context, zone string, since int64) ([]Chang
 		return nil, 0, err
 	}
 	return cs, cur, nil
+}
+
+// utcOrZero returns t in UTC, keeping the zero time zero.
+func utcOrZero(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.UTC()
 }

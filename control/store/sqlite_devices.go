@@ -11,7 +11,8 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at,
+	d.ephemeral, d.online, d.last_seen`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -38,6 +39,9 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
 			return err
 		}
+		if err := checkNotRevoked(ctx, tx, p.PublicKey); err != nil {
+			return err
+		}
 		z, err := loadZonePools(ctx, tx, p.Zone)
 		if err != nil {
 			return err
@@ -45,7 +49,10 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d, err = loadDevice(ctx, tx, `d.zone = ? AND d.public_key = ?`, p.Zone, p.PublicKey[:])
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.UpdatedAt = p.Hostname, p.Endpoints, now
+			if d.Hostname, err = uniqueHostname(ctx, tx, p.Zone, p.Hostname, d.ID); err != nil {
+				return err
+			}
+			d.Endpoints, d.UpdatedAt, d.Ephemeral = p.Endpoints, now, p.Ephemeral
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -60,7 +67,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
-		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
+		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, p.DeviceTokenExpires, now); err != nil {
 			return err
 		}
 		_, err = s.appendChange(ctx, tx, ChangeUpsert, d)
@@ -80,6 +87,10 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
+	host, err := uniqueHostname(ctx, tx, z.Name, p.Hostname, "")
+	if err != nil {
+		return Device{}, err
+	}
 	v4, ok4 := z.v4.Addr(idx)
 	v6, ok6 := z.v6.Addr(idx)
 	if !ok4 || !ok6 {
@@ -89,22 +100,23 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		ID:        newDeviceID(),
 		Zone:      z.Name,
 		PublicKey: p.PublicKey,
-		Hostname:  p.Hostname,
+		Hostname:  host,
 		IPv4:      v4,
 		IPv6:      v6,
 		Endpoints: p.Endpoints,
 		CreatedAt: now,
 		UpdatedAt: now,
+		Ephemeral: p.Ephemeral,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
 		return Device{}, err
 	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano())
+		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, ephemeral)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		d.ID, d.Zone, d.PublicKey[:], d.Hostname, FoldHostname(d.Hostname), int64(idx), addrBytes(v4), addrBytes(v6), eps,
+		now.UnixNano(), now.UnixNano(), d.Ephemeral)
 	if err != nil {
 		return Device{}, err
 	}
@@ -161,8 +173,8 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, ephemeral = ? WHERE id = ?`,
+		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), d.Ephemeral, d.ID)
 	return err
 }
 
@@ -184,8 +196,14 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return err
 		}
 		changed := false
-		if p.Hostname != nil && *p.Hostname != d.Hostname {
-			d.Hostname, changed = *p.Hostname, true
+		if p.Hostname != nil {
+			h, err := uniqueHostname(ctx, tx, d.Zone, *p.Hostname, d.ID)
+			if err != nil {
+				return err
+			}
+			if h != d.Hostname {
+				d.Hostname, changed = h, true
+			}
 		}
 		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
 			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
@@ -242,13 +260,21 @@ func (s *SQLite) Device(ctx context.Context, id string) (Device, error) {
 }
 
 // DeviceByToken returns the device a device-token hash belongs to, or
-// ErrNotFound.
+// ErrNotFound, with TokenExpires set.
 func (s *SQLite) DeviceByToken(ctx context.Context, tokenHash [32]byte) (Device, error) {
 	var d Device
 	err := s.read(ctx, "device by token", func(tx *sql.Tx) error {
-		var err error
+		var exp sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT expires_at FROM device_tokens WHERE hash = ?`, tokenHash[:]).Scan(&exp)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device token: %w", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
 		d, err = loadDevice(ctx, tx,
 			`d.id = (SELECT device_id FROM device_tokens WHERE hash = ?)`, tokenHash[:])
+		d.TokenExpires = fromNanos(exp)
 		return err
 	})
 	return d, err
@@ -363,8 +389,10 @@ func scanDevice(r scanner) (Device, error) {
 		key, v4, v6      []byte
 		eps              string
 		created, updated sql.NullInt64
+		lastSeen         sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated,
+		&d.Ephemeral, &d.Online, &lastSeen); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -383,6 +411,7 @@ func scanDevice(r scanner) (Device, error) {
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.LastSeen = fromNanos(lastSeen)
 	return d, nil
 }
 
