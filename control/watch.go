@@ -125,6 +125,9 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 				continue
 			}
 			rev = ev.rev
+			if ev.presenceOf == d.ID {
+				continue // a member knows whether it is online
+			}
 			if !send(ev.line) {
 				return
 			}
