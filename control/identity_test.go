@@ -100,6 +100,7 @@ func TestRotateKeyKeepsAddressesAndPrefixes(t *testing.T) {
 
 	// Bad input changes nothing: a proof by someone without the new key,
 	// a non-canonical key, a stale timestamp.
+	waitFor(t, "online", func() bool { return *e.adminDevice(watcher.DeviceID).Online })
 	before := e.state()
 	forged := req
 	forged.NewProof = append([]byte(nil), req.OldProof...)
@@ -214,7 +215,8 @@ func TestPresenceReachesPeersAndTheStore(t *testing.T) {
 func TestEphemeralDevicesDeletedWhenOffline(t *testing.T) {
 	e := newEnv(t, func(c *serverConfig) {
 		c.presenceLease = 150 * time.Millisecond
-		c.EphemeralTimeout = 100 * time.Millisecond
+		// Long enough for registering and connecting under -race.
+		c.EphemeralTimeout = 2 * time.Second
 	})
 	tok := e.joinToken(api.DefaultZone, true)
 	eph := newDevice()
@@ -230,7 +232,7 @@ func TestEphemeralDevicesDeletedWhenOffline(t *testing.T) {
 	s := e.watch(api.DefaultZone, reg.DeviceToken, 0)
 	s.next()
 	waitFor(t, "online", func() bool { return *e.adminDevice(reg.DeviceID).Online })
-	time.Sleep(300 * time.Millisecond) // an online ephemeral device stays, however long
+	time.Sleep(2500 * time.Millisecond) // an online ephemeral device stays, however long
 	require.True(t, e.adminDevice(reg.DeviceID).Ephemeral)
 
 	s.cancel()
