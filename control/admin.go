@@ -37,6 +37,7 @@ func toAPIToken(t store.JoinToken) api.JoinToken {
 		ID:        t.ID,
 		Zone:      t.Zone,
 		Reusable:  t.Reusable,
+		Tags:      t.Tags,
 		ExpiresAt: t.ExpiresAt,
 		UsedAt:    t.UsedAt,
 		CreatedAt: t.CreatedAt,
@@ -155,7 +156,12 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeBadRequest, "expires_in_seconds %d: want 0 (never) to %d", req.ExpiresInSeconds, int64(maxTokenTTL/time.Second)))
 		return
 	}
-	jt, err := s.createJoinToken(ctx, req.Zone, req.Reusable, time.Duration(req.ExpiresInSeconds)*time.Second)
+	tags, aerr := checkTags(req.Tags)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	jt, err := s.createJoinToken(ctx, req.Zone, req.Reusable, time.Duration(req.ExpiresInSeconds)*time.Second, tags)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", req.Zone))
 		return
@@ -164,7 +170,7 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(ctx, "create token", err))
 		return
 	}
-	s.log.InfoContext(ctx, "join token created", "zone", jt.Zone, "id", jt.ID, "reusable", jt.Reusable)
+	s.log.InfoContext(ctx, "join token created", "zone", jt.Zone, "id", jt.ID, "reusable", jt.Reusable, "tags", jt.Tags)
 	writeJSON(w, http.StatusCreated, jt)
 }
 

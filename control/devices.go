@@ -19,6 +19,7 @@ func toAPIDevice(d store.Device) api.Device {
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Tags:          d.Tags,
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
 		Ephemeral:     d.Ephemeral,

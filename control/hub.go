@@ -23,6 +23,8 @@ var errHubClosed = errors.New("watch hub closed")
 
 // hubEvent is one change, encoded once as its NDJSON line (with the
 // trailing newline). line is shared by every subscriber: never modify it.
+// In a zone with a policy it is one or more lines of the same revision for
+// one subscriber (hub_policy.go).
 type hubEvent struct {
 	rev  int64
 	line []byte
@@ -45,6 +47,10 @@ type subscriber struct {
 	// false for an observer such as the dashboard's event stream.
 	member bool
 	gone   bool // guarded by zone.mu; ch is closed
+	// device is the watching member ("": none, the whole zone is seen);
+	// view is what it was sent, guarded by zone.mu (hub_policy.go).
+	device string
+	view   subView
 }
 
 // hubZone is the fan-out state of one zone.
@@ -57,6 +63,7 @@ type hubZone struct {
 	ready   bool  // lastRev is valid (there are subscribers)
 	lastRev int64 // every change <= lastRev was handed to all subscribers
 	subs    map[*subscriber]struct{}
+	view    zoneView // the zone at lastRev, valid when ready (hub_policy.go)
 }
 
 // hub fans the store's change log out to watch streams. After a mutation
@@ -140,16 +147,22 @@ func (h *hub) zone(name string) *hubZone {
 // after subscribing and skips live events at or below the backlog's
 // revision misses nothing and sees nothing twice.
 func (h *hub) subscribe(ctx context.Context, zone string) (*subscriber, error) {
-	return h.add(ctx, zone, true)
+	return h.add(ctx, zone, "", true)
+}
+
+// subscribeAs is subscribe for the watch stream of device. In a zone with
+// a policy the device's view starts as the one hub.snapshot returns.
+func (h *hub) subscribeAs(ctx context.Context, zone, device string) (*subscriber, error) {
+	return h.add(ctx, zone, device, true)
 }
 
 // observe is subscribe for a reader that is not a member (the dashboard):
-// same delivery, not counted as a watch stream.
+// same delivery, the whole zone, not counted as a watch stream.
 func (h *hub) observe(ctx context.Context, zone string) (*subscriber, error) {
-	return h.add(ctx, zone, false)
+	return h.add(ctx, zone, "", false)
 }
 
-func (h *hub) add(ctx context.Context, zone string, member bool) (*subscriber, error) {
+func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subscriber, error) {
 	z := h.zone(zone)
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -157,13 +170,13 @@ func (h *hub) add(ctx context.Context, zone string, member bool) (*subscriber, e
 		return nil, errHubClosed
 	}
 	if !z.ready {
-		rev, _, err := h.store.Snapshot(ctx, zone)
-		if err != nil {
+		if err := h.loadView(ctx, z); err != nil {
 			return nil, err
 		}
-		z.lastRev, z.ready = rev, true
+		z.ready = true
 	}
-	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member}
+	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member, device: device}
+	sub.view = z.view.viewOf(device)
 	z.subs[sub] = struct{}{}
 	if member {
 		h.metrics.watchers.Inc()
@@ -193,6 +206,7 @@ func (h *hub) dropLocked(sub *subscriber) {
 	}
 	if len(z.subs) == 0 {
 		z.ready = false // re-read the revision when someone subscribes again
+		z.view = zoneView{}
 	}
 }
 
@@ -210,6 +224,12 @@ func (h *hub) update(zone string) {
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	h.updateLocked(z)
+}
+
+// updateLocked is update with z.mu held.
+func (h *hub) updateLocked(z *hubZone) {
+	zone := z.name
 	if !z.ready || len(z.subs) == 0 || h.closed.Load() {
 		return
 	}
@@ -235,24 +255,37 @@ func (h *hub) update(zone string) {
 		if c.Rev <= z.lastRev {
 			continue
 		}
-		ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
-		switch c.Kind {
-		case store.ChangeRemove:
-			ev.removed = c.Device.ID
-		case store.ChangePresence:
-			ev.presenceOf = c.Device.ID
+		handled, err := h.applyPolicy(ctx, z, c)
+		if err != nil {
+			// Not consumed: the next update retries from here.
+			h.log.Error("applying a change to the watch views failed", "zone", zone, "rev", c.Rev, "err", err)
+			return
 		}
-		for sub := range z.subs {
-			select {
-			case sub.ch <- ev:
-				h.metrics.fanout.Inc()
-			default:
-				h.log.Warn("watcher too slow; disconnecting", "zone", zone)
-				h.metrics.dropped.Inc()
-				h.dropLocked(sub)
+		if !handled {
+			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
+			switch c.Kind {
+			case store.ChangeRemove:
+				ev.removed = c.Device.ID
+			case store.ChangePresence:
+				ev.presenceOf = c.Device.ID
+			}
+			for sub := range z.subs {
+				h.send(sub, ev)
 			}
 		}
 		z.lastRev = c.Rev
+	}
+}
+
+// send hands ev to sub, dropping sub when it is too slow. z.mu is held.
+func (h *hub) send(sub *subscriber, ev hubEvent) {
+	select {
+	case sub.ch <- ev:
+		h.metrics.fanout.Inc()
+	default:
+		h.log.Warn("watcher too slow; disconnecting", "zone", sub.zone.name)
+		h.metrics.dropped.Inc()
+		h.dropLocked(sub)
 	}
 }
 

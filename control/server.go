@@ -217,6 +217,10 @@ func (s *server) routes(dash http.Handler) http.Handler {
 	h("DELETE /v1/devices/{id}", s.admin(s.handleDeleteDevice))
 	h("GET /v1/prefixes", s.admin(s.handleListPrefixes))
 	h("DELETE /v1/zones/{zone}/prefixes/{prefix...}", s.admin(s.handleReleaseAdmin))
+	h("GET /v1/zones/{zone}/policy", s.admin(s.handleGetPolicy))
+	h("PUT /v1/zones/{zone}/policy", s.admin(s.handleSetPolicy))
+	h("DELETE /v1/zones/{zone}/policy", s.admin(s.handleDeletePolicy))
+	h("POST /v1/zones/{zone}/policy/check", s.admin(s.handleCheckPolicy))
 
 	// Metrics: admin token required (they reveal zone activity).
 	prom := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
@@ -247,14 +251,14 @@ func (s *server) handleInfo(w http.ResponseWriter, r *http.Request) {
 // (secret plus the certificate fingerprint, if any). ttl <= 0 means it never
 // expires. store.ErrNotFound (wrapped) if the zone does not exist.
 func (s *server) CreateJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (string, error) {
-	jt, err := s.createJoinToken(ctx, zone, reusable, ttl)
+	jt, err := s.createJoinToken(ctx, zone, reusable, ttl, nil)
 	if err != nil {
 		return "", fmt.Errorf("control.CreateJoinToken %q: %w", zone, err)
 	}
 	return jt.Token, nil
 }
 
-func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration) (api.JoinToken, error) {
+func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool, ttl time.Duration, tags []string) (api.JoinToken, error) {
 	secret, err := randomToken(api.JoinTokenPrefix)
 	if err != nil {
 		return api.JoinToken{}, err
@@ -269,6 +273,7 @@ func (s *server) createJoinToken(ctx context.Context, zone string, reusable bool
 		Hash:      sha256.Sum256([]byte(secret)),
 		Zone:      zone,
 		Reusable:  reusable,
+		Tags:      tags,
 		CreatedAt: now,
 	}
 	if ttl > 0 {

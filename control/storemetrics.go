@@ -137,6 +137,14 @@ func (t *timedStore) Prefixes(ctx context.Context, zone string) ([]store.PrefixE
 	return timed(t, "prefixes", func() ([]store.PrefixEntry, error) { return t.st.Prefixes(ctx, zone) })
 }
 
+func (t *timedStore) Policy(ctx context.Context, zone string) (store.ZonePolicy, error) {
+	return timed(t, "policy", func() (store.ZonePolicy, error) { return t.st.Policy(ctx, zone) })
+}
+
+func (t *timedStore) SetPolicy(ctx context.Context, zone string, doc []byte, now time.Time) (store.ZonePolicy, error) {
+	return timed(t, "set_policy", func() (store.ZonePolicy, error) { return t.st.SetPolicy(ctx, zone, doc, now) })
+}
+
 func (t *timedStore) Snapshot(ctx context.Context, zone string) (int64, []store.Device, error) {
 	start := time.Now()
 	rev, ds, err := t.st.Snapshot(ctx, zone)

@@ -35,7 +35,7 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 
 	// Subscribe first, then read the backlog: live events at or below the
 	// backlog's revision are skipped, so nothing is lost or sent twice.
-	sub, err := s.hub.subscribe(ctx, zone)
+	sub, err := s.hub.subscribeAs(ctx, zone, d.ID)
 	if errors.Is(err, errHubClosed) {
 		writeError(w, apiErr(api.CodeUnavailable, "the service is shutting down"))
 		return
@@ -48,11 +48,13 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 
 	var backlog [][]byte
 	var rev int64
-	snapshot := since == 0
+	// In a zone with a policy, or from before a policy change, a member's
+	// view is not the shared log: it starts over (hub_policy.go).
+	snapshot := since == 0 || s.hub.needsSnapshot(sub, since)
 	if !snapshot {
 		changes, cur, err := s.cfg.Store.Changes(ctx, zone, since)
 		switch {
-		case errors.Is(err, store.ErrCompacted) || (err == nil && since > cur):
+		case errors.Is(err, store.ErrCompacted) || (err == nil && since > cur) || isPolicyChange(changes):
 			// History gone, or a revision this store never issued (the
 			// service's state was replaced): start over.
 			snapshot = true
@@ -70,17 +72,11 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 		}
 	}
 	if snapshot {
-		r, devices, err := s.cfg.Store.Snapshot(ctx, zone)
-		if err != nil {
-			writeError(w, s.storeErr(ctx, "watch", err))
-			return
-		}
-		rev = r
-		peers := make([]api.Peer, 0, len(devices))
-		for _, d := range devices {
-			peers = append(peers, toPeer(d))
-		}
-		backlog = append(backlog, encodeLine(api.WatchEvent{Type: api.EventSnapshot, Revision: rev, Peers: peers}))
+		// The hub's copy of the zone, at the revision up to which it has
+		// handed changes to sub: nothing lost, nothing twice.
+		var line []byte
+		line, rev = s.hub.snapshot(sub)
+		backlog = [][]byte{line}
 	}
 
 	h := w.Header()

@@ -206,7 +206,9 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	var zone string
 	var reusable bool
 	var expires time.Duration
+	var tags stringList
 	c, _, err := adminCmd("token create", "token create [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		fs.Var(&tags, "tag", "give every device joined with the token this policy tag (repeatable)")
 		fs.StringVar(&zone, "zone", api.DefaultZone, "zone the token joins")
 		fs.BoolVar(&reusable, "reusable", false, "the token may be used by many machines (default: single use)")
 		fs.Var(durationFlag{&expires}, "expires", "lifetime, a duration such as 24h or 30m (default: never expires)")
@@ -218,7 +220,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if expires < 0 || (expires > 0 && expires < time.Second) {
 		return usageErr("token create: --expires %s: want 0 (never) or at least 1s", expires)
 	}
-	jt, err := c.CreateToken(ctx, api.CreateTokenRequest{Zone: zone, Reusable: reusable, ExpiresInSeconds: int64(expires / time.Second)})
+	jt, err := c.CreateToken(ctx, api.CreateTokenRequest{Zone: zone, Reusable: reusable, ExpiresInSeconds: int64(expires / time.Second), Tags: tags})
 	if err != nil {
 		return c.fail(fmt.Sprintf("token create --zone %q", zone), err)
 	}
@@ -244,9 +246,9 @@ func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if asJSON {
 		return printJSONList(stdout, ts)
 	}
-	tw := newTable(stdout, "ID\tZONE\tREUSABLE\tEXPIRES\tUSED\tCREATED")
+	tw := newTable(stdout, "ID\tZONE\tREUSABLE\tTAGS\tEXPIRES\tUSED\tCREATED")
 	for _, t := range ts {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", t.ID, t.Zone, t.Reusable, fmtTime(t.ExpiresAt), fmtTime(t.UsedAt), fmtTime(t.CreatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", t.ID, t.Zone, t.Reusable, tagList(t.Tags), fmtTime(t.ExpiresAt), fmtTime(t.UsedAt), fmtTime(t.CreatedAt))
 	}
 	return tw.Flush()
 }

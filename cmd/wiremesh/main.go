@@ -48,13 +48,19 @@ var commands = map[string]*command{
 		"list":   {summary: "list zones", run: runZoneList},
 	}},
 	"token": {summary: "manage join tokens", sub: map[string]*command{
-		"create": {summary: "create a join token (prints only the token): token create [--zone Z] [--reusable] [--expires 24h]", run: runTokenCreate},
+		"create": {summary: "create a join token (prints only the token): token create [--zone Z] [--reusable] [--expires 24h] [--tag NAME ...]", run: runTokenCreate},
 		"list":   {summary: "list join tokens: token list [--zone Z]", run: runTokenList},
 		"delete": {summary: "delete a join token: token delete ID", run: runTokenDelete},
 	}},
 	"device": {summary: "manage devices (members)", sub: map[string]*command{
 		"list":   {summary: "list devices: device list [--zone Z]", run: runDeviceList},
 		"delete": {summary: "delete a device, freeing its addresses and prefixes: device delete ID", run: runDeviceDelete},
+	}},
+	"policy": {summary: "manage a zone's access policy (tags and rules)", sub: map[string]*command{
+		"set":    {summary: "set a zone's policy from a JSON file: policy set --zone Z FILE", run: runPolicySet},
+		"get":    {summary: "print a zone's policy: policy get --zone Z", run: runPolicyGet},
+		"delete": {summary: "remove a zone's policy (everything allowed again): policy delete --zone Z", run: runPolicyDelete},
+		"check":  {summary: "say whether a flow is allowed, or which rule is missing: policy check --zone Z FROM TO:PORT [--proto tcp]", run: runPolicyCheck},
 	}},
 	"prefix": {summary: "manage child prefixes", sub: map[string]*command{
 		"list":    {summary: "list allocated child prefixes: prefix list [--zone Z]", run: runPrefixList},

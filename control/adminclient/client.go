@@ -62,7 +62,7 @@ func New(baseURL string, o Options) (*Client, error) {
 // Close releases idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
-// do calls the API. in (if non-nil) is sent as JSON, out (if non-nil)
+// do calls the API. in (if non-nil) is sent as JSON ([]byte: as is), out (if non-nil)
 // receives the JSON answer. Non-2xx answers are returned as *api.Error with
 // Status set.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
@@ -70,7 +70,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	u.Path += path
 	u.RawQuery = query.Encode()
 	var body io.Reader
-	if in != nil {
+	if raw, ok := in.([]byte); ok {
+		body = bytes.NewReader(raw) // a document sent as is (a policy)
+	} else if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err

@@ -49,6 +49,8 @@ func StatusForCode(code string) int {
 	switch code {
 	case CodeBadRequest, CodeInvalidPrefix, CodePrefixTooWide, CodeInvalidKey, CodeInvalidEndpoint:
 		return 400
+	case CodeInvalidPolicy, CodeUnknownTag, CodeInvalidSelector, CodeInvalidPort, CodeInvalidProto:
+		return 400
 	case CodeUnauthorized, CodeRevoked, CodeTokenExpired:
 		return 401
 	case CodeForbidden:
@@ -78,6 +80,9 @@ type Error struct {
 	// overlaps and the hostname (or "tunnel pool") that holds it.
 	Prefix string `json:"prefix,omitempty"`
 	Owner  string `json:"owner,omitempty"`
+	// Line is set on the policy codes (policy.go): the line of the policy
+	// document the error is about.
+	Line int `json:"line,omitempty"`
 	// Status is the HTTP status the error arrived with (client side only).
 	Status int `json:"-"`
 }
@@ -279,8 +284,10 @@ type Device struct {
 	IPv6          netip.Addr       `json:"ipv6"`
 	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
 	Endpoints     []netip.AddrPort `json:"endpoints"`
-	CreatedAt     time.Time        `json:"created_at"`
-	UpdatedAt     time.Time        `json:"updated_at"`
+	// Tags are those of the join token the device last registered with.
+	Tags      []string  `json:"tags,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 	// Ephemeral devices are deleted by the service once offline for a
 	// while.
 	Ephemeral bool `json:"ephemeral,omitempty"`
@@ -327,9 +334,17 @@ const (
 // The stream starts with a snapshot (since absent, 0, or older than the
 // retained history) or with the upserts and removes after since, in revision
 // order followed by one heartbeat; then one event per change, and
-// heartbeats while idle. Revisions are
-// strictly increasing across change events. The device's own entry is
-// included; clients skip it.
+// heartbeats while idle. Revisions never decrease, and increase from one
+// change to the next. The device's own entry is included; clients skip it.
+//
+// In a zone with a policy the stream is the receiving member's view: the
+// snapshot holds only the peers it may exchange traffic with (in either
+// direction) and its Filter; a change of policy or membership brings
+// upserts for peers that become visible, removes for peers that no longer
+// are, and an EventFilter event when its filter changes, all with the
+// revision of that change and in one write. A client resuming with since=
+// in such a zone (or from before the last policy change) gets a fresh
+// snapshot.
 //
 // A deleted device is told about its own removal: the remove event whose
 // Peer.ID is its own is the last line of its stream, and the service then
@@ -341,6 +356,9 @@ type WatchEvent struct {
 	Revision int64  `json:"revision"`
 	Peers    []Peer `json:"peers,omitempty"`
 	Peer     *Peer  `json:"peer,omitempty"`
+	// Filter is the receiving member's inbound filter, in a snapshot and in
+	// an EventFilter event (see Filter; nil: the zone has no policy).
+	Filter *Filter `json:"filter,omitempty"`
 }
 
 // Zone is a separate mesh: its own tunnel pools and prefix space.
@@ -377,6 +395,9 @@ type CreateTokenRequest struct {
 	Reusable bool   `json:"reusable,omitempty"`
 	// ExpiresInSeconds, when > 0, makes the token expire that long after creation.
 	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+	// Tags are given to every device that registers with the token (the
+	// policy's tag:NAME selectors; names as in the policy's "tags").
+	Tags []string `json:"tags,omitempty"`
 }
 
 // JoinToken describes a join token. Token (the secret) is only present in
@@ -386,6 +407,7 @@ type JoinToken struct {
 	Token     string    `json:"token,omitempty"`
 	Zone      string    `json:"zone"`
 	Reusable  bool      `json:"reusable"`
+	Tags      []string  `json:"tags,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	UsedAt    time.Time `json:"used_at,omitzero"`
 	CreatedAt time.Time `json:"created_at"`

@@ -21,6 +21,7 @@ type deviceJSON struct {
 	IPv6      netip.Addr       `json:"ipv6"`
 	Prefixes  []netip.Prefix   `json:"prefixes,omitempty"`
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	Tags      []string         `json:"tags,omitempty"`
 	CreatedAt time.Time        `json:"created_at"`
 	UpdatedAt time.Time        `json:"updated_at"`
 	Ephemeral bool             `json:"ephemeral,omitempty"`
@@ -31,7 +32,7 @@ type deviceJSON struct {
 func encodeDevice(d Device) (string, error) {
 	b, err := json.Marshal(deviceJSON{
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
-		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints,
+		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints, Tags: d.Tags,
 		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 		Ephemeral: d.Ephemeral, Online: d.Online, LastSeen: d.LastSeen.UTC(),
 	})
@@ -46,6 +47,7 @@ func decodeDevice(s string) (Device, error) {
 	return Device{
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
+		Tags:      nilIfEmpty(j.Tags),
 		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
 		Ephemeral: j.Ephemeral, Online: j.Online, LastSeen: utcOrZero(j.LastSeen),
 	}, nil
@@ -56,9 +58,12 @@ func decodeDevice(s string) (Device, error) {
 // per-zone row count kept in zones.change_count this costs one index probe
 // and, in steady state, one row deletion per append.
 func (s *SQLite) appendChange(ctx context.Context, tx *sql.Tx, kind ChangeKind, d Device) (int64, error) {
-	js, err := encodeDevice(d)
-	if err != nil {
-		return 0, fmt.Errorf("encode change: %w", err)
+	js := "{}" // a policy change has no device
+	if kind != ChangePolicy {
+		var err error
+		if js, err = encodeDevice(d); err != nil {
+			return 0, fmt.Errorf("encode change: %w", err)
+		}
 	}
 	var rev int64
 	if err := tx.QueryRowContext(ctx,
@@ -178,6 +183,10 @@ func (s *SQLite) Changes(ctx context.Context, zone string, since int64) ([]Chang
 				return err
 			}
 			c.Kind = ChangeKind(kind)
+			if c.Kind == ChangePolicy {
+				cs = append(cs, c) // no device
+				continue
+			}
 			if c.Device, err = decodeDevice(js); err != nil {
 				return fmt.Errorf("change %d: %w", c.Rev, err)
 			}

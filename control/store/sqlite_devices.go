@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at,
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags,
 	d.ephemeral, d.online, d.last_seen`
 
 // Register implements Store.Register: token check, allocation, prefixes,
@@ -33,7 +33,8 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 	)
 	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		d, created = Device{}, false // fn runs once, but keep it self-contained
-		if err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now); err != nil {
+		jt, err := useJoinToken(ctx, tx, p.JoinTokenHash, p.Zone, now)
+		if err != nil {
 			return err
 		}
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
@@ -52,13 +53,13 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 			if d.Hostname, err = uniqueHostname(ctx, tx, p.Zone, p.Hostname, d.ID); err != nil {
 				return err
 			}
-			d.Endpoints, d.UpdatedAt, d.Ephemeral = p.Endpoints, now, p.Ephemeral
+			d.Endpoints, d.Tags, d.UpdatedAt, d.Ephemeral = p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now, p.Ephemeral
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
 		case errors.Is(err, ErrNotFound):
 			created = true
-			if d, err = insertDevice(ctx, tx, z, p, now); err != nil {
+			if d, err = insertDevice(ctx, tx, z, p, jt.Tags, now); err != nil {
 				return err
 			}
 		default:
@@ -82,7 +83,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 }
 
 // insertDevice allocates a host index and inserts a new device row.
-func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, now time.Time) (Device, error) {
+func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, tags []string, now time.Time) (Device, error) {
 	idx, err := allocIndex(ctx, tx, z, p.RequestedIPv4)
 	if err != nil {
 		return Device{}, err
@@ -104,6 +105,7 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		IPv4:      v4,
 		IPv6:      v6,
 		Endpoints: p.Endpoints,
+		Tags:      nilIfEmpty(slices.Clone(tags)),
 		CreatedAt: now,
 		UpdatedAt: now,
 		Ephemeral: p.Ephemeral,
@@ -112,11 +114,15 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
+	tj, err := encodeTags(d.Tags)
+	if err != nil {
+		return Device{}, err
+	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, ephemeral)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags, ephemeral)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, FoldHostname(d.Hostname), int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano(), d.Ephemeral)
+		now.UnixNano(), now.UnixNano(), tj, d.Ephemeral)
 	if err != nil {
 		return Device{}, err
 	}
@@ -173,8 +179,12 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, ephemeral = ? WHERE id = ?`,
-		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), d.Ephemeral, d.ID)
+	tags, err := encodeTags(d.Tags)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, tags = ?, ephemeral = ? WHERE id = ?`,
+		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), tags, d.Ephemeral, d.ID)
 	return err
 }
 
@@ -387,11 +397,11 @@ func scanDevice(r scanner) (Device, error) {
 	var (
 		d                Device
 		key, v4, v6      []byte
-		eps              string
+		eps, tags        string
 		created, updated sql.NullInt64
 		lastSeen         sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated,
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags,
 		&d.Ephemeral, &d.Online, &lastSeen); err != nil {
 		return Device{}, err
 	}
@@ -410,6 +420,9 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: stored endpoints: %w", d.ID, err)
 	}
 	d.Endpoints = nilIfEmpty(d.Endpoints)
+	if d.Tags, err = decodeTags(tags); err != nil {
+		return Device{}, fmt.Errorf("device %q: %w", d.ID, err)
+	}
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 	d.LastSeen = fromNanos(lastSeen)
 	return d, nil

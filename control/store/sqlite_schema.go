@@ -102,7 +102,19 @@ ALTER TABLE zones ADD COLUMN min_prefix_bits4 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN min_prefix_bits6 INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE zones ADD COLUMN max_prefixes INTEGER NOT NULL DEFAULT 0;
 `,
-	// 4: device identity (issue 13): ephemeral devices, presence (the
+	// 4: access policies (one document per zone; a NULL document is a
+	// removed policy whose revision is kept) and tags of tokens and devices.
+	`
+CREATE TABLE zone_policies (
+	zone       TEXT PRIMARY KEY REFERENCES zones(name),
+	document   BLOB,             -- NULL: no policy
+	rev        INTEGER NOT NULL, -- revision of the change that set it
+	updated_at INTEGER NOT NULL
+) STRICT;
+ALTER TABLE join_tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'; -- JSON array
+ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';     -- JSON array
+`,
+	// 5: device identity (issue 13): ephemeral devices, presence (the
 	// announced state and per-process leases), case-insensitive hostnames,
 	// device token lifetimes, revoked keys. Touches nothing of other
 	// migrations but the tables of migration 1.

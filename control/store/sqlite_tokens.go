@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -47,24 +48,33 @@ func (s *SQLite) CreateJoinToken(ctx context.Context, t JoinToken) error {
 		if n > 0 {
 			return ErrExists
 		}
+		tags, err := encodeTags(t.Tags)
+		if err != nil {
+			return err
+		}
 		_, err = tx.ExecContext(ctx, `
-			INSERT INTO join_tokens (id, hash, zone, reusable, expires_at, used_at, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			t.ID, t.Hash[:], t.Zone, t.Reusable, nanos(t.ExpiresAt), nanos(t.UsedAt), t.CreatedAt.UnixNano())
+			INSERT INTO join_tokens (id, hash, zone, reusable, expires_at, used_at, created_at, tags)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			t.ID, t.Hash[:], t.Zone, t.Reusable, nanos(t.ExpiresAt), nanos(t.UsedAt), t.CreatedAt.UnixNano(), tags)
 		return err
 	})
 }
 
-const joinTokenCols = `id, hash, zone, reusable, expires_at, used_at, created_at`
+const joinTokenCols = `id, hash, zone, reusable, expires_at, used_at, created_at, tags`
 
 func scanJoinToken(r scanner) (JoinToken, error) {
 	var (
 		t                      JoinToken
 		hash                   []byte
 		expires, used, created sql.NullInt64
+		tags                   string
 	)
-	if err := r.Scan(&t.ID, &hash, &t.Zone, &t.Reusable, &expires, &used, &created); err != nil {
+	if err := r.Scan(&t.ID, &hash, &t.Zone, &t.Reusable, &expires, &used, &created, &tags); err != nil {
 		return JoinToken{}, err
+	}
+	var err error
+	if t.Tags, err = decodeTags(tags); err != nil {
+		return JoinToken{}, fmt.Errorf("join token %q: %w", t.ID, err)
 	}
 	if len(hash) != len(t.Hash) {
 		return JoinToken{}, fmt.Errorf("join token %q: stored hash of %d bytes", t.ID, len(hash))
@@ -137,26 +147,44 @@ func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) error {
 }
 
 // useJoinToken checks a join token for a registration in zone at now and
-// sets its UsedAt (single-use: consumed; reusable: last use). Every failure is ErrTokenInvalid with
-// the reason; the secret is never in the message.
-func useJoinToken(ctx context.Context, tx *sql.Tx, hash [32]byte, zone string, now time.Time) error {
+// sets its UsedAt (single-use: consumed; reusable: last use), returning it.
+// Every failure is ErrTokenInvalid with the reason; the secret is never in
+// the message.
+func useJoinToken(ctx context.Context, tx *sql.Tx, hash [32]byte, zone string, now time.Time) (JoinToken, error) {
 	t, err := scanJoinToken(tx.QueryRowContext(ctx,
 		`SELECT `+joinTokenCols+` FROM join_tokens WHERE hash = ?`, hash[:]))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return fmt.Errorf("%w: unknown token", ErrTokenInvalid)
+		return t, fmt.Errorf("%w: unknown token", ErrTokenInvalid)
 	case err != nil:
-		return err
+		return t, err
 	case t.Zone != zone:
-		return fmt.Errorf("%w: token %s is for zone %q, not %q", ErrTokenInvalid, t.ID, t.Zone, zone)
+		return t, fmt.Errorf("%w: token %s is for zone %q, not %q", ErrTokenInvalid, t.ID, t.Zone, zone)
 	case !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt):
-		return fmt.Errorf("%w: token %s expired at %s", ErrTokenInvalid, t.ID, t.ExpiresAt.Format(time.RFC3339))
+		return t, fmt.Errorf("%w: token %s expired at %s", ErrTokenInvalid, t.ID, t.ExpiresAt.Format(time.RFC3339))
 	case !t.Reusable && !t.UsedAt.IsZero():
-		return fmt.Errorf("%w: single-use token %s was used at %s", ErrTokenInvalid, t.ID, t.UsedAt.Format(time.RFC3339))
+		return t, fmt.Errorf("%w: single-use token %s was used at %s", ErrTokenInvalid, t.ID, t.UsedAt.Format(time.RFC3339))
 	}
 	// A single-use token is consumed; a reusable one records its last use.
 	_, err = tx.ExecContext(ctx, `UPDATE join_tokens SET used_at = ? WHERE id = ?`, now.UnixNano(), t.ID)
-	return err
+	return t, err
+}
+
+// encodeTags is the stored form of tags: a JSON array.
+func encodeTags(tags []string) (string, error) {
+	if len(tags) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(tags)
+	return string(b), err
+}
+
+func decodeTags(s string) ([]string, error) {
+	var tags []string
+	if err := json.Unmarshal([]byte(s), &tags); err != nil {
+		return nil, fmt.Errorf("stored tags: %w", err)
+	}
+	return nilIfEmpty(tags), nil
 }
 
 // addDeviceToken adds a device token hash to a device.

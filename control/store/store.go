@@ -111,6 +111,9 @@ type Device struct {
 	IPv6      netip.Addr
 	Prefixes  []netip.Prefix   // child prefixes, sorted
 	Endpoints []netip.AddrPort // as last reported
+	// Tags are the Tags of the join token the device last registered with
+	// (nil: none), for the zone's access policy.
+	Tags      []string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	// Ephemeral devices are deleted by the service once they have been
@@ -132,6 +135,7 @@ type JoinToken struct {
 	Hash      [32]byte
 	Zone      string
 	Reusable  bool
+	Tags      []string  // given to every device registering with the token (nil: none)
 	ExpiresAt time.Time // zero: never
 	UsedAt    time.Time // zero: unused
 	CreatedAt time.Time
@@ -143,10 +147,26 @@ type ChangeKind int
 const (
 	ChangeUpsert ChangeKind = iota + 1 // device added or changed; Device is its new state
 	ChangeRemove                       // device deleted; Device is its last state
+	// ChangePolicy: the zone's access policy was set or removed; Device is
+	// zero. Read the policy in force with Store.Policy.
+	ChangePolicy
 	// ChangePresence: the device went online or offline (Device.Online,
 	// Device.LastSeen); nothing else changed.
 	ChangePresence
 )
+
+// ZonePolicy is a zone's access policy document as stored. The store does
+// not parse it (package control/policy does, before SetPolicy).
+type ZonePolicy struct {
+	Zone string
+	// Document is the policy text byte for byte as set; nil when the zone
+	// has no policy (everything allowed).
+	Document []byte
+	// Rev is the revision of the ChangePolicy entry that set (or removed)
+	// it; 0 if the zone never had a policy.
+	Rev       int64
+	UpdatedAt time.Time // zero if the zone never had a policy
+}
 
 // Change is one entry of a zone's change log.
 type Change struct {
@@ -229,6 +249,8 @@ type Store interface {
 	// ipam.CheckPrefixes(zone.Policy(), held, p.Prefixes), whose errors are
 	// returned unchanged; an overlap with another device's prefix gives
 	// *ConflictError.
+	// The device's Tags become the join token's Tags (replacing what a
+	// re-registered device carried).
 	// Token use, allocation, and the change entry happen in one transaction:
 	// on any error nothing is changed. created reports a first registration.
 	Register(ctx context.Context, p RegisterParams) (d Device, created bool, err error)
@@ -262,6 +284,17 @@ type Store interface {
 	ReleasePrefix(ctx context.Context, zone string, prefix netip.Prefix, deviceID string) error
 	// Prefixes lists a zone's child prefixes ("" = all zones) in address order.
 	Prefixes(ctx context.Context, zone string) ([]PrefixEntry, error)
+
+	// Policy returns the zone's access policy: Document nil (and no error)
+	// when it has none. ErrNotFound if the zone does not exist.
+	Policy(ctx context.Context, zone string) (ZonePolicy, error)
+	// SetPolicy replaces the zone's policy document with doc (nil or empty:
+	// remove it) and appends one Change{Kind: ChangePolicy, Zone: zone} in
+	// the same transaction, also when doc equals the policy in force. It
+	// returns the stored policy, Rev being that change's revision and
+	// UpdatedAt now (zero: the store's clock). ErrNotFound if the zone does
+	// not exist.
+	SetPolicy(ctx context.Context, zone string, doc []byte, now time.Time) (ZonePolicy, error)
 
 	// Snapshot returns the zone's devices and the revision they reflect,
 	// read consistently.

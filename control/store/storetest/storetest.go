@@ -55,6 +55,8 @@ func Run(t *testing.T, open Open) {
 		{"ReleasePrefix", testReleasePrefix},
 		{"Listings", testListings},
 		{"SnapshotAndChanges", testSnapshotAndChanges},
+		{"Policy", testPolicy},
+		{"Tags", testTags},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}
