@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,8 @@ type Node struct {
 	pub    api.Key
 	client *controlclient.Client
 	state  stateDir
+	// stateLock holds the state directory (see stateDir.lock) until Close.
+	stateLock io.Closer
 	// plane carries the traffic (see dataPlane); port is its UDP port.
 	// Set once by Join before the node is shared (under mu, which
 	// setPrefixesLocked reads it with); read-only after.
@@ -118,14 +121,21 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		return nil, err
 	}
 	sd := stateDir(cfg.stateDir)
+	lock, err := sd.lock()
+	if err != nil {
+		return nil, err
+	}
 	priv, saved, err := loadState(sd, serviceURL, cfg)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	n, err := newNode(cfg, serviceURL, sd, priv)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
+	n.stateLock = lock
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -151,8 +161,9 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 			return nil, err
 		}
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.run(needRegister)
+	go n.tokenLoop()
 	if !needRegister {
 		if err := n.waitFirstSync(ctx); err != nil {
 			return nil, err
@@ -386,8 +397,15 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 
 	n.cancel()
+	if n.ephemeral() {
+		n.wg.Wait() // no re-registration when the watch hears of the removal
+		n.leave()
+	}
 	n.client.Close()
 	n.wg.Wait()
+	if n.stateLock != nil {
+		n.stateLock.Close()
+	}
 	n.events.close()
 	n.HTTPClient() // creates the transport if needed, so the read below is safe
 	n.httpTransport.CloseIdleConnections()

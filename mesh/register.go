@@ -34,6 +34,7 @@ func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse,
 		Hostname:  n.cfg.hostname,
 		Zone:      n.cfg.zone,
 		Endpoints: n.endpointsFor(ctx, port),
+		Ephemeral: n.ephemeral(),
 	}
 	for _, p := range n.wantedPrefixes() {
 		req.ChildPrefixes = append(req.ChildPrefixes, p.String())
@@ -80,6 +81,7 @@ func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
 	n.setPrefixesLocked(canonPrefixes(r.ChildPrefixes))
 	n.saved.URL = n.url
 	n.saved.DeviceToken = n.client.DeviceToken()
+	n.saved.DeviceTokenExpires = r.DeviceTokenExpiresAt
 	n.saved.ListenPort = port
 }
 

@@ -27,6 +27,10 @@ func (n *Node) run(needRegister bool) {
 					return
 				}
 				n.controlDown(err)
+				if errors.Is(wrapService("", err), ErrRevoked) {
+					n.log.Error("mesh: the service revoked this node's key; it no longer talks to the service", "err", err)
+					return
+				}
 				d := bo.next()
 				n.log.Debug("mesh: registration failed, retrying", "err", err, "in", d)
 				if !sleepCtx(n.ctx, d) {
@@ -64,7 +68,11 @@ func (n *Node) run(needRegister bool) {
 		}
 		n.controlDown(err)
 		var ae *api.Error
-		if errors.As(err, &ae) && (ae.Code == api.CodeUnauthorized || ae.Code == api.CodeNotFound) {
+		if errors.As(err, &ae) && ae.Code == api.CodeRevoked {
+			n.log.Error("mesh: the service revoked this node's key; it no longer talks to the service", "err", err)
+			return
+		}
+		if errors.As(err, &ae) && (ae.Code == api.CodeUnauthorized || ae.Code == api.CodeNotFound || ae.Code == api.CodeTokenExpired) {
 			if n.cfg.token != "" {
 				n.log.Warn("mesh: the service no longer knows this device; registering again", "err", err)
 				needRegister = true
@@ -123,6 +131,9 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	case api.EventHeartbeat:
 		n.setRevision(ev.Revision)
 		n.controlUp()
+		return nil
+	case api.EventPresence:
+		n.applyPresence(ev)
 		return nil
 	default:
 		n.log.Debug("mesh: unknown watch event type; ignored", "type", ev.Type)
