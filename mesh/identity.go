@@ -3,10 +3,14 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/controlclient"
 )
 
 // WithEphemeral marks the node's device ephemeral: the service deletes it,
@@ -155,4 +159,48 @@ func (n *Node) tokenLoop() {
 			}
 		}
 	}
+}
+
+// Forget deletes the device registered in the state directory dir at its
+// service, with the saved device token, and removes the registration from
+// dir (the key stays: the next Join registers a new device with it). It is
+// `wiremesh down` for a node that is not running: a node running with dir
+// gives ErrStateDirInUse. opts may give WithToken (its certificate
+// fingerprint pins the service), WithInsecureHTTP and WithLogger.
+func Forget(ctx context.Context, dir string, opts ...Option) error {
+	fail := func(err error) error { return wrapService("mesh.Forget", err) }
+	if dir == "" {
+		return fail(errors.New("no state directory"))
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return fail(err)
+	}
+	sd := stateDir(dir)
+	lock, err := sd.lock()
+	if err != nil {
+		return fail(err)
+	}
+	defer lock.Close()
+	s, err := sd.load()
+	if err != nil {
+		return fail(err)
+	}
+	if s == nil || s.DeviceToken == "" {
+		return fail(fmt.Errorf("state dir %q holds no registration", dir))
+	}
+	client, err := controlclient.New(controlclient.Config{URL: s.URL, Token: cfg.token, Fingerprint: s.Fingerprint,
+		InsecureHTTP: cfg.insecureHTTP, Logger: cfg.logger})
+	if err != nil {
+		return fail(err)
+	}
+	defer client.Close()
+	client.SetDeviceToken(s.DeviceToken)
+	if err := client.DeleteSelf(ctx); err != nil {
+		return fail(err)
+	}
+	if err := os.Remove(filepath.Join(dir, stateFileName)); err != nil {
+		return fail(err)
+	}
+	return nil
 }

@@ -82,6 +82,9 @@ func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
 	n.saved.URL = n.url
 	n.saved.DeviceToken = n.client.DeviceToken()
 	n.saved.DeviceTokenExpires = r.DeviceTokenExpiresAt
+	if _, fp, err := api.ParseJoinToken(n.cfg.token); err == nil && fp != nil {
+		n.saved.Fingerprint = fp
+	}
 	n.saved.ListenPort = port
 }
 

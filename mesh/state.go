@@ -29,18 +29,21 @@ type savedState struct {
 	DeviceToken string `json:"device_token"`
 	// DeviceTokenExpires is when DeviceToken expires (zero: never or
 	// unknown); the node rotates it before.
-	DeviceTokenExpires time.Time        `json:"device_token_expires,omitzero"`
-	Zone               string           `json:"zone"`
-	Hostname           string           `json:"hostname"`
-	IPv4               netip.Addr       `json:"ipv4"`
-	IPv6               netip.Addr       `json:"ipv6"`
-	ZoneIPv4           netip.Prefix     `json:"zone_ipv4"`
-	ZoneIPv6           netip.Prefix     `json:"zone_ipv6"`
-	ChildPrefixes      []netip.Prefix   `json:"child_prefixes"`
-	Endpoints          []netip.AddrPort `json:"endpoints"`
-	ListenPort         uint16           `json:"listen_port"`
-	Peers              []api.Peer       `json:"peers"`
-	Revision           int64            `json:"revision"`
+	DeviceTokenExpires time.Time `json:"device_token_expires,omitzero"`
+	// Fingerprint is the service certificate's SHA-256 from the join
+	// token (nil: none), so that Forget can pin it without the token.
+	Fingerprint   []byte           `json:"fingerprint,omitempty"`
+	Zone          string           `json:"zone"`
+	Hostname      string           `json:"hostname"`
+	IPv4          netip.Addr       `json:"ipv4"`
+	IPv6          netip.Addr       `json:"ipv6"`
+	ZoneIPv4      netip.Prefix     `json:"zone_ipv4"`
+	ZoneIPv6      netip.Prefix     `json:"zone_ipv6"`
+	ChildPrefixes []netip.Prefix   `json:"child_prefixes"`
+	Endpoints     []netip.AddrPort `json:"endpoints"`
+	ListenPort    uint16           `json:"listen_port"`
+	Peers         []api.Peer       `json:"peers"`
+	Revision      int64            `json:"revision"`
 }
 
 // registered reports whether s holds a usable registration for url.
