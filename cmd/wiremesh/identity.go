@@ -40,7 +40,12 @@ func agentInstance(userspace bool, ifname string, ifaceSet bool) string {
 // /var/lib/wiremesh/<instance>, else $XDG_STATE_HOME/wiremesh/<instance>
 // (~/.local/state without XDG_STATE_HOME).
 func defaultStateDir(instance string) (string, error) {
-	if os.Geteuid() == 0 {
+	return stateDirFor(os.Geteuid(), instance)
+}
+
+// stateDirFor is defaultStateDir for the user euid.
+func stateDirFor(euid int, instance string) (string, error) {
+	if euid == 0 {
 		return filepath.Join("/var/lib/wiremesh", instance), nil
 	}
 	base := os.Getenv("XDG_STATE_HOME")

@@ -164,21 +164,25 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	} else {
 		defer srv.Close()
 	}
-	var left atomic.Bool
+	// wiremesh down: the node leaves (closing it ends agentEvents).
+	var leaving atomic.Bool
+	leaveDone := make(chan error, 1)
 	if srv != nil {
 		srv.setLeave(func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 			defer cancel()
+			leaving.Store(true)
 			err := n.Leave(ctx)
-			left.Store(err == nil)
+			leaveDone <- err
 			stop()
 			return err
 		})
 	}
 
 	agentEvents(ctx, n, stdout)
+	left := leaving.Load() && <-leaveDone == nil
 	switch {
-	case left.Load():
+	case left:
 		fmt.Fprintf(stdout, "left the mesh: the device is deleted at the service\n")
 	case st.Self.Ephemeral:
 		fmt.Fprintf(stdout, "leaving (ephemeral: the device is deleted at the service)\n")
@@ -188,7 +192,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	if srv != nil {
 		srv.Close()
 	}
-	if err := n.Close(); err != nil && !left.Load() {
+	if err := n.Close(); err != nil && !left {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
