@@ -243,3 +243,31 @@ func TestEphemeralDevicesDeletedWhenOffline(t *testing.T) {
 	e.adminDevice(durable.DeviceID) // offline as long, and kept
 	e.mustRegister(tok, "next", "172.24.0.0/24")
 }
+
+func TestPresenceFollowsPolicyViews(t *testing.T) {
+	e := newEnv(t)
+	plain := e.joinToken(api.DefaultZone, true)
+	web := e.taggedToken(api.DefaultZone, "web")
+	_, n1 := e.mustRegister(web, "node1")
+	_, n2 := e.mustRegister(plain, "node2")
+	_, lt := e.mustRegister(plain, "laptop")
+	// The laptop sees node1 (the web tier), not node2.
+	_, ae := e.setPolicy(api.DefaultZone, `{"tags": {"web": []}, "rules": [
+		{"from": ["laptop"], "to": ["tag:web:22"], "proto": "tcp"}]}`)
+	require.Nil(t, ae)
+	ls := e.watch(api.DefaultZone, lt.DeviceToken, 0)
+	require.Equal(t, sortedIDs(n1.DeviceID, lt.DeviceID), peerIDs(ls.next().Peers))
+
+	s2 := e.watch(api.DefaultZone, n2.DeviceToken, 0)
+	s2.next()
+	waitFor(t, "node2 online", func() bool { return *e.adminDevice(n2.DeviceID).Online })
+	s1 := e.watch(api.DefaultZone, n1.DeviceToken, 0)
+	s1.next()
+	select {
+	case ev := <-ls.presence:
+		require.Equal(t, n1.DeviceID, ev.Peer.ID, "node2's presence is nobody's business")
+		require.True(t, *ev.Peer.Online)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no presence event for node1")
+	}
+}
