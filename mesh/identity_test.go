@@ -157,3 +157,36 @@ func TestLeaveAndForget(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	require.Error(t, mesh.Forget(ctxT(t), dir), "nothing left to forget")
 }
+
+func TestRotateKeyKeepsTheMember(t *testing.T) {
+	s := meshtest.NewServer(t)
+	dir := t.TempDir()
+	opts := []mesh.Option{mesh.WithHostname("a"), mesh.WithStateDir(dir), mesh.WithChildPrefix(pfx("10.63.0.0/24"))}
+	a := meshtest.Join(t, s, opts...)
+	b := meshtest.Join(t, s, mesh.WithHostname("b"))
+	echoServer(t, a)
+	meshtest.WaitPeers(t, b, 1)
+	tcpEcho(t, b, a.Addr().String())
+	before := a.Status().Self
+
+	require.NoError(t, a.RotateKey(ctxT(t)))
+	after := a.Status().Self
+	require.NotEqual(t, before.PublicKey, after.PublicKey)
+	require.Equal(t, before.DeviceID, after.DeviceID)
+	require.Equal(t, before.Addrs, after.Addrs)
+	require.Equal(t, before.Prefixes, after.Prefixes)
+	meshtest.WaitFor(t, "b to learn the new key", func() bool {
+		p := b.Status().Peers
+		return len(p) == 1 && p[0].PublicKey == after.PublicKey
+	})
+	require.Len(t, a.Status().Peers, 1, "a does not see itself under either key")
+	tcpEcho(t, b, a.Addr().String())
+
+	// The new key is the one kept: a restart is the same member.
+	require.NoError(t, a.Close())
+	a2 := meshtest.Join(t, s, opts...)
+	require.Equal(t, after.PublicKey, a2.Status().Self.PublicKey)
+	require.Equal(t, before.Addrs, a2.Status().Self.Addrs)
+	_, err := os.Stat(filepath.Join(dir, "private.key.new"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -32,13 +33,15 @@ const (
 // Node is a member of a mesh. It is safe for concurrent use. Create it with
 // Join; stop it with Close.
 type Node struct {
-	cfg    *config
-	url    string
-	log    *slog.Logger
-	priv   api.Key
-	pub    api.Key
-	client *controlclient.Client
-	state  stateDir
+	cfg *config
+	url string
+	log *slog.Logger
+	// key is the node's WireGuard key pair (RotateKey replaces it).
+	key atomic.Pointer[keyPair]
+	// rotateMu serializes RotateKey.
+	rotateMu sync.Mutex
+	client   *controlclient.Client
+	state    stateDir
 	// stateLock holds the state directory (see stateDir.lock) until Close.
 	stateLock io.Closer
 	// plane carries the traffic (see dataPlane); port is its UDP port.
@@ -157,7 +160,7 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	}
 	if needRegister || restorePeers {
 		// Work right away with the last known peers.
-		if err := n.applyPeerSet(peerMap(saved.Peers, n.pub), saved.Revision, false, false); err != nil {
+		if err := n.applyPeerSet(peerMap(saved.Peers, n.keys().pub), saved.Revision, false, false); err != nil {
 			return nil, err
 		}
 	}
@@ -240,8 +243,6 @@ func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, 
 		cfg:       cfg,
 		url:       serviceURL,
 		log:       cfg.logger,
-		priv:      priv,
-		pub:       api.PublicKey(priv),
 		client:    client,
 		state:     sd,
 		peers:     map[api.Key]api.Peer{},
@@ -249,6 +250,7 @@ func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, 
 
 		wantPrefixes: canonPrefixes(cfg.childPrefixes),
 	}
+	n.key.Store(&keyPair{priv: priv, pub: api.PublicKey(priv)})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n, nil
 }
@@ -302,7 +304,7 @@ func (n *Node) registerOrResume(ctx context.Context, saved *savedState, port uin
 func (n *Node) startPlane(port uint16) error {
 	n.mu.Lock()
 	c := planeConfig{
-		priv:       n.priv,
+		priv:       n.keys().priv,
 		port:       port,
 		mtu:        n.cfg.mtu,
 		log:        n.log,

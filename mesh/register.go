@@ -29,8 +29,9 @@ func reservePort(port uint16, fallback bool) (uint16, error) {
 // register sends a registration with the node's key, hostname, zone, child
 // prefixes and endpoints.
 func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse, error) {
+	k := n.keys()
 	req := api.RegisterRequest{
-		PublicKey: n.pub,
+		PublicKey: k.pub,
 		Hostname:  n.cfg.hostname,
 		Zone:      n.cfg.zone,
 		Endpoints: n.endpointsFor(ctx, port),
@@ -39,7 +40,7 @@ func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse,
 	for _, p := range n.wantedPrefixes() {
 		req.ChildPrefixes = append(req.ChildPrefixes, p.String())
 	}
-	resp, err := n.client.Register(ctx, n.priv, req)
+	resp, err := n.client.Register(ctx, k.priv, req)
 	if err == nil {
 		n.mu.Lock()
 		n.self.endpoints = req.Endpoints
@@ -98,7 +99,7 @@ func (n *Node) adoptSavedPeers(s *savedState) bool {
 	if s == nil || s.Zone != n.self.zone || s.DeviceID != n.self.deviceID || s.IPv4 != n.self.ipv4 {
 		return false
 	}
-	n.peers = peerMap(s.Peers, n.pub)
+	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
 	return true
 }
@@ -118,7 +119,7 @@ func (n *Node) adoptSaved(s *savedState, port uint16) {
 		prefixes:  canonPrefixes(append(slices.Clone(s.ChildPrefixes), n.wantPrefixes...)),
 		endpoints: s.Endpoints,
 	}
-	n.peers = peerMap(s.Peers, n.pub)
+	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
 	n.saved = *s
 	n.saved.ListenPort = port

@@ -118,7 +118,7 @@ func (n *Node) Status() Status {
 			DeviceID:   n.self.deviceID,
 			Hostname:   n.self.hostname,
 			Zone:       n.self.zone,
-			PublicKey:  n.pub,
+			PublicKey:  n.keys().pub,
 			Addrs:      []netip.Addr{n.self.ipv4},
 			Prefixes:   slices.Clone(n.self.prefixes),
 			ZoneIPv4:   n.self.zone4,

@@ -96,14 +96,19 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	var next map[api.Key]api.Peer
 	switch ev.Type {
 	case api.EventSnapshot:
-		next = peerMap(ev.Peers, n.pub)
+		next = peerMap(ev.Peers, n.keys().pub)
+		for k, p := range next {
+			if n.isSelf(p) { // under its other key, around a key rotation
+				delete(next, k)
+			}
+		}
 		n.updateSelf(ev.Peers)
 	case api.EventUpsert:
 		if ev.Peer == nil {
 			n.log.Warn("mesh: upsert event without a peer; ignored", "revision", ev.Revision)
 			return nil
 		}
-		if ev.Peer.PublicKey == n.pub {
+		if n.isSelf(*ev.Peer) {
 			n.updateSelf([]api.Peer{*ev.Peer})
 			n.setRevision(ev.Revision)
 			return nil
@@ -213,7 +218,7 @@ func (n *Node) applyPeerSet(next map[api.Key]api.Peer, rev int64, snapshot, live
 // released or added by an admin).
 func (n *Node) updateSelf(ps []api.Peer) {
 	for _, p := range ps {
-		if p.PublicKey != n.pub {
+		if !n.isSelf(p) {
 			continue
 		}
 		n.mu.Lock()
