@@ -37,6 +37,7 @@ func toPeer(d store.Device) api.Peer {
 		Endpoints:     nonNil(d.Endpoints),
 		Online:        &d.Online,
 		LastSeen:      d.LastSeen,
+		Generation:    d.Generation,
 	}
 }
 

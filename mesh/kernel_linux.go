@@ -50,9 +50,8 @@ type kernelPlane struct {
 	addrs    []netip.Prefix
 	peers    map[api.Key]wgPeer
 	fw       *route.Firewall // nil until the node has a child prefix
-	fwd4     bool            // IPv4 forwarding enabled by us
-	fwd6     bool
-	restores []func() error // undo forwarding changes
+	fwdOn    map[string]bool // forwarding sysctls this run turned on (see enableForwardingLocked)
+	restores []func() error  // undo forwarding changes
 	// fwdOrig maps a forwarding sysctl to its value before any run of this
 	// node changed it; kept in fwdFile (in the state directory) so that a
 	// run after a crash restores it on close.

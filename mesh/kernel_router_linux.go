@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,9 +16,10 @@ import (
 )
 
 // The router side of a kernel-mode node: once it holds child prefixes, the
-// host forwards between the mesh and them (IP forwarding on, firewall
-// accept rules, optional masquerade), and every change to the host's
-// forwarding settings is recorded so that a run after a crash restores it.
+// host forwards between the mesh and them (IP forwarding on for the
+// interfaces involved, firewall accept rules, optional masquerade), and
+// every change to the host's forwarding settings is recorded so that a
+// run after a crash restores it.
 
 // syncRouterLocked enables forwarding and installs or updates the firewall
 // once the node has child prefixes. Both stay until close, also when the
@@ -47,16 +49,10 @@ func (k *kernelPlane) syncRouterLocked() error {
 		k.fw = fw
 		k.log.Info("mesh: forwarding between the mesh and the child prefixes", "prefixes", prefixes, "masquerade", k.masquerade)
 	}
-	if v4 && !k.fwd4 || v6 && !k.fwd6 {
-		if err := k.recordForwarding(v4 && !k.fwd4, v6 && !k.fwd6); err != nil {
+	if len(prefixes) > 0 {
+		if err := k.enableForwardingLocked(prefixes, v4, v6); err != nil {
 			return err
 		}
-		restore, err := route.EnableForwarding(v4 && !k.fwd4, v6 && !k.fwd6, route.WithLogger(k.log))
-		if err != nil {
-			return err
-		}
-		k.restores = append(k.restores, restore)
-		k.fwd4, k.fwd6 = k.fwd4 || v4, k.fwd6 || v6
 	}
 	if !slices.Equal(k.fw.Prefixes(), prefixes) {
 		if err := k.fw.Update(prefixes); err != nil {
@@ -67,11 +63,49 @@ func (k *kernelPlane) syncRouterLocked() error {
 	return nil
 }
 
-// Forwarding sysctls as route.EnableForwarding writes them.
-const (
-	sysctlForward4 = "/proc/sys/net/ipv4/ip_forward"
-	sysctlForward6 = "/proc/sys/net/ipv6/conf/all/forwarding"
-)
+// enableForwardingLocked turns on forwarding for the packets a router
+// must forward, per interface (see route.ForwardingSysctls for why, and
+// what IPv6 needs): those arriving on the TUN device (towards the child
+// prefixes) and those arriving on the interfaces facing the child
+// prefixes (replies, and connections towards the mesh). The global
+// net.ipv4.ip_forward is never written: turning it off on close would
+// break Docker or another router that relies on it by then. Sysctls
+// turned on already are left; new ones (a new prefix, another interface)
+// are recorded, then turned on.
+func (k *kernelPlane) enableForwardingLocked(prefixes []netip.Prefix, v4, v6 bool) error {
+	ifs, err := route.PrefixInterfaces(prefixes, k.ifname)
+	if err != nil {
+		return err
+	}
+	paths, err := route.ForwardingSysctls(append([]string{k.ifname}, ifs...), v4, v6)
+	if err != nil {
+		return err
+	}
+	var fresh []string
+	for _, p := range paths {
+		if !k.fwdOn[p] {
+			fresh = append(fresh, p)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := k.recordForwarding(fresh); err != nil {
+		return err
+	}
+	restore, err := route.EnableInterfaceForwarding(fresh, route.WithLogger(k.log.With("interface", k.ifname)))
+	if err != nil {
+		return err
+	}
+	k.restores = append(k.restores, restore)
+	if k.fwdOn == nil {
+		k.fwdOn = map[string]bool{}
+	}
+	for _, p := range fresh {
+		k.fwdOn[p] = true
+	}
+	return nil
+}
 
 // forwardingFile is where a node with a state directory records the
 // forwarding settings it changed.
@@ -99,7 +133,7 @@ func loadForwarding(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("forwarding record %s: %w", path, err)
 	}
 	for p := range m {
-		if p != sysctlForward4 && p != sysctlForward6 {
+		if !route.IsForwardingSysctl(p) {
 			delete(m, p)
 		}
 	}
@@ -109,14 +143,7 @@ func loadForwarding(path string) (map[string]string, error) {
 // recordForwarding notes the current values of the sysctls about to be
 // turned on, unless an earlier run recorded them already, and saves the
 // record before anything changes.
-func (k *kernelPlane) recordForwarding(v4, v6 bool) error {
-	var paths []string
-	if v4 {
-		paths = append(paths, sysctlForward4)
-	}
-	if v6 {
-		paths = append(paths, sysctlForward6)
-	}
+func (k *kernelPlane) recordForwarding(paths []string) error {
 	changed := false
 	for _, p := range paths {
 		if _, ok := k.fwdOrig[p]; ok {
@@ -146,11 +173,13 @@ func (k *kernelPlane) recordForwarding(v4, v6 bool) error {
 
 // restoreForwarding puts back every recorded original value (this run's,
 // already restored by route's restore functions, and an earlier crashed
-// run's) and removes the record.
+// run's) by the rules of route.EnableInterfaceForwarding (a value changed
+// since, or a switch others rely on by now, stays), and removes the
+// record.
 func (k *kernelPlane) restoreForwarding() error {
 	var errs []error
 	for p, v := range k.fwdOrig {
-		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+		if err := route.RestoreForwardingSysctl(p, v, route.WithLogger(k.log)); err != nil {
 			errs = append(errs, fmt.Errorf("restore %s: %w", p, err))
 		}
 	}

@@ -275,7 +275,8 @@ func peerMap(ps []api.Peer, self api.Key) map[api.Key]api.Peer {
 
 func samePeer(a, b api.Peer) bool {
 	return a.ID == b.ID && a.Hostname == b.Hostname && a.IPv4 == b.IPv4 && a.IPv6 == b.IPv6 &&
-		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints)
+		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.Generation == b.Generation
 }
 
 func sortedPeerKeys(m map[api.Key]api.Peer) []api.Key {

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -86,46 +84,33 @@ func (a *agentTarget) socketPath() string {
 	return defaultSocketPath(a.instance())
 }
 
-// leaveRequest is what `wiremesh down` writes on the status socket after
-// reading the status; leaveAnswer is the agent's reply.
-type leaveRequest struct {
-	Op string `json:"op"` // "leave"
+// leaveTimeout bounds the agent's side of `wiremesh down`.
+const leaveTimeout = agentOpTimeout
+
+// doLeave answers a leave request with the agent's leave hook.
+func (s *statusServer) doLeave() error {
+	s.mu.Lock()
+	leave := s.leave
+	s.mu.Unlock()
+	if leave == nil {
+		return errors.New("the agent cannot leave yet")
+	}
+	return leave()
 }
 
-type leaveAnswer struct {
-	Error string `json:"error,omitempty"`
-}
-
-// leaveTimeout bounds `wiremesh down` through a running agent.
-const leaveTimeout = 30 * time.Second
-
-// askLeave asks the agent on path to delete its device and stop.
+// askLeave asks the agent on path to delete its device and stop, and
+// returns its status from before.
 func askLeave(ctx context.Context, path string) (mesh.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, leaveTimeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	st, err := readStatus(ctx, path)
 	if err != nil {
-		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
+		return st, err
 	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+	r, err := callAgent(ctx, path, agentRequest{Op: opLeave})
+	if err != nil {
+		return st, err
 	}
-	dec := json.NewDecoder(c)
-	var st mesh.Status
-	if err := dec.Decode(&st); err != nil {
-		return st, fmt.Errorf("status socket %s: reading the status: %w", path, err)
-	}
-	if err := json.NewEncoder(c).Encode(leaveRequest{Op: "leave"}); err != nil {
-		return st, fmt.Errorf("status socket %s: %w", path, err)
-	}
-	var ans leaveAnswer
-	if err := dec.Decode(&ans); err != nil {
-		return st, fmt.Errorf("status socket %s: no answer from the agent (an older agent? stop it and run 'wiremesh down' again): %w", path, err)
-	}
-	if ans.Error != "" {
-		return st, errors.New(ans.Error)
+	if r.Error != "" {
+		return st, errors.New(r.Error)
 	}
 	return st, nil
 }
@@ -194,32 +179,6 @@ func runDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "left the mesh: the device of %s is deleted at the service\n", dir)
 	return nil
-}
-
-// serveRequest reads an optional request after the status: a leave
-// request runs s.leave and answers. A reader that only wanted the status
-// closes the connection, which ends this at once.
-func (s *statusServer) serveRequest(c net.Conn) {
-	var req leaveRequest
-	if err := json.NewDecoder(c).Decode(&req); err != nil {
-		return
-	}
-	var ans leaveAnswer
-	s.mu.Lock()
-	leave := s.leave
-	s.mu.Unlock()
-	switch {
-	case req.Op != "leave":
-		ans.Error = fmt.Sprintf("unknown request %q", req.Op)
-	case leave == nil:
-		ans.Error = "the agent cannot leave yet"
-	default:
-		c.SetDeadline(time.Now().Add(leaveTimeout))
-		if err := leave(); err != nil {
-			ans.Error = err.Error()
-		}
-	}
-	json.NewEncoder(c).Encode(ans)
 }
 
 // onlineStr is a peer's presence for the status table.

@@ -158,7 +158,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	if !st.ControlConnected {
 		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
 	}
-	srv, err := serveStatus(sock, n.Status)
+	srv, err := serveStatus(sock, n)
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
 	} else {

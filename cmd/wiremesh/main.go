@@ -64,8 +64,9 @@ var commands = map[string]*command{
 		"check":  {summary: "say whether a flow is allowed, or which rule is missing: policy check --zone Z FROM TO:PORT [--proto tcp]", run: runPolicyCheck},
 	}},
 	"prefix": {summary: "manage child prefixes", sub: map[string]*command{
-		"list":    {summary: "list allocated child prefixes: prefix list [--zone Z]", run: runPrefixList},
-		"release": {summary: "release a member's child prefix: prefix release --zone Z PREFIX", run: runPrefixRelease},
+		"list":      {summary: "list allocated child prefixes: prefix list [--zone Z]", run: runPrefixList},
+		"advertise": {summary: "the running agent advertises a child prefix: prefix advertise [--interface I | --socket S] PREFIX", run: runPrefixAdvertise},
+		"release":   {summary: "release a child prefix: of the running agent, or as admin with --zone Z: prefix release PREFIX", run: runPrefixRelease},
 	}},
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,8 +17,10 @@ import (
 )
 
 // The status socket: a running agent listens on a unix socket (mode 0600
-// in a 0700 directory) and answers every connection with its mesh.Status
-// as one JSON document, then closes it. `wiremesh status` reads it.
+// in a 0700 directory). A client sends one request line (agentctl.go) and
+// gets one JSON document back: the agent's mesh.Status for a status
+// request (`wiremesh status`), or the result of a prefix command
+// (`wiremesh prefix advertise|release`).
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -42,11 +42,11 @@ func defaultSocketPath(ifname string) string {
 
 // statusServer answers status requests on a unix socket until Close.
 type statusServer struct {
-	ln     net.Listener
-	path   string
-	status func() mesh.Status
-	wg     sync.WaitGroup
-	once   sync.Once
+	ln    net.Listener
+	path  string
+	agent agentAPI
+	wg    sync.WaitGroup
+	once  sync.Once
 
 	mu    sync.Mutex
 	leave func() error // answers a leave request (wiremesh down); nil: refused
@@ -59,9 +59,9 @@ func (s *statusServer) setLeave(fn func() error) {
 	s.mu.Unlock()
 }
 
-// serveStatus listens on path (replacing a stale socket file) and serves
-// status() to every connection.
-func serveStatus(path string, status func() mesh.Status) (*statusServer, error) {
+// serveStatus listens on path (replacing a stale socket file) and answers
+// requests about agent on every connection.
+func serveStatus(path string, agent agentAPI) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -85,7 +85,7 @@ func serveStatus(path string, status func() mesh.Status) (*statusServer, error) 
 		ln.Close()
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	s := &statusServer{ln: ln, path: path, status: status}
+	s := &statusServer{ln: ln, path: path, agent: agent}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -98,14 +98,17 @@ func (s *statusServer) serve() {
 		if err != nil {
 			return
 		}
-		c.SetDeadline(time.Now().Add(statusTimeout))
-		json.NewEncoder(c).Encode(s.status())
-		s.serveRequest(c)
-		c.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
 	}
 }
 
-// Close stops serving and removes the socket file. Idempotent.
+// Close stops serving, waits for the requests in progress (at most
+// agentOpTimeout), and removes the socket file. Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
@@ -127,19 +130,15 @@ func statusSocketLive(path string) bool {
 
 // readStatus asks the agent at path for its status.
 func readStatus(ctx context.Context, path string) (mesh.Status, error) {
-	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialAgent(ctx, path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return mesh.Status{}, fmt.Errorf("no agent is running (nothing answers on %s): start one with 'wiremesh URL' or 'wiremesh router', or pass --interface/--socket", path)
-		}
-		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
+		return mesh.Status{}, err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+	if err := json.NewEncoder(c).Encode(agentRequest{Op: opStatus}); err != nil {
+		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	var st mesh.Status
 	if err := json.NewDecoder(c).Decode(&st); err != nil {

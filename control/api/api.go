@@ -314,6 +314,11 @@ type Peer struct {
 	// last did. Presence events carry the changes.
 	Online   *bool     `json:"online,omitempty"`
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Generation counts the peer's registrations (each start of its
+	// agent registers): when it grows, the peer restarted and lost its
+	// WireGuard sessions, and members handshake with it again at once.
+	// 0 from a service that does not count them.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // Watch event types.

@@ -27,13 +27,15 @@ type deviceJSON struct {
 	Ephemeral bool             `json:"ephemeral,omitempty"`
 	Online    bool             `json:"online,omitempty"`
 	LastSeen  time.Time        `json:"last_seen,omitzero"`
+	// Generation is absent in changes recorded before it existed.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 func encodeDevice(d Device) (string, error) {
 	b, err := json.Marshal(deviceJSON{
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints, Tags: d.Tags,
-		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(), Generation: d.Generation,
 		Ephemeral: d.Ephemeral, Online: d.Online, LastSeen: d.LastSeen.UTC(),
 	})
 	return string(b), err
@@ -48,7 +50,7 @@ func decodeDevice(s string) (Device, error) {
 		ID: j.ID, Zone: j.Zone, PublicKey: j.PublicKey, Hostname: j.Hostname,
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
 		Tags:      nilIfEmpty(j.Tags),
-		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), Generation: j.Generation,
 		Ephemeral: j.Ephemeral, Online: j.Online, LastSeen: utcOrZero(j.LastSeen),
 	}, nil
 }

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags,
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags, d.generation,
 	d.ephemeral, d.online, d.last_seen`
 
 // Register implements Store.Register: token check, allocation, prefixes,
@@ -54,6 +54,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 				return err
 			}
 			d.Endpoints, d.Tags, d.UpdatedAt, d.Ephemeral = p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now, p.Ephemeral
+			d.Generation++ // a restart: peers start a new session at once
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
 			}
@@ -98,17 +99,18 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, ErrPoolExhausted)
 	}
 	d := Device{
-		ID:        newDeviceID(),
-		Zone:      z.Name,
-		PublicKey: p.PublicKey,
-		Hostname:  host,
-		IPv4:      v4,
-		IPv6:      v6,
-		Endpoints: p.Endpoints,
-		Tags:      nilIfEmpty(slices.Clone(tags)),
-		CreatedAt: now,
-		UpdatedAt: now,
-		Ephemeral: p.Ephemeral,
+		ID:         newDeviceID(),
+		Zone:       z.Name,
+		PublicKey:  p.PublicKey,
+		Hostname:   host,
+		IPv4:       v4,
+		IPv6:       v6,
+		Endpoints:  p.Endpoints,
+		Tags:       nilIfEmpty(slices.Clone(tags)),
+		CreatedAt:  now,
+		UpdatedAt:  now,
+		Generation: 1,
+		Ephemeral:  p.Ephemeral,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
@@ -119,10 +121,10 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, err
 	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags, ephemeral)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags, generation, ephemeral)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		d.ID, d.Zone, d.PublicKey[:], d.Hostname, FoldHostname(d.Hostname), int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano(), tj, d.Ephemeral)
+		now.UnixNano(), now.UnixNano(), tj, int64(d.Generation), d.Ephemeral)
 	if err != nil {
 		return Device{}, err
 	}
@@ -183,8 +185,8 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, tags = ?, ephemeral = ? WHERE id = ?`,
-		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), tags, d.Ephemeral, d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, tags = ?, generation = ?, ephemeral = ? WHERE id = ?`,
+		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), tags, int64(d.Generation), d.Ephemeral, d.ID)
 	return err
 }
 
@@ -399,9 +401,10 @@ func scanDevice(r scanner) (Device, error) {
 		key, v4, v6      []byte
 		eps, tags        string
 		created, updated sql.NullInt64
+		generation       int64
 		lastSeen         sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags,
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags, &generation,
 		&d.Ephemeral, &d.Online, &lastSeen); err != nil {
 		return Device{}, err
 	}
@@ -424,6 +427,7 @@ func scanDevice(r scanner) (Device, error) {
 		return Device{}, fmt.Errorf("device %q: %w", d.ID, err)
 	}
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.Generation = uint64(generation)
 	d.LastSeen = fromNanos(lastSeen)
 	return d, nil
 }

@@ -114,7 +114,12 @@ CREATE TABLE zone_policies (
 ALTER TABLE join_tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'; -- JSON array
 ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';     -- JSON array
 `,
-	// 5: device identity (issue 13): ephemeral devices, presence (the
+	// 5: registration generation (Device.Generation); rows from before
+	// count as registered once.
+	`
+ALTER TABLE devices ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+`,
+	// 6: device identity (issue 13): ephemeral devices, presence (the
 	// announced state and per-process leases), case-insensitive hostnames,
 	// device token lifetimes, revoked keys. Touches nothing of other
 	// migrations but the tables of migration 1.

@@ -127,6 +127,10 @@ type Device struct {
 	// TokenExpires is set by DeviceByToken only: when the device token
 	// used expires (zero: never). DeviceByToken does not check it.
 	TokenExpires time.Time
+	// Generation counts the device's registrations: 1 when created, one
+	// more each time its key registers again (a restart). Other updates
+	// leave it alone.
+	Generation uint64
 }
 
 // JoinToken is a join token as stored: only the SHA-256 of its secret.
@@ -242,8 +246,8 @@ type Store interface {
 	// used single-use token, or a token of another zone) and that the key
 	// is not revoked (ErrRevoked), then creates the
 	// device or, if p.PublicKey is registered in the zone already, keeps its
-	// id, addresses and prefixes, adds p.Prefixes, and replaces hostname and
-	// endpoints. Tunnel addresses are allocated lowest-free from the zone's
+	// id, addresses and prefixes, adds p.Prefixes, replaces hostname and
+	// endpoints, and increments Generation. Tunnel addresses are allocated lowest-free from the zone's
 	// pools (ErrPoolExhausted), honouring p.RequestedIPv4 when free
 	// (ErrAddrInUse, ErrAddrOutside). p.Prefixes are checked with
 	// ipam.CheckPrefixes(zone.Policy(), held, p.Prefixes), whose errors are
