@@ -298,6 +298,18 @@ func (h *hub) needsSnapshot(sub *subscriber, since int64) bool {
 	return z.view.pol != nil || since <= z.view.polRev
 }
 
+// present brings sub's zone up to date and reports whether sub's device
+// is in it, and at which revision. A watch stream checks once, after its
+// backlog: a device deleted later is told by its remove event.
+func (h *hub) present(sub *subscriber) (bool, int64) {
+	z := sub.zone
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	h.updateLocked(z)
+	_, ok := z.view.slotOf[sub.device]
+	return ok, z.lastRev
+}
+
 // isPolicyChange reports whether any of cs is a policy change.
 func isPolicyChange(cs []store.Change) bool {
 	return slices.ContainsFunc(cs, func(c store.Change) bool { return c.Kind == store.ChangePolicy })

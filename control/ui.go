@@ -129,15 +129,18 @@ func (o *observer) forward(zone string, sub *subscriber) {
 		select {
 		case <-o.ctx.Done():
 			return
-		case ev, ok := <-sub.ch:
-			if !ok {
-				o.cancel()
-				return
+		case <-sub.wake:
+			evs, open := sub.take()
+			for _, ev := range evs {
+				data := fmt.Appendf(nil, `{"zone":%q,"event":%s}`, zone, ev.line[:len(ev.line)-1])
+				select {
+				case o.changes <- dashboard.Event{Type: "change", Data: data}:
+				case <-o.ctx.Done():
+					return
+				}
 			}
-			data := fmt.Appendf(nil, `{"zone":%q,"event":%s}`, zone, ev.line[:len(ev.line)-1])
-			select {
-			case o.changes <- dashboard.Event{Type: "change", Data: data}:
-			case <-o.ctx.Done():
+			if !open {
+				o.cancel()
 				return
 			}
 		}

@@ -41,6 +41,7 @@ const holdDelay = 3 * time.Second
 type wgDevice struct {
 	dev  *device.Device
 	port uint16
+	priv api.Key // restored by repairDrift
 	pub  api.Key
 	log  *slog.Logger
 
@@ -85,6 +86,7 @@ func startDevice(tdev tun.Device, bind conn.Bind, priv api.Key, port uint16, log
 	d := &wgDevice{
 		log:      logger,
 		dev:      dev,
+		priv:     priv,
 		pub:      api.PublicKey(priv),
 		want:     map[api.Key]wgPeer{},
 		applied:  map[api.Key]wgPeer{},

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/route"
 )
 
@@ -27,7 +28,10 @@ import (
 // would be worse than an accept rule too many, and the table is updated.
 func (k *kernelPlane) syncRouterLocked() error {
 	prefixes := k.ownPrefixes()
-	if len(prefixes) == 0 && k.fw == nil {
+	k.mu.Lock()
+	filter, filterSet, applied := k.filter, k.filterSet, k.appliedFilter
+	k.mu.Unlock()
+	if len(prefixes) == 0 && k.fw == nil && filter == nil {
 		return nil
 	}
 	var v4, v6 bool
@@ -47,6 +51,7 @@ func (k *kernelPlane) syncRouterLocked() error {
 			return err
 		}
 		k.fw = fw
+		k.fwRead.Store(fw)
 		k.log.Info("mesh: forwarding between the mesh and the child prefixes", "prefixes", prefixes, "masquerade", k.masquerade)
 	}
 	if len(prefixes) > 0 {
@@ -60,7 +65,40 @@ func (k *kernelPlane) syncRouterLocked() error {
 		}
 		k.log.Info("mesh: child prefixes changed", "prefixes", prefixes)
 	}
+	if filterSet && filter != applied {
+		if err := k.fw.SetInbound(inboundRules(filter)); err != nil {
+			return fmt.Errorf("inbound filter: %w", err)
+		}
+		k.mu.Lock()
+		k.appliedFilter = filter
+		k.mu.Unlock()
+		k.log.Info("mesh: inbound filter in the nftables rules", "rules", inboundRuleCount(filter))
+	}
 	return nil
+}
+
+// inboundRules converts the service's filter to the firewall's rules
+// (nil: no filter).
+func inboundRules(f *api.Filter) []route.InboundRule {
+	if f == nil {
+		return nil
+	}
+	out := make([]route.InboundRule, 0, len(f.Rules))
+	for _, r := range f.Rules {
+		ir := route.InboundRule{Src: r.Src, Dst: r.Dst, Proto: r.Proto}
+		for _, p := range r.Ports {
+			ir.Ports = append(ir.Ports, [2]uint16{p.First, p.Last})
+		}
+		out = append(out, ir)
+	}
+	return out
+}
+
+func inboundRuleCount(f *api.Filter) any {
+	if f == nil {
+		return "none (accept all)"
+	}
+	return len(f.Rules)
 }
 
 // enableForwardingLocked turns on forwarding for the packets a router

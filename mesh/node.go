@@ -63,12 +63,15 @@ type Node struct {
 
 	// mu guards the fields below. Never held while calling the device, the
 	// netstack, the service or user code.
-	mu        sync.Mutex
-	closed    bool
-	self      selfInfo
-	peers     map[api.Key]api.Peer
-	revision  int64
-	synced    bool // a snapshot was applied in this run
+	mu       sync.Mutex
+	closed   bool
+	self     selfInfo
+	peers    map[api.Key]api.Peer
+	revision int64
+	synced   bool // a snapshot was applied in this run
+	// filter is the node's inbound filter from the service (nil: the
+	// zone has no policy, accept everything); see applyFilter.
+	filter    *api.Filter
 	connected bool
 	saved     savedState // what is written to the state directory
 	// wantPrefixes are the child prefixes asked for at registration:
@@ -158,6 +161,8 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	if err := n.startPlane(port); err != nil {
 		return nil, err
 	}
+	// The saved filter is enforced until the service sends a new one.
+	n.plane.setFilter(n.currentFilter())
 	if needRegister || restorePeers {
 		// Work right away with the last known peers.
 		if err := n.applyPeerSet(peerMap(saved.Peers, n.keys().pub), saved.Revision, false, false); err != nil {

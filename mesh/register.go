@@ -101,6 +101,7 @@ func (n *Node) adoptSavedPeers(s *savedState) bool {
 	}
 	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	return true
 }
 
@@ -121,6 +122,7 @@ func (n *Node) adoptSaved(s *savedState, port uint16) {
 	}
 	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	n.saved = *s
 	n.saved.ListenPort = port
 }
@@ -176,6 +178,7 @@ func (n *Node) saveState() error {
 		s.Peers = append(s.Peers, n.peers[k])
 	}
 	s.Revision = n.revision
+	s.Filter = n.filter
 	n.mu.Unlock()
 	return n.state.save(&s)
 }

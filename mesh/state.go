@@ -44,6 +44,10 @@ type savedState struct {
 	ListenPort    uint16           `json:"listen_port"`
 	Peers         []api.Peer       `json:"peers"`
 	Revision      int64            `json:"revision"`
+	// Filter is the last inbound filter from the service (nil: none,
+	// accept everything), enforced again by a restarted node until the
+	// service sends another.
+	Filter *api.Filter `json:"filter,omitempty"`
 }
 
 // registered reports whether s holds a usable registration for url.

@@ -62,6 +62,8 @@ type Status struct {
 	// not routed through the TUN device and why (a prefix overlapping a
 	// network directly connected on this host). Dial and Ping refuse them.
 	SkippedRoutes []SkippedRoute
+	// Filter is the inbound filter the node enforces and its counters.
+	Filter FilterStatus
 }
 
 // SelfStatus describes the node itself.
@@ -133,6 +135,7 @@ func (n *Node) Status() Status {
 		ControlConnected: n.connected,
 		Revision:         n.revision,
 		EventsDropped:    n.events.dropped.Load(),
+		Filter:           filterStatus(n.filter, ps.filter),
 	}
 	if n.self.ipv6.IsValid() {
 		st.Self.Addrs = append(st.Self.Addrs, n.self.ipv6)

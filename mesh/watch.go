@@ -103,6 +103,7 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 			}
 		}
 		n.updateSelf(ev.Peers)
+		n.applyFilter(ev.Filter) // enforce: before the peers it may restrict
 	case api.EventUpsert:
 		if ev.Peer == nil {
 			n.log.Warn("mesh: upsert event without a peer; ignored", "revision", ev.Revision)
@@ -139,6 +140,13 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 		return nil
 	case api.EventPresence:
 		n.applyPresence(ev)
+		return nil
+	case api.EventFilter: // enforce
+		n.applyFilter(ev.Filter)
+		n.setRevision(ev.Revision)
+		if err := n.saveState(); err != nil {
+			n.log.Warn("mesh: saving state", "err", err)
+		}
 		return nil
 	default:
 		n.log.Debug("mesh: unknown watch event type; ignored", "type", ev.Type)

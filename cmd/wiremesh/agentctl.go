@@ -20,12 +20,13 @@ import (
 //
 // A client writes one JSON line, an agentRequest, and reads one JSON
 // document: the mesh.Status for opStatus, an agentReply for the prefix
-// operations. A client that writes nothing within legacyGrace (a
+// operations; for opPing (a pingRequest) JSON lines (ping.go). A client that writes nothing within legacyGrace (a
 // `wiremesh status` from before requests existed) gets the status.
 const (
 	opStatus    = "status"
 	opAdvertise = "prefix-advertise"
 	opRelease   = "prefix-release"
+	opPing      = "ping"
 	opLeave     = "leave" // wiremesh down: delete the device, stop the agent
 
 	legacyGrace    = 300 * time.Millisecond
@@ -38,6 +39,7 @@ type agentAPI interface {
 	Status() mesh.Status
 	AdvertisePrefix(ctx context.Context, p netip.Prefix) error
 	ReleasePrefix(ctx context.Context, p netip.Prefix) error
+	Ping(ctx context.Context, addr netip.Addr) (time.Duration, error)
 }
 
 var _ agentAPI = (*mesh.Node)(nil)
@@ -73,6 +75,10 @@ func (s *statusServer) handle(c net.Conn) {
 	if req.Op == opStatus {
 		c.SetDeadline(time.Now().Add(statusTimeout))
 		json.NewEncoder(c).Encode(s.agent.Status())
+		return
+	}
+	if req.Op == opPing {
+		s.ping(c, line)
 		return
 	}
 	c.SetDeadline(time.Now().Add(agentOpTimeout))

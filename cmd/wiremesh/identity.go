@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/mesh"
@@ -261,4 +262,35 @@ func printEvent(w io.Writer, ev mesh.Event, up map[string]bool) {
 	case mesh.ControlRestored:
 		fmt.Fprintf(w, "connected to the service\n")
 	}
+}
+
+// leaveOrWait reports the node's events until ctx ends, the node closes,
+// or `wiremesh down` asks it to leave (through srv: the node deletes its
+// device and closes), then says how the agent ends. It reports whether
+// the node left.
+func leaveOrWait(ctx context.Context, n *mesh.Node, srv *statusServer, stop func(), w io.Writer, st mesh.Status) bool {
+	var leaving atomic.Bool
+	leaveDone := make(chan error, 1)
+	if srv != nil {
+		srv.setLeave(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+			defer cancel()
+			leaving.Store(true)
+			err := n.Leave(ctx)
+			leaveDone <- err
+			stop()
+			return err
+		})
+	}
+	agentEvents(ctx, n, w)
+	left := leaving.Load() && <-leaveDone == nil
+	switch {
+	case left:
+		fmt.Fprintf(w, "left the mesh: the device is deleted at the service\n")
+	case st.Self.Ephemeral:
+		fmt.Fprintf(w, "leaving (ephemeral: the device is deleted at the service)\n")
+	default:
+		fmt.Fprintf(w, "leaving (the node keeps its registration; 'wiremesh down' leaves for good)\n")
+	}
+	return left
 }

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -28,15 +27,16 @@ Joins the mesh coordinated by the service at URL as a member (a spoke) and
 stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
 default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
---userspace runs without root or TUN device (reachable only through the
-mesh library). On exit the interface and everything the agent added are
-removed; the registration stays, and the same command started again (or
-after a reboot) is the same member with the same addresses and prefixes:
-the key and registration are kept in a state directory (as root
-/var/lib/wiremesh/INTERFACE, else $XDG_STATE_HOME/wiremesh/INSTANCE).
-'wiremesh down' leaves for good; --ephemeral joins without a state
-directory, and the device is deleted when the agent stops (or stays
-offline for the service's ephemeral timeout).
+--userspace runs without root or TUN device: programs reach the mesh
+through --socks5-server or --http-proxy (or the mesh library). On exit the
+interface and everything the agent added are removed; the registration
+stays, and the same command started again (or after a reboot) is the same
+member with the same addresses and prefixes: the key and registration are
+kept in a state directory (as root /var/lib/wiremesh/INTERFACE, else
+$XDG_STATE_HOME/wiremesh/INSTANCE). 'wiremesh down' leaves for good;
+--ephemeral joins without a state directory, and the device is deleted
+when the agent stops (or stays offline for the service's ephemeral
+timeout).
 
 flags:
 `
@@ -49,6 +49,7 @@ type agentFlags struct {
 	ephemeral, ifaceSet                             bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
+	services                                        serviceFlags
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
@@ -66,6 +67,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
 	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
 	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
+	a.services.register(fs)
 }
 
 // runJoin implements `wiremesh join` (and `wiremesh URL`): a spoke.
@@ -75,29 +77,10 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // run prints a bad flag's error once
-	var a agentFlags
-	a.register(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	pos, err := parseInterleaved(fs, args)
+	a, fs, url, err := parseAgentArgs(name, usage, args, stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &usageError{fmt.Errorf("%s: %w", name, err)}
+		return err
 	}
-	fs.Visit(func(f *flag.Flag) { a.ifaceSet = a.ifaceSet || f.Name == "interface" })
-	if len(pos) != 1 {
-		fs.Usage()
-		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
-	}
-	url := pos[0]
 	if err := checkServiceURL(name+": service URL", url); err != nil {
 		return err
 	}
@@ -120,6 +103,12 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
 	}
 
+	svc, err := a.services.listen(name)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
+
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -139,63 +128,54 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 	}
 
-	st := n.Status()
-	// One write per line: readers (and tests) see whole lines.
-	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
-	if addrs := n.Addrs(); len(addrs) > 1 {
-		line += fmt.Sprintf(" and %s", addrs[1])
-	}
-	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
-	if st.Self.Interface != "" {
-		line += ", interface " + st.Self.Interface
-	} else {
-		line += ", userspace mode"
-	}
-	fmt.Fprintln(stdout, line)
-	if ps := n.Prefixes(); len(ps) > 0 {
-		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
-	}
-	if !st.ControlConnected {
-		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
-	}
+	st := printJoined(stdout, n)
 	srv, err := serveStatus(sock, n)
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
 	} else {
 		defer srv.Close()
 	}
-	// wiremesh down: the node leaves (closing it ends agentEvents).
-	var leaving atomic.Bool
-	leaveDone := make(chan error, 1)
-	if srv != nil {
-		srv.setLeave(func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
-			defer cancel()
-			leaving.Store(true)
-			err := n.Leave(ctx)
-			leaveDone <- err
-			stop()
-			return err
-		})
+	if err := svc.serve(n, stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
 	}
 
-	agentEvents(ctx, n, stdout)
-	left := leaving.Load() && <-leaveDone == nil
-	switch {
-	case left:
-		fmt.Fprintf(stdout, "left the mesh: the device is deleted at the service\n")
-	case st.Self.Ephemeral:
-		fmt.Fprintf(stdout, "leaving (ephemeral: the device is deleted at the service)\n")
-	default:
-		fmt.Fprintf(stdout, "leaving (the node keeps its registration; 'wiremesh down' leaves for good)\n")
-	}
+	left := leaveOrWait(ctx, n, srv, stop, stdout, st)
 	if srv != nil {
 		srv.Close()
 	}
+	svc.close()
 	if err := n.Close(); err != nil && !left {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
+}
+
+// parseAgentArgs parses the flags and the service URL of `wiremesh join`
+// or `wiremesh router`.
+func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agentFlags, *flag.FlagSet, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
+	a := &agentFlags{}
+	a.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, "", err
+		}
+		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
+	}
+	fs.Visit(func(f *flag.Flag) { a.ifaceSet = a.ifaceSet || f.Name == "interface" })
+	if len(pos) != 1 {
+		fs.Usage()
+		return nil, nil, "", usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
+	}
+	return a, fs, pos[0], nil
 }
 
 // options turns the flags into mesh options.
@@ -342,4 +322,29 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// printJoined prints the lines that say the node joined, and returns its
+// status.
+func printJoined(stdout io.Writer, n *mesh.Node) mesh.Status {
+	st := n.Status()
+	// One write per line: readers (and tests) see whole lines.
+	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
+	if addrs := n.Addrs(); len(addrs) > 1 {
+		line += fmt.Sprintf(" and %s", addrs[1])
+	}
+	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
+	if st.Self.Interface != "" {
+		line += ", interface " + st.Self.Interface
+	} else {
+		line += ", userspace mode"
+	}
+	fmt.Fprintln(stdout, line)
+	if ps := n.Prefixes(); len(ps) > 0 {
+		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
+	}
+	if !st.ControlConnected {
+		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
+	}
+	return st
 }

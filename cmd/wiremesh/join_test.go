@@ -74,11 +74,12 @@ func TestJoinCommand(t *testing.T) {
 	require.Regexp(t, `(?m)^first +`+regexp.QuoteMeta(first.Addr().String())+`[,0-9a-f:]* +- +127\.0\.0\.1:\d+ +`, stOut.String())
 	stOut.Reset()
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
-	var st mesh.Status
+	var st statusJSON
 	require.NoError(t, json.Unmarshal(stOut.Bytes(), &st))
 	require.Equal(t, "cli", st.Self.Hostname)
+	require.Equal(t, "userspace", st.Self.Mode)
 	require.Len(t, st.Peers, 1)
-	require.Equal(t, first.Addr(), st.Peers[0].Addrs[0])
+	require.Equal(t, first.Addr(), st.Peers[0].Addresses[0])
 	fi, err := os.Stat(sock)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
@@ -184,4 +185,19 @@ func TestJoinUnreachable(t *testing.T) {
 	err := runJoin(context.Background(), agentArgs(t, "--userspace", "--token", "wmj_00000000000000000000000000000000", "http://127.0.0.1:1"), &out, &errOut)
 	require.ErrorContains(t, err, "cannot reach the service at http://127.0.0.1:1")
 	require.Contains(t, out.String(), "registering with http://127.0.0.1:1")
+}
+
+func TestPrintFilter(t *testing.T) {
+	var b strings.Builder
+	require.NoError(t, printFilter(&b, mesh.FilterStatus{}))
+	require.Empty(t, b.String(), "no policy: nothing printed")
+	f := mesh.FilterStatus{Active: true, Dropped: 7, Rules: []mesh.FilterRuleStatus{{
+		Rule: 1, Src: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")},
+		Proto: api.ProtoTCP, Ports: []api.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8099}}, Accepted: 3,
+	}}}
+	require.NoError(t, printFilter(&b, f))
+	out := b.String()
+	require.Contains(t, out, "1 rules, 7 packets of new flows dropped")
+	require.Regexp(t, `1 +100\.64\.0\.3/32 +172\.24\.0\.0/24 +tcp +80,8000-8099 +3\n`, out)
+	require.Regexp(t, `- +\* +\* +\* +\* +dropped 7\n`, out)
 }

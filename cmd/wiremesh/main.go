@@ -1,7 +1,7 @@
 // Command wiremesh runs the wiremesh coordination service (`wiremesh
 // serve`), joins machines to a mesh (`wiremesh join`, the default, for a
 // spoke; `wiremesh router` for a member with child prefixes), shows the
-// running agent (`wiremesh status`), and administers a service (`wiremesh
+// running agent (`wiremesh status`, `wiremesh ping`), and administers a service (`wiremesh
 // zone|token|device|prefix ...`).
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 on a usage
@@ -42,6 +42,7 @@ var commands = map[string]*command{
 	"router":  {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
 	"down":    {summary: "leave the mesh for good: delete this machine's device at the service (through the running agent, or with its state directory)", run: runDown},
 	"status":  {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
+	"ping":    {summary: "ping a member or address through the running agent: ping [-c N] MEMBER|ADDRESS", run: runPing},
 	"demo":    {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
 	"version": {summary: "print the version and build information (also --version)", run: runVersion},
 	"zone": {summary: "manage zones (separate meshes)", sub: map[string]*command{

@@ -20,7 +20,8 @@ import (
 // in a 0700 directory). A client sends one request line (agentctl.go) and
 // gets one JSON document back: the agent's mesh.Status for a status
 // request (`wiremesh status`), or the result of a prefix command
-// (`wiremesh prefix advertise|release`).
+// (`wiremesh prefix advertise|release`); a ping request gets a stream of
+// JSON lines (ping.go).
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -42,11 +43,13 @@ func defaultSocketPath(ifname string) string {
 
 // statusServer answers status requests on a unix socket until Close.
 type statusServer struct {
-	ln    net.Listener
-	path  string
-	agent agentAPI
-	wg    sync.WaitGroup
-	once  sync.Once
+	ln     net.Listener
+	path   string
+	agent  agentAPI
+	ctx    context.Context // done on Close: ends a running ping
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
 
 	mu    sync.Mutex
 	leave func() error // answers a leave request (wiremesh down); nil: refused
@@ -86,6 +89,7 @@ func serveStatus(path string, agent agentAPI) (*statusServer, error) {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	s := &statusServer{ln: ln, path: path, agent: agent}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -107,11 +111,13 @@ func (s *statusServer) serve() {
 	}
 }
 
-// Close stops serving, waits for the requests in progress (at most
-// agentOpTimeout), and removes the socket file. Idempotent.
+// Close stops serving, ends a running ping, waits for the requests in
+// progress (at most agentOpTimeout), and removes the socket file.
+// Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
+		s.cancel()
 		s.wg.Wait()
 		os.Remove(s.path)
 	})
@@ -164,7 +170,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var target agentTarget
 	target.register(fs)
-	asJSON := fs.Bool("json", false, "print the status as JSON")
+	asJSON := fs.Bool("json", false, "print the status as JSON (format: docs/STATUS-JSON.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -181,7 +187,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(statusJSONOf(st))
 	}
 	return printStatus(stdout, st, time.Now())
 }
@@ -202,7 +208,7 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "  prefixes:  %s\n", joinStrings(self.Prefixes))
 	fmt.Fprintf(w, "  service:   %s (revision %d)\n\n", service, st.Revision)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tONLINE\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tONLINE\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		ep := "-"
 		if p.Endpoint.IsValid() {
@@ -220,7 +226,27 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	for _, s := range st.SkippedRoutes {
 		fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
 	}
-	return nil
+	return printFilter(w, st.Filter)
+}
+
+// printFilter writes the inbound filter's rules and counters (nothing
+// when the zone has no policy).
+func printFilter(w io.Writer, f mesh.FilterStatus) error {
+	if !f.Active {
+		return nil
+	}
+	fmt.Fprintf(w, "\ninbound filter (zone policy): %d rules, %d packets of new flows dropped\n", len(f.Rules), f.Dropped)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tFROM\tTO\tPROTO\tPORTS\tACCEPTED")
+	for _, r := range f.Rules {
+		ports := "*"
+		if len(r.Ports) > 0 {
+			ports = joinStrings(r.Ports)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\n", r.Rule, joinStrings(r.Src), joinStrings(r.Dst), r.Proto, ports, r.Accepted)
+	}
+	fmt.Fprintf(tw, "-\t*\t*\t*\t*\tdropped %d\n", f.Dropped)
+	return tw.Flush()
 }
 
 func ago(now, t time.Time) string {

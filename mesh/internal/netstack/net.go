@@ -75,6 +75,31 @@ type Config struct {
 // ErrInvalidConfig is returned (wrapped) by New for a bad Config.
 var ErrInvalidConfig = errors.New("netstack: invalid config")
 
+// PacketFilter inspects the IP packets crossing the tunnel (see
+// Net.SetPacketFilter). Its methods run on the data path, concurrently:
+// they must be fast, must not block and must not keep p.
+type PacketFilter interface {
+	// Inbound reports whether packet p, written by WireGuard (arriving
+	// from the mesh), reaches the stack, the node's own addresses and the
+	// forwarded ones alike.
+	Inbound(p []byte) bool
+	// Outbound sees every packet p the stack sends into the mesh (read by
+	// WireGuard), so that a stateful filter lets the replies in.
+	Outbound(p []byte)
+}
+
+// SetPacketFilter puts f in the inbound path (nil removes it): from the
+// next packet on, packets from the mesh that f refuses are dropped before
+// the stack, forwarding included, sees them. Packets the stack sends to
+// its own addresses do not pass f.
+func (n *Net) SetPacketFilter(f PacketFilter) {
+	if f == nil {
+		n.ep.policy.Store(nil)
+		return
+	}
+	n.ep.policy.Store(&policyBox{f})
+}
+
 // Net is a userspace network stack on a member's tunnel addresses. It is the
 // tun.Device that wireguard-go reads packets from and writes packets to, and
 // it dials and listens like package net. Create it with New; Close releases
