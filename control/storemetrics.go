@@ -33,6 +33,7 @@ func newTimedStore(st store.Store, h *prometheus.HistogramVec) *timedStore {
 // expectedStoreErrs are answers, not failures.
 var expectedStoreErrs = []error{store.ErrNotFound, store.ErrExists, store.ErrTokenInvalid, store.ErrPoolExhausted,
 	store.ErrAddrInUse, store.ErrAddrOutside, store.ErrCompacted, store.ErrReplayed, store.ErrPrefixConflict,
+	store.ErrRevoked, store.ErrHostnameTaken,
 	context.Canceled}
 
 // done records one call of op that started at start and ended with err.
