@@ -99,6 +99,10 @@ func (s *server) storeErr(ctx context.Context, what string, err error) *api.Erro
 		return aerr
 	}
 	switch {
+	case errors.Is(err, store.ErrRevoked):
+		return apiErr(api.CodeRevoked, "%s: this device's key was revoked: it can never register again; create a new identity", what)
+	case errors.Is(err, store.ErrHostnameTaken):
+		return apiErr(api.CodeHostnameTaken, "%s: the hostname and its suffixed forms are taken in the zone: choose another", what)
 	case errors.Is(err, store.ErrReplayed):
 		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):

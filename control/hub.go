@@ -38,6 +38,9 @@ type hubEvent struct {
 	removed string
 	// at is when the hub read the change from the store (watch lag).
 	at time.Time
+	// presenceOf is the id of the device a presence event is about ("" for
+	// other events): that device's own stream skips it.
+	presenceOf string
 }
 
 // subscriber is one watch stream of a zone. Its reader waits on wake and
@@ -386,8 +389,11 @@ func (h *hub) updateLocked(z *hubZone) {
 		}
 		if !handled {
 			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
-			if c.Kind == store.ChangeRemove {
+			switch c.Kind {
+			case store.ChangeRemove:
 				ev.removed = c.Device.ID
+			case store.ChangePresence:
+				ev.presenceOf = c.Device.ID
 			}
 			for sub := range z.subs {
 				h.send(sub, ev)
@@ -437,6 +443,19 @@ func encodeChange(c store.Change) []byte {
 			IPv6:          c.Device.IPv6,
 			ChildPrefixes: []netip.Prefix{},
 			Endpoints:     []netip.AddrPort{},
+		}
+	case store.ChangePresence:
+		ev.Type = api.EventPresence
+		ev.Peer = &api.Peer{
+			ID:            c.Device.ID,
+			Hostname:      c.Device.Hostname,
+			PublicKey:     api.Key(c.Device.PublicKey),
+			IPv4:          c.Device.IPv4,
+			IPv6:          c.Device.IPv6,
+			ChildPrefixes: []netip.Prefix{},
+			Endpoints:     []netip.AddrPort{},
+			Online:        &c.Device.Online,
+			LastSeen:      c.Device.LastSeen,
 		}
 	default:
 		ev.Type = api.EventUpsert

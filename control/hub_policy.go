@@ -153,6 +153,12 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 			v.members[i] = policy.Member{}
 			defer v.release(c.Device.ID)
 		}
+	case store.ChangePresence:
+		// Nobody's view changes; snapshots show the new state.
+		if i, ok := v.slotOf[c.Device.ID]; ok {
+			v.slots[i].Online, v.slots[i].LastSeen = c.Device.Online, c.Device.LastSeen
+			dSlot = i
+		}
 	}
 	if !had && v.pol == nil {
 		return c.Kind == store.ChangePolicy, nil
@@ -167,8 +173,11 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 	for sub := range z.subs {
 		if line := f.linesFor(sub); len(line) > 0 {
 			ev := hubEvent{rev: c.Rev, line: line, at: time.Now()}
-			if c.Kind == store.ChangeRemove {
+			switch c.Kind {
+			case store.ChangeRemove:
 				ev.removed = c.Device.ID
+			case store.ChangePresence:
+				ev.presenceOf = c.Device.ID
 			}
 			h.send(sub, ev)
 		}

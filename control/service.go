@@ -64,6 +64,14 @@ type Options struct {
 	// connections from them is X-Forwarded-For used to find the client
 	// address that rate limits and the audit log go by. Nil trusts none.
 	TrustedProxies []netip.Prefix
+	// DeviceTokenLifetime is how long a device token is valid (members
+	// rotate theirs at half of it). Zero means 90 days; negative: never
+	// expire.
+	DeviceTokenLifetime time.Duration
+	// EphemeralTimeout is how long an ephemeral member (mesh.WithEphemeral,
+	// `wiremesh join --ephemeral`) may stay offline before it is deleted
+	// and its address and prefixes freed. Zero means 10 minutes.
+	EphemeralTimeout time.Duration
 }
 
 // Service is a running coordination service: API listener, STUN responder
@@ -152,6 +160,9 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
 		TrustedProxies:    o.TrustedProxies,
+
+		DeviceTokenLifetime: o.DeviceTokenLifetime,
+		EphemeralTimeout:    o.EphemeralTimeout,
 	})
 	if err != nil {
 		return nil, wrap(err)

@@ -37,6 +37,7 @@ func (t *timedStore) Unwrap() store.Store { return t.st }
 // expectedStoreErrs are answers, not failures.
 var expectedStoreErrs = []error{store.ErrNotFound, store.ErrExists, store.ErrTokenInvalid, store.ErrPoolExhausted,
 	store.ErrAddrInUse, store.ErrAddrOutside, store.ErrCompacted, store.ErrReplayed, store.ErrPrefixConflict,
+	store.ErrRevoked, store.ErrHostnameTaken,
 	context.Canceled}
 
 // done records one call of op that started at start and ended with err.

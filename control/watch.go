@@ -169,6 +169,9 @@ func (s *server) streamWatch(ctx context.Context, sub *subscriber, d store.Devic
 					continue
 				}
 				rev = ev.rev
+				if ev.presenceOf == d.ID {
+					continue // a member knows whether it is online
+				}
 				lines = append(lines, ev.line)
 				if ev.removed == d.ID {
 					deleted = true

@@ -213,7 +213,7 @@ func TestSeedScenario(t *testing.T) {
 		out := spoke.MustRun(t, bin, "status", "--socket", as.socket)
 		require.Contains(t, out, `spoke in zone "default", interface wg0`)
 		for _, m := range []*agent{a1, a2} {
-			require.Regexp(t, `(?m)^`+m.name+` +`+regexp.QuoteMeta(m.addr.String())+`\S* +172\.\d+\.0\.0/24 +192\.0\.2\.1\d:51820 +\S+ ago +`, out)
+			require.Regexp(t, `(?m)^`+m.name+` +`+regexp.QuoteMeta(m.addr.String())+`\S* +172\.\d+\.0\.0/24 +192\.0\.2\.1\d:51820 +yes +\S+ ago +`, out)
 		}
 		out = node1.MustRun(t, bin, "status", "--socket", a1.socket)
 		require.Regexp(t, `prefixes: +172\.24\.0\.0/24`, out)

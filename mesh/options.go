@@ -50,6 +50,7 @@ type config struct {
 	token         string
 	zone          string
 	stateDir      string
+	ephemeral     bool // WithEphemeral
 	hostname      string
 	listenPort    uint16
 	logger        *slog.Logger

@@ -19,6 +19,11 @@ type Peer struct {
 	Prefixes []netip.Prefix
 	// Endpoints are the UDP addresses the peer advertises.
 	Endpoints []netip.AddrPort
+	// Online reports whether the peer holds a connection to the service,
+	// as the service last said (false from services that do not track
+	// it); LastSeen is when it last did (zero: unknown).
+	Online   bool
+	LastSeen time.Time
 }
 
 func publicPeer(p api.Peer) Peer {
@@ -28,6 +33,10 @@ func publicPeer(p api.Peer) Peer {
 		PublicKey: p.PublicKey,
 		Prefixes:  canonPrefixes(p.ChildPrefixes),
 		Endpoints: slices.Clone(p.Endpoints),
+		LastSeen:  p.LastSeen,
+	}
+	if p.Online != nil {
+		out.Online = *p.Online
 	}
 	if p.IPv4.IsValid() {
 		out.Addrs = append(out.Addrs, p.IPv4)
@@ -72,6 +81,9 @@ type SelfStatus struct {
 	Mode       Mode
 	// Interface is the TUN device in kernel mode; "" in userspace mode.
 	Interface string
+	// Ephemeral: the service deletes the device once it stays offline,
+	// and Close deletes it at once (see WithEphemeral).
+	Ephemeral bool
 }
 
 // PeerStatus is a peer with its WireGuard state.
@@ -84,6 +96,12 @@ type PeerStatus struct {
 	// advertised endpoint, or the address the peer last sent from (roaming).
 	// Zero when unknown (the peer must initiate).
 	Endpoint netip.AddrPort
+	// Online reports whether the peer holds a connection to the service,
+	// as the service last said; LastSeen is when it last did. A peer that
+	// is online may still be unreachable: LastHandshake says whether the
+	// tunnel to it works.
+	Online   bool
+	LastSeen time.Time
 	// LastHandshake is the time of the last completed handshake; zero if
 	// none yet.
 	LastHandshake time.Time
@@ -102,7 +120,7 @@ func (n *Node) Status() Status {
 			DeviceID:   n.self.deviceID,
 			Hostname:   n.self.hostname,
 			Zone:       n.self.zone,
-			PublicKey:  n.pub,
+			PublicKey:  n.keys().pub,
 			Addrs:      []netip.Addr{n.self.ipv4},
 			Prefixes:   slices.Clone(n.self.prefixes),
 			ZoneIPv4:   n.self.zone4,
@@ -111,6 +129,7 @@ func (n *Node) Status() Status {
 			Endpoints:  slices.Clone(n.self.endpoints),
 			Mode:       n.cfg.mode,
 			Interface:  ps.ifname,
+			Ephemeral:  n.ephemeral(),
 		},
 		SkippedRoutes:    ps.skipped,
 		ControlConnected: n.connected,
@@ -123,7 +142,8 @@ func (n *Node) Status() Status {
 	}
 	for _, k := range sortedPeerKeys(n.peers) {
 		p := publicPeer(n.peers[k])
-		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
+		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes,
+			Online: p.Online, LastSeen: p.LastSeen}
 		if s, ok := ps.peers[k]; ok {
 			pst.Endpoint = s.endpoint
 			pst.LastHandshake = s.lastHandshake

@@ -296,15 +296,25 @@ func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c, pos, err := adminCmd("device delete", "device delete [flags] ID", stderr, args, 1, nil)
+	var revoke bool
+	c, pos, err := adminCmd("device delete", "device delete [flags] ID", stderr, args, 1, func(fs *flag.FlagSet) {
+		fs.BoolVar(&revoke, "revoke", false, "also refuse the device's key from then on (a lost or stolen machine): it can never register again")
+	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.DeleteDevice(ctx, pos[0]); err != nil {
+	del := c.DeleteDevice
+	if revoke {
+		del = c.RevokeDevice
+	}
+	if err := del(ctx, pos[0]); err != nil {
 		return c.fail(fmt.Sprintf("device delete %q", pos[0]), err)
 	}
 	fmt.Fprintf(stdout, "device %s deleted; its addresses and prefixes are free\n", pos[0])
+	if revoke {
+		fmt.Fprintf(stdout, "its key is revoked: it can never register again\n")
+	}
 	return nil
 }
 

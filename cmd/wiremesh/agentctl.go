@@ -27,6 +27,7 @@ const (
 	opAdvertise = "prefix-advertise"
 	opRelease   = "prefix-release"
 	opPing      = "ping"
+	opLeave     = "leave" // wiremesh down: delete the device, stop the agent
 
 	legacyGrace    = 300 * time.Millisecond
 	agentOpTimeout = 30 * time.Second // a prefix operation asks the service
@@ -98,6 +99,8 @@ func (s *statusServer) do(ctx context.Context, req agentRequest) agentReply {
 		} else {
 			err = s.agent.ReleasePrefix(ctx, req.Prefix)
 		}
+	case opLeave:
+		err = s.doLeave()
 	default:
 		return agentReply{Error: fmt.Sprintf("unknown request %q", req.Op), Code: api.CodeBadRequest}
 	}

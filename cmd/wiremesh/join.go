@@ -28,10 +28,17 @@ stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
 default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
 --userspace runs without root or TUN device: programs reach the mesh
-through --socks5-server or --http-proxy (or the mesh library). On exit the interface and everything the agent added are
-removed; the registration stays (see 'wiremesh device delete'). More URLs
-are replicas of the same service (on a shared database): the member moves
-on to the next when one is unreachable.
+through --socks5-server or --http-proxy (or the mesh library). On exit the
+interface and everything the agent added are removed; the registration
+stays, and the same command started again (or after a reboot) is the same
+member with the same addresses and prefixes: the key and registration are
+kept in a state directory (as root /var/lib/wiremesh/INTERFACE, else
+$XDG_STATE_HOME/wiremesh/INSTANCE). 'wiremesh down' leaves for good;
+--ephemeral joins without a state directory, and the device is deleted
+when the agent stops (or stays offline for the service's ephemeral
+timeout).
+More URLs are replicas of the same service (on a shared database): the
+member moves on to the next when one is unreachable.
 
 flags:
 `
@@ -41,6 +48,7 @@ type agentFlags struct {
 	token, stateDir, zone, hostname, ifname, socket string
 	listenPort                                      uint
 	userspace, insecureHTTP, masquerade, verbose    bool
+	ephemeral, ifaceSet                             bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
 	services                                        serviceFlags
@@ -49,7 +57,8 @@ type agentFlags struct {
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.token, "token", "", "join token (default $WIREMESH_TOKEN)")
-	fs.StringVar(&a.stateDir, "state-dir", "", "directory keeping the node's key and last peer list (default: none, ephemeral identity)")
+	fs.StringVar(&a.stateDir, "state-dir", "", "directory keeping the node's key, registration and last peer list (default: /var/lib/wiremesh/INSTANCE as root, else $XDG_STATE_HOME/wiremesh/INSTANCE; INSTANCE is the interface, or userspace[-INTERFACE])")
+	fs.BoolVar(&a.ephemeral, "ephemeral", false, "no state directory (unless --state-dir): a new identity each start, deleted at the service when the agent stops or stays offline")
 	fs.StringVar(&a.zone, "zone", "", "zone to join (default: the join token's zone)")
 	fs.StringVar(&a.hostname, "hostname", "", "name other members see (default: the host name)")
 	fs.UintVar(&a.listenPort, "listen-port", 0, "WireGuard UDP port (default: saved or random)")
@@ -93,7 +102,7 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	}
 	sock := a.socket
 	if sock == "" {
-		sock = defaultSocketPath(a.ifname)
+		sock = defaultSocketPath(agentInstance(a.userspace, a.ifname, a.ifaceSet))
 	}
 	if statusSocketLive(sock) {
 		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
@@ -135,13 +144,12 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		return fmt.Errorf("%s: %w", name, err)
 	}
 
-	reportEvents(stdout, n, n.Watch(ctx), st)
-	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
+	left := leaveOrWait(ctx, n, srv, stop, stdout, st)
 	if srv != nil {
 		srv.Close()
 	}
 	svc.close()
-	if err := n.Close(); err != nil {
+	if err := n.Close(); err != nil && !left {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
@@ -167,6 +175,7 @@ func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agent
 		}
 		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
 	}
+	fs.Visit(func(f *flag.Flag) { a.ifaceSet = a.ifaceSet || f.Name == "interface" })
 	if len(pos) == 0 {
 		fs.Usage()
 		return nil, nil, "", usageErr("%s: want a service URL (and optionally more URLs of its replicas)", name)
@@ -184,11 +193,19 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 		a.token = os.Getenv("WIREMESH_TOKEN")
 	}
 
+	stateDir := a.stateDir
+	if stateDir == "" && !a.ephemeral {
+		d, err := defaultStateDir(agentInstance(a.userspace, a.ifname, a.ifaceSet))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		stateDir = d
+	}
 	opts := []mesh.Option{
 		mesh.WithFallbackURLs(a.fallbackURLs...),
 		mesh.WithToken(a.token),
 		mesh.WithZone(a.zone),
-		mesh.WithStateDir(a.stateDir),
+		mesh.WithStateDir(stateDir),
 		mesh.WithHostname(a.hostname),
 		mesh.WithListenPort(uint16(a.listenPort)),
 		mesh.WithMode(mesh.Kernel),
@@ -199,6 +216,9 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	}
 	if a.masquerade {
 		opts = append(opts, mesh.WithMasquerade())
+	}
+	if a.ephemeral {
+		opts = append(opts, mesh.WithEphemeral())
 	}
 	for _, s := range a.childPrefixes {
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
@@ -334,31 +354,4 @@ func printJoined(stdout io.Writer, n *mesh.Node) mesh.Status {
 		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
 	}
 	return st
-}
-
-// reportEvents prints the node's peers, then each change until events
-// ends (the agent stops).
-func reportEvents(stdout io.Writer, n *mesh.Node, events <-chan mesh.Event, st mesh.Status) {
-	for _, p := range st.Peers {
-		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
-	}
-	printSkipped(stdout, nil, st.SkippedRoutes)
-	skipped := st.SkippedRoutes
-	for ev := range events {
-		switch ev.Type {
-		case mesh.PeerAdded:
-			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerUpdated:
-			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerRemoved:
-			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.ControlLost:
-			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
-		case mesh.ControlRestored:
-			fmt.Fprintf(stdout, "connected to the service\n")
-		}
-		now := n.Status().SkippedRoutes
-		printSkipped(stdout, skipped, now)
-		skipped = now
-	}
 }

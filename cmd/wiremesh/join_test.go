@@ -165,6 +165,9 @@ func TestPrintStatus(t *testing.T) {
 			Prefixes:      []netip.Prefix{netip.MustParsePrefix("172.28.0.0/24")},
 			Endpoint:      netip.MustParseAddrPort("192.0.2.12:51820"),
 			LastHandshake: now.Add(-12 * time.Second), RxBytes: 1536, TxBytes: 10,
+			LastSeen: now.Add(-90 * time.Second),
+		}, {
+			Hostname: "node3", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.3")}, Online: true,
 		}},
 		SkippedRoutes: []mesh.SkippedRoute{{Prefix: netip.MustParsePrefix("10.88.0.0/24"), Reason: "overlaps 10.88.0.0/24 directly connected on eth1"}},
 	}
@@ -174,7 +177,8 @@ func TestPrintStatus(t *testing.T) {
 	require.Contains(t, out, `node1 in zone "default", interface wg0, WireGuard port 51820`)
 	require.Contains(t, out, "prefixes:  172.24.0.0/24")
 	require.Contains(t, out, "service:   connected (revision 7)")
-	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +192\.0\.2\.12:51820 +12s ago +1\.5 KiB +10 B$`, out)
+	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +192\.0\.2\.12:51820 +no, seen 1m30s ago +12s ago +1\.5 KiB +10 B$`, out)
+	require.Regexp(t, `(?m)^node3 +100\.64\.0\.3 +- +- +yes +never +0 B +0 B$`, out)
 	require.Contains(t, out, "not routed: 10.88.0.0/24: overlaps 10.88.0.0/24 directly connected on eth1")
 }
 

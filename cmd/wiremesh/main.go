@@ -40,6 +40,7 @@ var commands = map[string]*command{
 	"serve":   {summary: "run the coordination service", run: runServe},
 	"join":    {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
 	"router":  {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
+	"down":    {summary: "leave the mesh for good: delete this machine's device at the service (through the running agent, or with its state directory)", run: runDown},
 	"status":  {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
 	"ping":    {summary: "ping a member or address through the running agent: ping [-c N] MEMBER|ADDRESS", run: runPing},
 	"demo":    {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
@@ -55,7 +56,7 @@ var commands = map[string]*command{
 	}},
 	"device": {summary: "manage devices (members)", sub: map[string]*command{
 		"list":   {summary: "list devices: device list [--zone Z]", run: runDeviceList},
-		"delete": {summary: "delete a device, freeing its addresses and prefixes: device delete ID", run: runDeviceDelete},
+		"delete": {summary: "delete a device, freeing its addresses and prefixes: device delete [--revoke] ID", run: runDeviceDelete},
 	}},
 	"policy": {summary: "manage a zone's access policy (tags and rules)", sub: map[string]*command{
 		"set":    {summary: "set a zone's policy from a JSON file: policy set --zone Z FILE", run: runPolicySet},

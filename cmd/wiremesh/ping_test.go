@@ -167,7 +167,7 @@ func TestStatusJSON(t *testing.T) {
 		Peers: []mesh.PeerStatus{
 			{Hostname: "node2", PublicKey: key, Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.2")},
 				Prefixes: []netip.Prefix{netip.MustParsePrefix("172.28.0.0/24")}, Endpoint: netip.MustParseAddrPort("192.0.2.12:51820"),
-				LastHandshake: hs, RxBytes: 1536, TxBytes: 10},
+				LastHandshake: hs, RxBytes: 1536, TxBytes: 10, Online: true, LastSeen: hs},
 			{Hostname: "spoke", PublicKey: key, Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.3")}},
 		},
 	}
@@ -180,9 +180,10 @@ func TestStatusJSON(t *testing.T) {
     "listen_port": 51820, "endpoints": [], "mode": "kernel", "interface": "wg0"},
   "peers": [
     {"hostname": "node2", "public_key": "`+key.String()+`", "addresses": ["100.64.0.2"], "prefixes": ["172.28.0.0/24"],
-     "endpoint": "192.0.2.12:51820", "last_handshake": "2026-01-02T03:04:05Z", "rx_bytes": 1536, "tx_bytes": 10},
+     "endpoint": "192.0.2.12:51820", "last_handshake": "2026-01-02T03:04:05Z", "online": true, "last_seen": "2026-01-02T03:04:05Z",
+     "rx_bytes": 1536, "tx_bytes": 10},
     {"hostname": "spoke", "public_key": "`+key.String()+`", "addresses": ["100.64.0.3"], "prefixes": [],
-     "endpoint": null, "last_handshake": null, "rx_bytes": 0, "tx_bytes": 0}
+     "endpoint": null, "last_handshake": null, "online": false, "last_seen": null, "rx_bytes": 0, "tx_bytes": 0}
   ],
   "control_connected": true, "revision": 7, "events_dropped": 0, "skipped_routes": [], "filter": null
 }`, string(b))

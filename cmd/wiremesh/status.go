@@ -50,6 +50,16 @@ type statusServer struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	mu    sync.Mutex
+	leave func() error // answers a leave request (wiremesh down); nil: refused
+}
+
+// setLeave makes the server answer leave requests with fn.
+func (s *statusServer) setLeave(fn func() error) {
+	s.mu.Lock()
+	s.leave = fn
+	s.mu.Unlock()
 }
 
 // serveStatus listens on path (replacing a stale socket file) and answers
@@ -158,8 +168,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprint(stderr, statusUsage)
 		fs.PrintDefaults()
 	}
-	ifname := fs.String("interface", mesh.DefaultInterfaceName, "the agent's interface (selects its status socket)")
-	sock := fs.String("socket", "", "the agent's status socket (default "+defaultSocketPath("IFACE")+")")
+	var target agentTarget
+	target.register(fs)
 	asJSON := fs.Bool("json", false, "print the status as JSON (format: docs/STATUS-JSON.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -168,10 +178,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) != 0 {
 		return usageErr("status: unexpected arguments %q", pos)
 	}
-	path := *sock
-	if path == "" {
-		path = defaultSocketPath(*ifname)
-	}
+	target.parsed(fs)
+	path := target.socketPath()
 	st, err := readStatus(ctx, path)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -200,14 +208,14 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "  prefixes:  %s\n", joinStrings(self.Prefixes))
 	fmt.Fprintf(w, "  service:   %s (revision %d)\n\n", service, st.Revision)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tENDPOINT\tONLINE\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		ep := "-"
 		if p.Endpoint.IsValid() {
 			ep = p.Endpoint.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), ep,
-			ago(now, p.LastHandshake), bytesStr(p.RxBytes), bytesStr(p.TxBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), ep,
+			onlineStr(now, p), ago(now, p.LastHandshake), bytesStr(p.RxBytes), bytesStr(p.TxBytes))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

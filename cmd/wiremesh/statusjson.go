@@ -66,6 +66,8 @@ type peerJSON struct {
 	Prefixes      []netip.Prefix `json:"prefixes"`
 	Endpoint      *string        `json:"endpoint"`
 	LastHandshake *time.Time     `json:"last_handshake"`
+	Online        bool           `json:"online"`
+	LastSeen      *time.Time     `json:"last_seen"`
 	RxBytes       uint64         `json:"rx_bytes"`
 	TxBytes       uint64         `json:"tx_bytes"`
 }
@@ -108,8 +110,13 @@ func statusJSONOf(st mesh.Status) statusJSON {
 			PublicKey: p.PublicKey.String(),
 			Addresses: nonNil(p.Addrs),
 			Prefixes:  nonNil(p.Prefixes),
+			Online:    p.Online,
 			RxBytes:   p.RxBytes,
 			TxBytes:   p.TxBytes,
+		}
+		if !p.LastSeen.IsZero() {
+			t := p.LastSeen.UTC()
+			pj.LastSeen = &t
 		}
 		if p.Endpoint.IsValid() {
 			ep := p.Endpoint.String()

@@ -198,7 +198,8 @@ func decodeTags(s string) ([]string, error) {
 }
 
 // addDeviceToken adds a device token hash to a device.
-func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID string, now time.Time) error {
+// Expired tokens of the device are deleted.
+func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID string, expires, now time.Time) error {
 	if hash == [32]byte{} {
 		return errors.New("zero device token hash")
 	}
@@ -210,8 +211,12 @@ func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID str
 	case !errors.Is(err, sql.ErrNoRows):
 		return err
 	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ? AND expires_at <= ?`,
+		deviceID, now.UnixNano()); err != nil {
+		return err
+	}
 	_, err = tx.ExecContext(ctx,
-		`INSERT INTO device_tokens (hash, device_id, created_at) VALUES (?, ?, ?)`,
-		hash[:], deviceID, now.UnixNano())
+		`INSERT INTO device_tokens (hash, device_id, created_at, expires_at) VALUES (?, ?, ?, ?)`,
+		hash[:], deviceID, now.UnixNano(), nanos(expires))
 	return err
 }

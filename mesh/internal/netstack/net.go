@@ -69,7 +69,8 @@ type Config struct {
 	// Logger receives debug logs; nil means quiet.
 	Logger *slog.Logger
 
-	tuning *tuning // benchmarks only; nil = defaultTuning
+	tuning *tuning          // benchmarks only; nil = defaultTuning
+	probe  tcp.TCPProbeFunc // tests only: called on every TCP segment received
 }
 
 // ErrInvalidConfig is returned (wrapped) by New for a bad Config.
@@ -185,9 +186,13 @@ func New(cfg Config) (*Net, error) {
 		n.hasV6 = n.hasV6 || a.Is6()
 	}
 
+	tcpProto := tcp.NewProtocol
+	if cfg.probe != nil {
+		tcpProto = tcp.NewProtocolProbe(cfg.probe) // congestion control is set by tuning
+	}
 	n.stack = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		TransportProtocols: []stack.TransportProtocolFactory{tcpProto, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        false, // see linkEndpoint.loopback
 	})
 	if err := n.setup(tn); err != nil {
