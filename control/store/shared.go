@@ -35,3 +35,12 @@ func EncodeChangeDevice(d Device) (string, error) { return encodeDevice(d) }
 
 // DecodeChangeDevice is the inverse of EncodeChangeDevice.
 func DecodeChangeDevice(s string) (Device, error) { return decodeDevice(s) }
+
+// MaxHostnameSuffix bounds the search for a free suffixed hostname: past
+// "-MaxHostnameSuffix" a store gives ErrHostnameTaken.
+const MaxHostnameSuffix = maxHostnameSuffix
+
+// SuffixedHostname returns h with "-n" appended, h cut (at a rune
+// boundary) so that the result fits a hostname's length limit, as the
+// stores name a device whose hostname is taken.
+func SuffixedHostname(h string, n int) string { return suffixedHostname(h, n) }

@@ -19,7 +19,7 @@ import (
 // deviceCols selects a device and its prefixes (in address order) in one
 // row.
 const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at,
-	d.tags, d.generation, ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
+	d.tags, d.generation, d.ephemeral, d.online, d.last_seen, ARRAY(SELECT p.prefix FROM prefixes p WHERE p.device_id = d.id ORDER BY p.prefix)`
 
 // Register implements store.Store.Register: token check, allocation,
 // prefixes, device token and change entry in one transaction.
@@ -52,9 +52,23 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 			return err
 		}
 		d, err = lockDevice(ctx, tx, `zone = $1 AND public_key = $2`, p.Zone, p.PublicKey[:])
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		// After the device lock: a revocation or rotation of the key that
+		// committed meanwhile is seen (a new statement, a new snapshot).
+		if err := checkNotRevoked(ctx, tx, p.PublicKey); err != nil {
+			return err
+		}
+		if err := lockZoneHostnames(ctx, tx, p.Zone); err != nil {
+			return err
+		}
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
+			if d.Hostname, err = uniqueHostname(ctx, tx, p.Zone, p.Hostname, d.ID); err != nil {
+				return err
+			}
+			d.Endpoints, d.Tags, d.UpdatedAt, d.Ephemeral = p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now, p.Ephemeral
 			d.Generation++ // a restart: peers start a new session at once
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
@@ -70,7 +84,7 @@ func (s *Store) Register(ctx context.Context, p store.RegisterParams) (store.Dev
 		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
-		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
+		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, p.DeviceTokenExpires, now); err != nil {
 			return err
 		}
 		_, err = s.appendChange(ctx, tx, store.ChangeUpsert, d)
@@ -93,13 +107,18 @@ const maxAllocAttempts = 1000
 // replica) committed the same index first, the unique constraint refuses
 // it, and the allocation moves on to the next free index.
 func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterParams, tags []string, now time.Time) (store.Device, error) {
+	host, err := uniqueHostname(ctx, tx, z.Name, p.Hostname, "")
+	if err != nil {
+		return store.Device{}, err
+	}
 	d := store.Device{
+		Ephemeral:  p.Ephemeral,
 		Tags:       nilIfEmpty(slices.Clone(tags)),
 		Generation: 1,
 		ID:         store.NewDeviceID(),
 		Zone:       z.Name,
 		PublicKey:  p.PublicKey,
-		Hostname:   p.Hostname,
+		Hostname:   host,
 		Endpoints:  p.Endpoints,
 		CreatedAt:  now,
 		UpdatedAt:  now,
@@ -122,10 +141,10 @@ func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterP
 		err = savepoint(ctx, tx, func(sp pgx.Tx) error {
 			_, err := sp.Exec(ctx, `
 				INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at,
-					tags, generation)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+					tags, generation, hostname_fold, ephemeral)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 				d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), v4, v6, eps, now.UnixNano(), now.UnixNano(),
-				tagsOrEmpty(d.Tags), int64(d.Generation))
+				tagsOrEmpty(d.Tags), int64(d.Generation), store.FoldHostname(d.Hostname), d.Ephemeral)
 			return err
 		})
 		if !addressTaken(err) {
@@ -212,9 +231,10 @@ func updateDeviceRow(ctx context.Context, tx pgx.Tx, d store.Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3, tags = $4, generation = $5
-		WHERE id = $6`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), tagsOrEmpty(d.Tags), int64(d.Generation), d.ID)
+	_, err = tx.Exec(ctx, `UPDATE devices SET hostname = $1, endpoints = $2, updated_at = $3, tags = $4, generation = $5,
+		hostname_fold = $6, ephemeral = $7 WHERE id = $8`,
+		d.Hostname, eps, d.UpdatedAt.UnixNano(), tagsOrEmpty(d.Tags), int64(d.Generation),
+		store.FoldHostname(d.Hostname), d.Ephemeral, d.ID)
 	return err
 }
 
@@ -235,8 +255,17 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 			return err
 		}
 		changed := false
-		if p.Hostname != nil && *p.Hostname != d.Hostname {
-			d.Hostname, changed = *p.Hostname, true
+		if p.Hostname != nil {
+			if err := lockZoneHostnames(ctx, tx, d.Zone); err != nil {
+				return err
+			}
+			h, err := uniqueHostname(ctx, tx, d.Zone, *p.Hostname, d.ID)
+			if err != nil {
+				return err
+			}
+			if h != d.Hostname {
+				d.Hostname, changed = h, true
+			}
 		}
 		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
 			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
@@ -297,9 +326,17 @@ func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
 func (s *Store) DeviceByToken(ctx context.Context, tokenHash [32]byte) (store.Device, error) {
 	var d store.Device
 	err := s.read(ctx, "device by token", func(tx pgx.Tx) error {
-		var err error
+		var exp *int64
+		err := tx.QueryRow(ctx, `SELECT expires_at FROM device_tokens WHERE hash = $1`, tokenHash[:]).Scan(&exp)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("device token: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
 		d, err = loadDevice(ctx, tx,
 			`d.id = (SELECT device_id FROM device_tokens WHERE hash = $1)`, tokenHash[:])
+		d.TokenExpires = fromNanos(exp)
 		return err
 	})
 	return d, err
@@ -369,9 +406,10 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 		eps              string
 		created, updated int64
 		generation       int64
+		lastSeen         *int64
 	)
 	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &d.IPv4, &d.IPv6, &eps, &created, &updated,
-		&d.Tags, &generation, &d.Prefixes); err != nil {
+		&d.Tags, &generation, &d.Ephemeral, &d.Online, &lastSeen, &d.Prefixes); err != nil {
 		return store.Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -386,6 +424,7 @@ func scanDevice(r pgx.Row) (store.Device, error) {
 	slices.SortFunc(d.Prefixes, ipam.ComparePrefix)
 	d.CreatedAt, d.UpdatedAt = fromNanos(&created), fromNanos(&updated)
 	d.Generation = uint64(generation)
+	d.LastSeen = fromNanos(lastSeen)
 	return d, nil
 }
 

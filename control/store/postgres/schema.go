@@ -126,6 +126,38 @@ CREATE TABLE service_secrets (
 	created_at bigint NOT NULL
 );
 `,
+	// 2: device identity (as SQLite migration 6): ephemeral devices,
+	// presence (the announced state and per-process leases),
+	// case-insensitive hostnames, device token lifetimes, revoked keys.
+	`
+ALTER TABLE devices ADD COLUMN ephemeral boolean NOT NULL DEFAULT false;
+ALTER TABLE devices ADD COLUMN online boolean NOT NULL DEFAULT false;
+ALTER TABLE devices ADD COLUMN last_seen bigint; -- unix ns; NULL: never
+ALTER TABLE devices ADD COLUMN hostname_fold text NOT NULL DEFAULT '';
+UPDATE devices SET hostname_fold = lower(hostname);
+CREATE INDEX devices_zone_hostname ON devices(zone, hostname_fold);
+CREATE INDEX devices_ephemeral ON devices(online) WHERE ephemeral;
+
+ALTER TABLE device_tokens ADD COLUMN expires_at bigint; -- unix ns; NULL: never
+
+CREATE TABLE revoked_keys (
+	public_key bytea PRIMARY KEY,
+	zone       text NOT NULL,
+	device_id  text NOT NULL,
+	reason     text NOT NULL, -- "revoked" or "rotated"
+	revoked_at bigint NOT NULL
+);
+
+-- Watch-stream leases: holder (a service process) holds a stream of the
+-- device until "until" unless renewed.
+CREATE TABLE device_streams (
+	device_id text NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+	holder    text NOT NULL,
+	until     bigint NOT NULL,
+	PRIMARY KEY (device_id, holder)
+);
+CREATE INDEX device_streams_until ON device_streams(until);
+`,
 }
 
 // migrationLock is the advisory lock key held while migrating, so replicas

@@ -158,12 +158,16 @@ func (s *Store) RecordProof(ctx context.Context, proof []byte, expires, now time
 }
 
 // addDeviceToken adds a device token hash to a device.
-func addDeviceToken(ctx context.Context, tx pgx.Tx, hash [32]byte, deviceID string, now time.Time) error {
+func addDeviceToken(ctx context.Context, tx pgx.Tx, hash [32]byte, deviceID string, expires, now time.Time) error {
 	if hash == [32]byte{} {
 		return errors.New("zero device token hash")
 	}
-	tag, err := tx.Exec(ctx, `INSERT INTO device_tokens (hash, device_id, created_at) VALUES ($1, $2, $3)
-		ON CONFLICT (hash) DO NOTHING`, hash[:], deviceID, now.UnixNano())
+	if _, err := tx.Exec(ctx, `DELETE FROM device_tokens WHERE device_id = $1 AND expires_at <= $2`,
+		deviceID, now.UnixNano()); err != nil {
+		return err
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO device_tokens (hash, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (hash) DO NOTHING`, hash[:], deviceID, now.UnixNano(), nanos(expires))
 	if err != nil {
 		return err
 	}
