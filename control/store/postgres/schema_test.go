@@ -152,3 +152,35 @@ func TestPostgresOpenErrors(t *testing.T) {
 		require.ErrorContains(t, err, "does not exist")
 	})
 }
+
+// TestPostgresIdentityMigration: migration 2 upgrades a version-1
+// database with devices: their hostnames take part in the per-zone
+// case-insensitive uniqueness, and they start neither ephemeral nor online.
+func TestPostgresIdentityMigration(t *testing.T) {
+	dsn := pgtest.DB(t)
+	restore := postgres.SetMigrations(postgres.Migrations()[:1])
+	s1, err := postgres.Open(t.Context(), dsn)
+	require.NoError(t, err)
+	require.NoError(t, s1.Close())
+	restore()
+	// A device as version 1 stored it.
+	c := sqlConn(t, dsn)
+	_, err = c.Exec(t.Context(), `
+		INSERT INTO zones (name, ipv4_pool, ipv6_pool, created_at) VALUES ('default', '100.64.0.0/24', 'fd00:1::/64', 1)
+		ON CONFLICT DO NOTHING;
+		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at)
+		VALUES ('dev_old', 'default', decode(repeat('01', 32), 'hex'), 'Laptop', 1, '100.64.0.1', 'fd00:1::1', '[]', 1, 1)`)
+	require.NoError(t, err)
+	old := store.Device{ID: "dev_old"}
+
+	s := open(t, dsn)
+	got, err := s.Device(t.Context(), old.ID)
+	require.NoError(t, err)
+	require.Equal(t, "Laptop", got.Hostname)
+	require.False(t, got.Ephemeral)
+	require.False(t, got.Online)
+	require.True(t, got.LastSeen.IsZero())
+	e := &storetest.Env{T: t, S: s, Ctx: t.Context()}
+	d := e.MustRegister(api.DefaultZone, "laptop")
+	require.Equal(t, "laptop-2", d.Hostname)
+}
