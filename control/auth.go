@@ -76,6 +76,11 @@ func (s *server) device(next deviceHandler) http.HandlerFunc {
 			writeError(w, s.storeErr(r.Context(), "device authentication", err))
 			return
 		}
+		if !d.TokenExpires.IsZero() && !s.cfg.Now().Before(d.TokenExpires) {
+			s.refuse(w, r, "device", d.ID, apiErr(api.CodeTokenExpired,
+				"the device token expired at %s: register again with a join token", d.TokenExpires.UTC().Format(time.RFC3339)))
+			return
+		}
 		next(w, r, d)
 	}
 }

@@ -43,6 +43,8 @@ func TestMetrics(t *testing.T) {
 	_, a := e.mustRegister(tok, "a")
 	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
 	s.next()
+	// a going online is a change too (its own stream skips it).
+	waitFor(t, "online", func() bool { return *e.adminDevice(a.DeviceID).Online })
 	e.mustRegister(tok, "b")
 	s.next()
 	code, body := e.do("GET", "/metrics", testAdmin, nil)
@@ -51,8 +53,8 @@ func TestMetrics(t *testing.T) {
 	for _, want := range []string{
 		`wiremesh_registrations_total{result="created"} 2`,
 		`wiremesh_watchers_active 1`,
-		`wiremesh_watch_changes_encoded_total 1`,
-		`wiremesh_watch_events_fanned_out_total 1`,
+		`wiremesh_watch_changes_encoded_total 2`,
+		`wiremesh_watch_events_fanned_out_total 2`,
 		`wiremesh_http_requests_total{code="201",route="POST /v1/devices"} 2`,
 	} {
 		require.True(t, strings.Contains(m, want), "missing %q in\n%s", want, m)

@@ -24,6 +24,7 @@ func toAPIDevice(d store.Device) api.Device {
 		Tags:          d.Tags,
 		CreatedAt:     d.CreatedAt,
 		UpdatedAt:     d.UpdatedAt,
+		Ephemeral:     d.Ephemeral,
 	}
 }
 
@@ -36,6 +37,9 @@ func toPeer(d store.Device) api.Peer {
 		IPv6:          d.IPv6,
 		ChildPrefixes: nonNil(d.Prefixes),
 		Endpoints:     nonNil(d.Endpoints),
+		Online:        &d.Online,
+		LastSeen:      d.LastSeen,
+		Generation:    d.Generation,
 		Candidates:    toAPICandidates(d.Candidates),
 		NAT:           api.NATType(d.NAT),
 	}
@@ -160,7 +164,7 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, func(d store.Device) api.Device { return s.withPresence(toAPIDevice(d)) })
+	writeList(s, w, r, "list devices", ds, err, withPresence)
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -174,14 +178,22 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.withPresence(toAPIDevice(d)))
+	writeJSON(w, http.StatusOK, withPresence(d))
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
+	revoke, aerr := boolQuery(r, "revoke")
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	d, err := s.cfg.Store.Device(ctx, id)
-	if err == nil {
+	switch {
+	case err == nil && revoke:
+		err = s.cfg.Store.RevokeDevice(ctx, id, s.cfg.Now().UTC())
+	case err == nil:
 		err = s.cfg.Store.DeleteDevice(ctx, id)
 	}
 	if errors.Is(err, store.ErrNotFound) {
@@ -192,7 +204,7 @@ func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(ctx, "delete device", err))
 		return
 	}
-	s.log.InfoContext(ctx, "device deleted", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname)
+	s.log.InfoContext(ctx, "device deleted", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname, "revoked", revoke)
 	s.relay.dropDevice(d.ID)
 	s.hub.update(d.Zone)
 	w.WriteHeader(http.StatusNoContent)

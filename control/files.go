@@ -78,16 +78,20 @@ func loadOrCreateServerKey(dir string) (api.Key, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return api.Key{}, fmt.Errorf("reading server key: %w", err)
 	}
-	var k api.Key
-	if _, err := rand.Read(k[:]); err != nil {
-		return api.Key{}, err
-	}
-	k[0] &= 248
-	k[31] = (k[31] & 127) | 64
+	k := newServerKey()
 	if err := writeFileExcl(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return api.Key{}, fmt.Errorf("writing server key: %w", err)
 	}
 	return k, nil
+}
+
+// newServerKey returns a new X25519 private key, clamped.
+func newServerKey() api.Key {
+	var k api.Key
+	rand.Read(k[:]) // never fails (crypto/rand, Go 1.24+)
+	k[0] &= 248
+	k[31] = (k[31] & 127) | 64
+	return k
 }
 
 // loadOrCreateAdminToken returns the admin token kept in dir, creating it
@@ -163,14 +167,31 @@ func loadOrCreateSelfSigned(dir string, hosts []string) (cert tls.Certificate, f
 	case haveCert != haveKey:
 		return cert, nil, nil, fmt.Errorf("TLS files in %s: %s and %s must both exist or both be absent", dir, TLSCertFile, TLSKeyFile)
 	}
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := newSelfSigned(names)
 	if err != nil {
 		return cert, nil, nil, err
 	}
+	if err := writeFileExcl(keyPath, keyPEM, 0o600); err != nil {
+		return cert, nil, nil, fmt.Errorf("writing TLS key: %w", err)
+	}
+	if err := writeFileExcl(certPath, certPEM, 0o644); err != nil {
+		os.Remove(keyPath)
+		return cert, nil, nil, fmt.Errorf("writing TLS certificate: %w", err)
+	}
+	cert, fp, err = loadKeyPair(certPath, keyPath)
+	return cert, fp, nil, err
+}
+
+// newSelfSigned creates a self-signed certificate (ECDSA P-256, 20 years)
+// for names and returns it and its key in PEM.
+func newSelfSigned(names []string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return cert, nil, nil, err
+		return nil, nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -191,21 +212,14 @@ func loadOrCreateSelfSigned(dir string, hosts []string) (cert tls.Certificate, f
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return cert, nil, nil, err
+		return nil, nil, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return cert, nil, nil, err
+		return nil, nil, err
 	}
-	if err := writeFileExcl(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return cert, nil, nil, fmt.Errorf("writing TLS key: %w", err)
-	}
-	if err := writeFileExcl(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		os.Remove(keyPath)
-		return cert, nil, nil, fmt.Errorf("writing TLS certificate: %w", err)
-	}
-	cert, fp, err = loadKeyPair(certPath, keyPath)
-	return cert, fp, nil, err
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // sans returns the subject alternative names of a self-signed certificate.

@@ -30,13 +30,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// retryAfterSeconds is the Retry-After of a 503: a database restart or a
+// replica failing over takes seconds.
+const retryAfterSeconds = "2"
+
 func writeError(w http.ResponseWriter, e *api.Error) {
 	noteErrorCode(w, e.Code)
 	b, _ := json.Marshal(e)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	if e.Code == api.CodeUnauthorized {
+	switch e.Code {
+	case api.CodeUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="wiremesh"`)
+	case api.CodeUnavailable:
+		w.Header().Set("Retry-After", retryAfterSeconds)
 	}
 	w.WriteHeader(api.StatusForCode(e.Code))
 	w.Write(append(b, '\n'))
@@ -92,6 +99,10 @@ func (s *server) storeErr(ctx context.Context, what string, err error) *api.Erro
 		return aerr
 	}
 	switch {
+	case errors.Is(err, store.ErrRevoked):
+		return apiErr(api.CodeRevoked, "%s: this device's key was revoked: it can never register again; create a new identity", what)
+	case errors.Is(err, store.ErrHostnameTaken):
+		return apiErr(api.CodeHostnameTaken, "%s: the hostname and its suffixed forms are taken in the zone: choose another", what)
 	case errors.Is(err, store.ErrReplayed):
 		return apiErr(api.CodeUnauthorized, "replayed registration: this signed request was used already")
 	case errors.Is(err, store.ErrTokenInvalid):
@@ -106,6 +117,9 @@ func (s *server) storeErr(ctx context.Context, what string, err error) *api.Erro
 		return apiErr(api.CodeNotFound, "%s: not found", what)
 	case errors.Is(err, store.ErrExists):
 		return apiErr(api.CodeConflict, "%s: already exists", what)
+	case errors.Is(err, store.ErrUnavailable):
+		s.log.WarnContext(ctx, "database unavailable", "op", what, "err", err)
+		return apiErr(api.CodeUnavailable, "%s: the service's database is unavailable; try again shortly", what)
 	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
 		return apiErr(api.CodeUnavailable, "%s: the service is shutting down", what)
 	}

@@ -15,8 +15,13 @@ import (
 )
 
 // subscriberBuffer is how many events a watcher may fall behind before it
-// is disconnected (it reconnects with since= and loses nothing).
+// is disconnected (it reconnects with since= and loses nothing). The queue
+// holding them grows on demand: an idle watcher holds none.
 const subscriberBuffer = 256
+
+// hubCoalesce is how long the hub's worker waits after a wake-up before it
+// reads the change log: changes arriving meanwhile share one pass.
+const hubCoalesce = 2 * time.Millisecond
 
 // errHubClosed is returned by subscribe after close.
 var errHubClosed = errors.New("watch hub closed")
@@ -33,21 +38,49 @@ type hubEvent struct {
 	removed string
 	// at is when the hub read the change from the store (watch lag).
 	at time.Time
+	// presenceOf is the id of the device a presence event is about ("" for
+	// other events): that device's own stream skips it.
+	presenceOf string
 }
 
-// subscriber is one watch stream of a zone. The hub closes ch when the
-// subscriber is dropped (too slow, history compacted) or the hub closes.
+// subscriber is one watch stream of a zone. Its reader waits on wake and
+// then calls take. The hub ends it when it is dropped (too slow, history
+// compacted) or the hub closes.
 type subscriber struct {
 	zone *hubZone
-	ch   chan hubEvent
+	// wake (capacity 1) is signalled when events are queued or the
+	// subscriber is dropped.
+	wake chan struct{}
 	// member is a member's watch stream (counted in the watchers gauge);
 	// false for an observer such as the dashboard's event stream.
 	member bool
-	gone   bool // guarded by zone.mu; ch is closed
+	gone   bool // guarded by zone.mu; ended is set
 	// device is the watching member ("": none, the whole zone is seen);
 	// view is what it was sent, guarded by zone.mu (hub_policy.go).
 	device string
 	view   subView
+
+	mu    sync.Mutex // guards queue and ended; taken after zone.mu
+	queue []hubEvent // not taken yet, oldest first; nil when idle
+	ended bool       // dropped: what is queued is the last
+}
+
+// take returns the events queued for sub, oldest first, and whether sub is
+// still subscribed: with false, the events returned are its last.
+func (sub *subscriber) take() ([]hubEvent, bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	q := sub.queue
+	sub.queue = nil
+	return q, !sub.ended
+}
+
+// signal wakes sub's reader without blocking.
+func (sub *subscriber) signal() {
+	select {
+	case sub.wake <- struct{}{}:
+	default:
+	}
 }
 
 // hubZone is the fan-out state of one zone.
@@ -63,11 +96,13 @@ type hubZone struct {
 	view    zoneView // the zone at lastRev, valid when ready (hub_policy.go)
 }
 
-// hub fans the store's change log out to watch streams. After a mutation
-// (update) and on a slow poll (so changes made through another replica
-// sharing the store are seen), it reads store.Changes(zone, lastRev),
-// encodes each change once and hands the same bytes to every subscriber of
-// the zone with a non-blocking send: cost per change is O(watchers).
+// hub fans the store's change log out to watch streams. Its worker
+// goroutine, woken after a mutation (update), when a store.ChangeListener
+// says some replica sharing the store committed one (update, wakeAll), and
+// on a slow poll (the safety net),
+// reads store.Changes(zone, lastRev), encodes each change once and appends
+// the same bytes to every subscriber's queue: cost per change is
+// O(watchers), paid off the mutating request's path.
 type hub struct {
 	store   store.Store
 	log     *slog.Logger
@@ -79,8 +114,10 @@ type hub struct {
 	wg     sync.WaitGroup
 
 	closed atomic.Bool
-	mu     sync.Mutex // guards zones; held before any hubZone.mu
+	mu     sync.Mutex // guards zones and dirty; held before any hubZone.mu
 	zones  map[string]*hubZone
+	dirty  map[string]struct{} // zones the worker is to update
+	kick   chan struct{}       // capacity 1: wakes the worker
 
 	encodes atomic.Int64 // changes encoded (tests check encode-once)
 }
@@ -95,32 +132,85 @@ func newHub(st store.Store, log *slog.Logger, m *metrics, poll time.Duration) *h
 		ctx:     ctx,
 		cancel:  cancel,
 		zones:   make(map[string]*hubZone),
+		dirty:   make(map[string]struct{}),
+		kick:    make(chan struct{}, 1),
 	}
-	if poll > 0 {
+	h.wg.Add(1)
+	go h.run(poll)
+	if l, ok := changeListener(st); ok {
 		h.wg.Add(1)
-		go h.pollLoop(poll)
+		go h.listen(l)
 	}
 	return h
 }
 
-func (h *hub) pollLoop(every time.Duration) {
+// changeListener finds a store.ChangeListener in st or in the stores it
+// wraps (Unwrap).
+func changeListener(st store.Store) (store.ChangeListener, bool) {
+	for st != nil {
+		if l, ok := st.(store.ChangeListener); ok {
+			return l, true
+		}
+		u, ok := st.(interface{ Unwrap() store.Store })
+		if !ok {
+			break
+		}
+		st = u.Unwrap()
+	}
+	return nil, false
+}
+
+// listen wakes the worker for the zones that other replicas sharing the
+// store change, as soon as they commit; the poll stays as the safety net
+// for notifications lost with their connection.
+func (h *hub) listen(l store.ChangeListener) {
 	defer h.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
+	err := l.ListenChanges(h.ctx, func(zone string) {
+		if zone == "" {
+			h.wakeAll() // (re)connected: anything may have changed
+			return
+		}
+		h.update(zone)
+	})
+	if h.ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
+		h.log.Error("change notifications ended; falling back to polling", "err", err)
+	}
+}
+
+// run is the worker: it updates the zones marked dirty when kicked, and
+// every zone every poll (0: no poll).
+func (h *hub) run(poll time.Duration) {
+	defer h.wg.Done()
+	var tick <-chan time.Time
+	if poll > 0 {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-h.ctx.Done():
 			return
-		case <-t.C:
+		case <-h.kick:
+			// Let the request that kicked finish answering before the
+			// fan-out wakes every stream, and batch what comes meanwhile.
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-time.After(hubCoalesce):
+			}
+		case <-tick:
+			h.markAll()
 		}
 		h.mu.Lock()
-		names := make([]string, 0, len(h.zones))
-		for n := range h.zones {
+		names := make([]string, 0, len(h.dirty))
+		for n := range h.dirty {
 			names = append(names, n)
 		}
+		clear(h.dirty)
 		h.mu.Unlock()
 		for _, n := range names {
-			h.update(n)
+			h.updateNow(n)
 		}
 	}
 }
@@ -172,7 +262,7 @@ func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subsc
 		}
 		z.ready = true
 	}
-	sub := &subscriber{zone: z, ch: make(chan hubEvent, h.buf), member: member, device: device}
+	sub := &subscriber{zone: z, wake: make(chan struct{}, 1), member: member, device: device}
 	sub.view = z.view.viewOf(device)
 	z.subs[sub] = struct{}{}
 	if member {
@@ -189,14 +279,17 @@ func (h *hub) unsubscribe(sub *subscriber) {
 	h.dropLocked(sub)
 }
 
-// dropLocked removes sub and closes its channel. z.mu must be held.
+// dropLocked removes sub and ends it. z.mu must be held.
 func (h *hub) dropLocked(sub *subscriber) {
 	if sub.gone {
 		return
 	}
 	z := sub.zone
 	sub.gone = true
-	close(sub.ch)
+	sub.mu.Lock()
+	sub.ended = true
+	sub.mu.Unlock()
+	sub.signal()
 	delete(z.subs, sub)
 	if sub.member {
 		h.metrics.watchers.Dec()
@@ -207,9 +300,45 @@ func (h *hub) dropLocked(sub *subscriber) {
 	}
 }
 
-// update reads the zone's new changes and fans them out. Mutating handlers
-// call it after each change; the poll loop calls it for every zone.
+// update has the worker read the zone's new changes and fan them out
+// soon; it does not wait. Mutating handlers call it after each change.
+// Updates that come while the worker is busy are coalesced.
 func (h *hub) update(zone string) {
+	h.mu.Lock()
+	if h.zones[zone] != nil {
+		h.dirty[zone] = struct{}{}
+	}
+	h.mu.Unlock()
+	h.wakeWorker()
+}
+
+// wakeAll has the worker read every watched zone's new changes soon, as
+// the poll does: for a signal that some replica sharing the store changed
+// something (a database notification).
+func (h *hub) wakeAll() {
+	h.markAll()
+	h.wakeWorker()
+}
+
+// markAll marks every watched zone dirty.
+func (h *hub) markAll() {
+	h.mu.Lock()
+	for n := range h.zones {
+		h.dirty[n] = struct{}{}
+	}
+	h.mu.Unlock()
+}
+
+func (h *hub) wakeWorker() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// updateNow reads the zone's new changes and fans them out before it
+// returns (the worker's step; tests call it to wait for the fan-out).
+func (h *hub) updateNow(zone string) {
 	if h.closed.Load() {
 		return
 	}
@@ -260,8 +389,11 @@ func (h *hub) updateLocked(z *hubZone) {
 		}
 		if !handled {
 			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
-			if c.Kind == store.ChangeRemove {
+			switch c.Kind {
+			case store.ChangeRemove:
 				ev.removed = c.Device.ID
+			case store.ChangePresence:
+				ev.presenceOf = c.Device.ID
 			}
 			for sub := range z.subs {
 				h.send(sub, ev)
@@ -271,16 +403,23 @@ func (h *hub) updateLocked(z *hubZone) {
 	}
 }
 
-// send hands ev to sub, dropping sub when it is too slow. z.mu is held.
+// send queues ev for sub, dropping sub when it is too slow (h.buf events
+// behind). z.mu is held.
 func (h *hub) send(sub *subscriber, ev hubEvent) {
-	select {
-	case sub.ch <- ev:
-		h.metrics.fanout.Inc()
-	default:
+	sub.mu.Lock()
+	full := len(sub.queue) >= h.buf
+	if !full {
+		sub.queue = append(sub.queue, ev)
+	}
+	sub.mu.Unlock()
+	if full {
 		h.log.Warn("watcher too slow; disconnecting", "zone", sub.zone.name)
 		h.metrics.dropped.Inc()
 		h.dropLocked(sub)
+		return
 	}
+	h.metrics.fanout.Inc()
+	sub.signal()
 }
 
 // encode turns a change into its NDJSON line, counting encodes.
@@ -305,6 +444,19 @@ func encodeChange(c store.Change) []byte {
 			ChildPrefixes: []netip.Prefix{},
 			Endpoints:     []netip.AddrPort{},
 		}
+	case store.ChangePresence:
+		ev.Type = api.EventPresence
+		ev.Peer = &api.Peer{
+			ID:            c.Device.ID,
+			Hostname:      c.Device.Hostname,
+			PublicKey:     api.Key(c.Device.PublicKey),
+			IPv4:          c.Device.IPv4,
+			IPv6:          c.Device.IPv6,
+			ChildPrefixes: []netip.Prefix{},
+			Endpoints:     []netip.AddrPort{},
+			Online:        &c.Device.Online,
+			LastSeen:      c.Device.LastSeen,
+		}
 	default:
 		ev.Type = api.EventUpsert
 		p := toPeer(c.Device)
@@ -323,7 +475,7 @@ func encodeLine(ev api.WatchEvent) []byte {
 	return append(b, '\n')
 }
 
-// close drops every subscriber, refuses new ones and stops the poll loop.
+// close drops every subscriber, refuses new ones and stops the worker.
 func (h *hub) close() {
 	h.closed.Store(true)
 	h.cancel()

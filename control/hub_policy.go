@@ -153,6 +153,12 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 			v.members[i] = policy.Member{}
 			defer v.release(c.Device.ID)
 		}
+	case store.ChangePresence:
+		// Nobody's view changes; snapshots show the new state.
+		if i, ok := v.slotOf[c.Device.ID]; ok {
+			v.slots[i].Online, v.slots[i].LastSeen = c.Device.Online, c.Device.LastSeen
+			dSlot = i
+		}
 	}
 	if !had && v.pol == nil {
 		return c.Kind == store.ChangePolicy, nil
@@ -167,8 +173,11 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 	for sub := range z.subs {
 		if line := f.linesFor(sub); len(line) > 0 {
 			ev := hubEvent{rev: c.Rev, line: line, at: time.Now()}
-			if c.Kind == store.ChangeRemove {
+			switch c.Kind {
+			case store.ChangeRemove:
 				ev.removed = c.Device.ID
+			case store.ChangePresence:
+				ev.presenceOf = c.Device.ID
 			}
 			h.send(sub, ev)
 		}
@@ -287,6 +296,18 @@ func (h *hub) needsSnapshot(sub *subscriber, since int64) bool {
 	defer z.mu.Unlock()
 	h.updateLocked(z)
 	return z.view.pol != nil || since <= z.view.polRev
+}
+
+// present brings sub's zone up to date and reports whether sub's device
+// is in it, and at which revision. A watch stream checks once, after its
+// backlog: a device deleted later is told by its remove event.
+func (h *hub) present(sub *subscriber) (bool, int64) {
+	z := sub.zone
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	h.updateLocked(z)
+	_, ok := z.view.slotOf[sub.device]
+	return ok, z.lastRev
 }
 
 // isPolicyChange reports whether any of cs is a policy change.

@@ -86,11 +86,12 @@ func BenchmarkHubChange1000Watchers(b *testing.B) {
 				require.NoError(b, st.DeleteDevice(ctx, joined))
 				joined = ""
 			}
-			h.update(api.DefaultZone)
+			h.updateNow(api.DefaultZone)
 			changes++
 			for _, s := range subs {
-				for len(s.ch) > 0 {
-					bytes += len((<-s.ch).line)
+				evs, _ := s.take()
+				for _, ev := range evs {
+					bytes += len(ev.line)
 				}
 			}
 		}

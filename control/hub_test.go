@@ -53,13 +53,14 @@ func TestHubEncodesEachChangeOnce(t *testing.T) {
 	var ids []string
 	for i := range changes {
 		ids = append(ids, registerDirect(t, st, tok, "h"+string(rune('a'+i))).ID)
-		h.update(api.DefaultZone)
+		h.updateNow(api.DefaultZone)
 	}
 	require.EqualValues(t, changes, h.encodes.Load(), "each change encoded exactly once")
 	for i := range changes {
 		var first []byte
 		for _, s := range subs {
-			ev := <-s.ch
+			ev, ok := recvEvent(t, s)
+			require.True(t, ok)
 			if first == nil {
 				first = ev.line
 				var we api.WatchEvent
@@ -72,10 +73,10 @@ func TestHubEncodesEachChangeOnce(t *testing.T) {
 		}
 	}
 	for _, s := range subs {
-		require.Empty(t, s.ch)
+		require.Zero(t, pending(s))
 	}
 	// An update with nothing new encodes nothing.
-	h.update(api.DefaultZone)
+	h.updateNow(api.DefaultZone)
 	require.EqualValues(t, changes, h.encodes.Load())
 }
 
@@ -92,18 +93,17 @@ func TestHubDropsSlowSubscriber(t *testing.T) {
 	require.NoError(t, err)
 	for i := range 3 {
 		registerDirect(t, st, tok, "n"+string(rune('a'+i)))
-		h.update(api.DefaultZone)
-		<-fast.ch
+		h.updateNow(api.DefaultZone)
+		_, ok := recvEvent(t, fast)
+		require.True(t, ok)
 	}
-	// slow got 2 events, then its channel was closed.
-	n := 0
-	for range slow.ch {
-		n++
-	}
-	require.Equal(t, 2, n)
+	// slow got 2 events, then it was ended.
+	evs, open := slow.take()
+	require.Len(t, evs, 2)
+	require.False(t, open)
 	h.unsubscribe(slow) // safe after the drop
 	h.unsubscribe(fast)
-	_, ok := <-fast.ch
+	_, ok := recvEvent(t, fast)
 	require.False(t, ok)
 }
 
@@ -115,17 +115,47 @@ func TestHubPollSeesOtherWriters(t *testing.T) {
 	// Written behind the hub's back (as another replica would): the poll
 	// loop picks it up.
 	d := registerDirect(t, st, tok, "other")
-	select {
-	case ev := <-sub.ch:
-		var we api.WatchEvent
-		require.NoError(t, json.Unmarshal(ev.line, &we))
-		require.Equal(t, d.ID, we.Peer.ID)
-	case <-time.After(10 * time.Second):
-		t.Fatal("poll did not deliver the change")
-	}
+	ev, ok := recvEvent(t, sub)
+	require.True(t, ok, "poll did not deliver the change")
+	var we api.WatchEvent
+	require.NoError(t, json.Unmarshal(ev.line, &we))
+	require.Equal(t, d.ID, we.Peer.ID)
 	h.close()
-	_, ok := <-sub.ch
+	_, ok = recvEvent(t, sub)
 	require.False(t, ok, "close ends subscriptions")
 	_, err = h.subscribe(context.Background(), api.DefaultZone)
 	require.ErrorIs(t, err, errHubClosed)
+}
+
+// recvEvent waits up to 10 s for sub's next event; ok is false when sub
+// ended with nothing queued.
+func recvEvent(t testing.TB, sub *subscriber) (hubEvent, bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		sub.mu.Lock()
+		if len(sub.queue) > 0 {
+			ev := sub.queue[0]
+			sub.queue = sub.queue[1:]
+			sub.mu.Unlock()
+			return ev, true
+		}
+		ended := sub.ended
+		sub.mu.Unlock()
+		if ended {
+			return hubEvent{}, false
+		}
+		select {
+		case <-sub.wake:
+		case <-deadline:
+			t.Fatal("no hub event within 10 s")
+		}
+	}
+}
+
+// pending is how many events are queued for sub.
+func pending(sub *subscriber) int {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return len(sub.queue)
 }

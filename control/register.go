@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -73,15 +74,18 @@ func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(api.CodeInternal, "generating device token failed"))
 		return
 	}
+	tokExpires := s.deviceTokenExpiry()
 	d, created, err := s.cfg.Store.Register(ctx, store.RegisterParams{
-		Zone:            zone.Name,
-		JoinTokenHash:   tokHash,
-		DeviceTokenHash: sha256.Sum256([]byte(devTok)),
-		PublicKey:       store.Key(req.PublicKey),
-		Hostname:        hostname,
-		Prefixes:        prefixes,
-		Endpoints:       req.Endpoints,
-		RequestedIPv4:   req.RequestedIPv4,
+		Zone:               zone.Name,
+		JoinTokenHash:      tokHash,
+		DeviceTokenHash:    sha256.Sum256([]byte(devTok)),
+		DeviceTokenExpires: tokExpires,
+		PublicKey:          store.Key(req.PublicKey),
+		Hostname:           hostname,
+		Ephemeral:          req.Ephemeral,
+		Prefixes:           prefixes,
+		Endpoints:          req.Endpoints,
+		RequestedIPv4:      req.RequestedIPv4,
 		// The proof was spent by authorizeRegistration already.
 		Now: s.cfg.Now().UTC(),
 	})
@@ -93,12 +97,12 @@ func (s *server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	s.log.InfoContext(ctx, "device registered", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname,
 		"ipv4", d.IPv4, "created", created)
 	s.hub.update(d.Zone)
-	writeRegistered(w, d, zone, created, devTok)
+	writeRegistered(w, d, zone, created, devTok, tokExpires)
 }
 
 // writeRegistered answers a successful registration: 201 for a new device,
 // 200 for a known key.
-func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, created bool, devTok string) {
+func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, created bool, devTok string, tokExpires time.Time) {
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
@@ -113,6 +117,9 @@ func writeRegistered(w http.ResponseWriter, d store.Device, zone store.Zone, cre
 		ZoneIPv6:      zone.IPv6Pool,
 		ChildPrefixes: nonNil(d.Prefixes),
 		DeviceToken:   devTok,
+
+		DeviceTokenExpiresAt: tokExpires,
+		Ephemeral:            d.Ephemeral,
 	})
 }
 

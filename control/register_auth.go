@@ -81,7 +81,7 @@ func (s *server) spendProof(ctx context.Context, req *api.RegisterRequest, tokHa
 // a refused authentication (audited, counted against the client), naming
 // the join token (tokID, when it was found) and the key that tried.
 func (s *server) refuseRegistration(w http.ResponseWriter, r *http.Request, tokID string, key api.Key, aerr *api.Error) {
-	if aerr.Code != api.CodeUnauthorized {
+	if api.StatusForCode(aerr.Code) != http.StatusUnauthorized {
 		writeError(w, aerr)
 		return
 	}

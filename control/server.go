@@ -70,6 +70,18 @@ type serverConfig struct {
 	// to find the client address (rate limits, audit log); nil trusts no
 	// one and uses the connection's peer address.
 	TrustedProxies []netip.Prefix
+	// DeviceTokenLifetime is how long a device token is valid; members
+	// rotate theirs at half of it. Zero means 90 days; negative: never
+	// expire.
+	DeviceTokenLifetime time.Duration
+	// EphemeralTimeout is how long an ephemeral device may stay offline
+	// before the service deletes it. Zero means 10 minutes.
+	EphemeralTimeout time.Duration
+
+	// presenceLease is how long a report of a watch stream lasts unless
+	// renewed (zero: defaultPresenceLease); the renewal and reaping loop
+	// runs every third of it.
+	presenceLease time.Duration
 
 	// limits are the per-client and per-device limits; zero fields mean
 	// the defaults (limits.go).
@@ -127,6 +139,12 @@ func newServer(cfg serverConfig) (*server, error) {
 		cfg.Version = "dev"
 	}
 	cfg.limits = cfg.limits.withDefaults()
+	if cfg.DeviceTokenLifetime == 0 {
+		cfg.DeviceTokenLifetime = defaultDeviceTokenLifetime
+	}
+	if cfg.EphemeralTimeout <= 0 {
+		cfg.EphemeralTimeout = defaultEphemeralTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -139,7 +157,6 @@ func newServer(cfg serverConfig) (*server, error) {
 		log:           log,
 		pub:           api.PublicKey(cfg.PrivateKey),
 		metrics:       m,
-		presence:      newPresence(cfg.Now),
 		replay:        newReplayCache(maxReplayEntries),
 		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
 		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
@@ -147,9 +164,13 @@ func newServer(cfg serverConfig) (*server, error) {
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
 	s.relay = newRelay(log, s.metrics.reg)
+	s.presence = newPresence(presenceConfig{now: cfg.Now, store: cfg.Store, log: log, lease: cfg.presenceLease,
+		ephemeralTimeout: cfg.EphemeralTimeout, changed: s.hub.update})
 	dash, err := s.newDashboard()
 	if err != nil {
+		s.presence.close()
 		s.hub.close()
+		s.relay.close()
 		return nil, fmt.Errorf("control.NewServer: %w", err)
 	}
 	s.handler = s.routes(dash)
@@ -163,6 +184,7 @@ func (s *server) Handler() http.Handler { return s.handler }
 // background goroutines. It does not close the store. Later calls return nil.
 func (s *server) Close() error {
 	s.closeOnce.Do(func() {
+		s.presence.close()
 		s.hub.close()
 		s.relay.close()
 	})
@@ -184,6 +206,9 @@ func (s *server) routes(dash http.Handler) http.Handler {
 	h("GET /v1/devices/self", s.device(s.handleGetSelf))
 	h("PATCH /v1/devices/self", s.device(s.handlePatchSelf))
 	h("DELETE /v1/devices/self/prefixes/{prefix...}", s.device(s.handleReleaseSelf))
+	h("DELETE /v1/devices/self", s.device(s.handleDeleteSelf))
+	h("POST /v1/devices/self/token", s.device(s.handleRotateToken))
+	h("POST /v1/devices/self/key", s.device(s.handleRotateKey))
 	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 	h("GET "+api.RelayPath, s.device(s.relay.handle))
 
@@ -226,6 +251,8 @@ func (s *server) handleInfo(w http.ResponseWriter, r *http.Request) {
 		Relay:               true,
 		DefaultZone:         api.DefaultZone,
 		MaxClockSkewSeconds: int(s.cfg.MaxClockSkew / time.Second),
+
+		EphemeralTimeoutSeconds: int(s.cfg.EphemeralTimeout / time.Second),
 	})
 }
 

@@ -14,15 +14,24 @@ import (
 	"sync"
 	"time"
 
-	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/store"
 )
 
-// Options configures a Service. Only DataDir is required.
+// Options configures a Service. DataDir is required unless Store names a
+// PostgreSQL database.
 type Options struct {
 	// DataDir holds the state: wiremesh.db, server.key (0600), admin.token
 	// (0600) and the self-signed tls.crt/tls.key. Created (0700) if missing.
+	// With a PostgreSQL Store the state is in the database and DataDir, if
+	// set, only receives copies of admin.token and tls.crt for the admin
+	// commands run on this machine.
 	DataDir string
+	// Store names the database. Empty means SQLite, DataDir/wiremesh.db. A
+	// postgres:// or postgresql:// URL means PostgreSQL, which several
+	// replicas of the service may share: the service's key, admin token
+	// and self-signed certificate are then kept in the database too, so
+	// every replica serves with the same ones.
+	Store string
 	// Listen is the TCP address of the API. Empty means ":8443".
 	Listen string
 	// STUNListen is the UDP address of the STUN responder. Empty means
@@ -35,7 +44,9 @@ type Options struct {
 	STUNAltListen string
 	// TLSCertFile and TLSKeyFile give a certificate to serve (both or
 	// neither). Neither means a self-signed certificate (ECDSA P-256)
-	// created on first start in DataDir and reused after.
+	// created on first start (in DataDir, or in a PostgreSQL Store) and
+	// reused after. Replicas given files must all serve the same
+	// certificate: members pin its fingerprint.
 	TLSCertFile, TLSKeyFile string
 	// TLSHosts are extra names or addresses for the self-signed
 	// certificate, beyond localhost, 127.0.0.1, ::1 and the hostname. They
@@ -45,7 +56,8 @@ type Options struct {
 	// tests). Join tokens then carry no fingerprint.
 	InsecureHTTP bool
 	// AdminToken is the admin credential. Empty means the one kept in
-	// DataDir/admin.token, generated on first start.
+	// DataDir/admin.token (or in a PostgreSQL Store), generated on first
+	// start.
 	AdminToken string
 	// Logger receives operational logs. Nil is quiet.
 	Logger *slog.Logger
@@ -57,6 +69,14 @@ type Options struct {
 	// connections from them is X-Forwarded-For used to find the client
 	// address that rate limits and the audit log go by. Nil trusts none.
 	TrustedProxies []netip.Prefix
+	// DeviceTokenLifetime is how long a device token is valid (members
+	// rotate theirs at half of it). Zero means 90 days; negative: never
+	// expire.
+	DeviceTokenLifetime time.Duration
+	// EphemeralTimeout is how long an ephemeral member (mesh.WithEphemeral,
+	// `wiremesh join --ephemeral`) may stay offline before it is deleted
+	// and its address and prefixes freed. Zero means 10 minutes.
+	EphemeralTimeout time.Duration
 }
 
 // Service is a running coordination service: API listener, STUN responder
@@ -72,32 +92,22 @@ type Service struct {
 	fp         []byte
 	adminToken string
 	scheme     string
+	storeName  string
 	serveDone  chan struct{}
 
 	mu     sync.Mutex // guards closed
 	closed bool
 }
 
-// Start binds the listeners, opens the state in o.DataDir and serves until
-// Close. It returns once the service accepts connections. A start that
-// fails leaves the data directory as it found it: the listeners are bound
-// before anything is written, and what a failed start created is removed.
+// Start binds the listeners, opens the state (o.Store, or o.DataDir) and
+// serves until Close. It returns once the service accepts connections. A
+// start that fails leaves the data directory as it found it: the listeners
+// are bound before anything is written, and what a failed start created is
+// removed.
 func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	wrap := func(err error) error { return fmt.Errorf("control.Start: %w", err) }
-	if o.DataDir == "" {
-		return nil, wrap(errors.New("Options.DataDir is required"))
-	}
-	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
-		return nil, wrap(errors.New("TLS certificate and key files must be given together"))
-	}
-	if o.InsecureHTTP && o.TLSCertFile != "" {
-		return nil, wrap(errors.New("InsecureHTTP and a TLS certificate are mutually exclusive"))
-	}
-	if o.Listen == "" {
-		o.Listen = ":8443"
-	}
-	if o.STUNListen == "" {
-		o.STUNListen = ":3478"
+	if err := checkOptions(&o); err != nil {
+		return nil, wrap(err)
 	}
 	log := o.Logger
 	if log == nil {
@@ -108,10 +118,12 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
-	undo, err := newDataDirUndo(o.DataDir)
-	if err != nil {
-		l.close()
-		return nil, wrap(err)
+	var undo *dataDirUndo
+	if o.DataDir != "" {
+		if undo, err = newDataDirUndo(o.DataDir); err != nil {
+			l.close()
+			return nil, wrap(err)
+		}
 	}
 	var st store.Store
 	defer func() {
@@ -122,40 +134,80 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		if st != nil {
 			st.Close()
 		}
+		if undo == nil {
+			return
+		}
 		if uerr := undo.undo(); uerr != nil {
 			log.Warn("could not remove what the failed start created", "data_dir", o.DataDir, "err", uerr)
 		}
 	}()
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return nil, wrap(fmt.Errorf("data directory: %w", err))
+	if o.DataDir != "" {
+		if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+			return nil, wrap(fmt.Errorf("data directory: %w", err))
+		}
 	}
-	key, admin, tlsCfg, fp, err := loadState(o, log)
+	if st, err = openStore(ctx, o, log); err != nil {
+		return nil, wrap(err)
+	}
+	creds, err := loadCredentials(ctx, o, st, log)
 	if err != nil {
 		return nil, wrap(err)
 	}
-	if st, err = store.OpenSQLite(ctx, filepath.Join(o.DataDir, DBFile), store.WithLogger(log)); err != nil {
-		return nil, wrap(err)
-	}
-	s := &Service{log: log, store: st, stun: l.stun, stunAlt: l.stunAlt, fp: fp, adminToken: admin, scheme: "http", serveDone: make(chan struct{})}
+	s := &Service{log: log, store: st, stun: l.stun, stunAlt: l.stunAlt, fp: creds.fp, adminToken: creds.admin, scheme: "http",
+		storeName: storeKind(o.Store), serveDone: make(chan struct{})}
 	s.addr = l.api.(*net.TCPListener).Addr().(*net.TCPAddr).AddrPort()
 	s.srv, err = newServer(serverConfig{
 		Store:             st,
-		PrivateKey:        key,
-		AdminToken:        admin,
+		PrivateKey:        creds.key,
+		AdminToken:        creds.admin,
 		STUNAddr:          l.stunAdvertised,
 		STUNAltAddr:       l.stunAltAdvertised,
-		Fingerprint:       fp,
+		Fingerprint:       creds.fp,
 		Logger:            log,
 		HeartbeatInterval: o.HeartbeatInterval,
 		Version:           o.Version,
 		TrustedProxies:    o.TrustedProxies,
+
+		DeviceTokenLifetime: o.DeviceTokenLifetime,
+		EphemeralTimeout:    o.EphemeralTimeout,
 	})
 	if err != nil {
 		return nil, wrap(err)
 	}
-	s.serve(l.api, tlsCfg)
-	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir)
+	s.serve(l.api, creds.tls)
+	log.Info("wiremesh service started", "url", s.URL(), "stun", l.stunAdvertised, "data_dir", o.DataDir,
+		"store", s.storeName)
 	return s, nil
+}
+
+// checkOptions validates o and fills its defaults.
+func checkOptions(o *Options) error {
+	pg := isPostgres(o.Store)
+	switch {
+	case o.Store != "" && !pg:
+		return fmt.Errorf("store %q: want a postgres:// or postgresql:// URL, or nothing for SQLite in the data directory", redactDSN(o.Store))
+	case o.DataDir == "" && !pg:
+		return errors.New("Options.DataDir is required")
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return errors.New("TLS certificate and key files must be given together")
+	case o.InsecureHTTP && o.TLSCertFile != "":
+		return errors.New("InsecureHTTP and a TLS certificate are mutually exclusive")
+	}
+	if o.Listen == "" {
+		o.Listen = ":8443"
+	}
+	if o.STUNListen == "" {
+		o.STUNListen = ":3478"
+	}
+	if pg && o.DataDir != "" {
+		// The copies of the admin token and certificate left in DataDir
+		// must not replace a SQLite service's own files.
+		if ok, err := exists(filepath.Join(o.DataDir, ServerKeyFile)); err != nil || ok {
+			return errors.Join(err, fmt.Errorf("data directory %s holds the state of a SQLite service (%s): give the PostgreSQL service a directory of its own",
+				o.DataDir, ServerKeyFile))
+		}
+	}
+	return nil
 }
 
 // serve serves the API on ln (with TLS when tlsCfg is set) until Close.
@@ -176,39 +228,6 @@ func (s *Service) serve(ln net.Listener, tlsCfg *tls.Config) {
 			s.log.Error("API listener failed", "err", err)
 		}
 	}()
-}
-
-// loadState reads (or creates, on first start) the service key, the admin
-// token and the TLS certificate.
-func loadState(o Options, log *slog.Logger) (key api.Key, admin string, tlsCfg *tls.Config, fp []byte, err error) {
-	if key, err = loadOrCreateServerKey(o.DataDir); err != nil {
-		return
-	}
-	admin = o.AdminToken
-	if admin == "" {
-		if admin, err = loadOrCreateAdminToken(o.DataDir); err != nil {
-			return
-		}
-	}
-	if o.InsecureHTTP {
-		return key, admin, nil, nil, nil
-	}
-	var cert tls.Certificate
-	if o.TLSCertFile != "" {
-		cert, fp, err = loadKeyPair(o.TLSCertFile, o.TLSKeyFile)
-	} else {
-		var missing []string
-		cert, fp, missing, err = loadOrCreateSelfSigned(o.DataDir, o.TLSHosts)
-		if len(missing) > 0 {
-			log.Warn("the existing self-signed certificate does not cover some names; members pin its fingerprint, so it is kept",
-				"cert", filepath.Join(o.DataDir, TLSCertFile), "missing", missing)
-		}
-	}
-	if err != nil {
-		return
-	}
-	tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	return key, admin, tlsCfg, fp, nil
 }
 
 // URL returns the base URL of the API, e.g. "https://127.0.0.1:8443"; an
@@ -244,6 +263,10 @@ func (s *Service) STUNAltAddr() netip.AddrPort {
 // Fingerprint returns the SHA-256 of the TLS certificate (nil with
 // InsecureHTTP).
 func (s *Service) Fingerprint() []byte { return s.fp }
+
+// StoreName names the store: "sqlite", or the PostgreSQL URL without its
+// password.
+func (s *Service) StoreName() string { return s.storeName }
 
 // AdminToken returns the admin token.
 func (s *Service) AdminToken() string { return s.adminToken }

@@ -30,9 +30,14 @@ func newTimedStore(st store.Store, h *prometheus.HistogramVec) *timedStore {
 	return &timedStore{Store: st, st: st, h: h}
 }
 
+// Unwrap returns the store t times, so that its optional interfaces
+// (store.ChangeListener) can be found.
+func (t *timedStore) Unwrap() store.Store { return t.st }
+
 // expectedStoreErrs are answers, not failures.
 var expectedStoreErrs = []error{store.ErrNotFound, store.ErrExists, store.ErrTokenInvalid, store.ErrPoolExhausted,
 	store.ErrAddrInUse, store.ErrAddrOutside, store.ErrCompacted, store.ErrReplayed, store.ErrPrefixConflict,
+	store.ErrRevoked, store.ErrHostnameTaken,
 	context.Canceled}
 
 // done records one call of op that started at start and ended with err.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/control/dashboard"
+	"github.com/wiremesh/wiremesh/control/store"
 )
 
 // dashboardZonesEvery is how often a dashboard event stream looks for zones
@@ -29,12 +30,14 @@ func (s *server) newDashboard() (*dashboard.Dashboard, error) {
 	})
 }
 
-// withPresence adds what this process knows of d's watch streams.
-func (s *server) withPresence(d api.Device) api.Device {
-	online, seen := s.presence.state(d.ID)
-	d.Online = &online
-	d.LastSeen = seen
-	return d
+// withPresence is d in its admin form: with its presence (online, last
+// seen) as the store records it for every replica.
+func withPresence(d store.Device) api.Device {
+	out := toAPIDevice(d)
+	online := d.Online
+	out.Online = &online
+	out.LastSeen = d.LastSeen.Truncate(time.Second)
+	return out
 }
 
 // dashboardEvents feeds a dashboard's live view: every zone's changes (as
@@ -126,15 +129,18 @@ func (o *observer) forward(zone string, sub *subscriber) {
 		select {
 		case <-o.ctx.Done():
 			return
-		case ev, ok := <-sub.ch:
-			if !ok {
-				o.cancel()
-				return
+		case <-sub.wake:
+			evs, open := sub.take()
+			for _, ev := range evs {
+				data := fmt.Appendf(nil, `{"zone":%q,"event":%s}`, zone, ev.line[:len(ev.line)-1])
+				select {
+				case o.changes <- dashboard.Event{Type: "change", Data: data}:
+				case <-o.ctx.Done():
+					return
+				}
 			}
-			data := fmt.Appendf(nil, `{"zone":%q,"event":%s}`, zone, ev.line[:len(ev.line)-1])
-			select {
-			case o.changes <- dashboard.Event{Type: "change", Data: data}:
-			case <-o.ctx.Done():
+			if !open {
+				o.cancel()
 				return
 			}
 		}

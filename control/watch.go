@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -46,37 +47,10 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 	}
 	defer s.hub.unsubscribe(sub)
 
-	var backlog [][]byte
-	var rev int64
-	// In a zone with a policy, or from before a policy change, a member's
-	// view is not the shared log: it starts over (hub_policy.go).
-	snapshot := since == 0 || s.hub.needsSnapshot(sub, since)
-	if !snapshot {
-		changes, cur, err := s.cfg.Store.Changes(ctx, zone, since)
-		switch {
-		case errors.Is(err, store.ErrCompacted) || (err == nil && since > cur) || isPolicyChange(changes):
-			// History gone, or a revision this store never issued (the
-			// service's state was replaced): start over.
-			snapshot = true
-		case err != nil:
-			writeError(w, s.storeErr(ctx, "watch", err))
-			return
-		default:
-			rev = cur
-			for _, c := range changes {
-				backlog = append(backlog, encodeChange(c))
-			}
-			// A heartbeat closes the backlog, so a resuming client knows at
-			// once that the stream is live even when it missed nothing.
-			backlog = append(backlog, encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev}))
-		}
-	}
-	if snapshot {
-		// The hub's copy of the zone, at the revision up to which it has
-		// handed changes to sub: nothing lost, nothing twice.
-		var line []byte
-		line, rev = s.hub.snapshot(sub)
-		backlog = [][]byte{line}
+	bl, err := s.watchBacklog(ctx, sub, d, since)
+	if err != nil {
+		writeError(w, s.storeErr(ctx, "watch", err))
+		return
 	}
 
 	h := w.Header()
@@ -85,8 +59,15 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	var deadline time.Time
 	send := func(lines ...[]byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		// Moving the deadline costs a timer update per write: move it only
+		// once a third of it has passed, so a member that stops reading is
+		// cut off after between 2/3 and all of watchWriteTimeout.
+		if now := time.Now(); deadline.Sub(now) < watchWriteTimeout*2/3 {
+			deadline = now.Add(watchWriteTimeout)
+			_ = rc.SetWriteDeadline(deadline)
+		}
 		for _, l := range lines {
 			if _, err := w.Write(l); err != nil {
 				return false
@@ -94,86 +75,147 @@ func (s *server) handleWatch(w http.ResponseWriter, r *http.Request, d store.Dev
 		}
 		return rc.Flush() == nil
 	}
-	if !send(backlog...) {
+	if !send(bl.lines...) || bl.deleted {
+		if bl.deleted {
+			s.log.InfoContext(ctx, "watch ended: device deleted", "zone", zone, "device", d.ID)
+		}
 		return
 	}
 	start := "resume"
-	if snapshot {
+	if bl.snapshot {
 		start = "snapshot"
 	}
 	s.metrics.watchStreams.WithLabelValues(start).Inc()
 	s.presence.connect(zone, d.ID)
 	deleted := false
 	defer func() { s.presence.disconnect(zone, d.ID, deleted) }()
-	s.log.DebugContext(ctx, "watch started", "zone", zone, "device", d.ID, "since", since, "rev", rev, "snapshot", snapshot)
+	s.log.DebugContext(ctx, "watch started", "zone", zone, "device", d.ID, "since", since, "rev", bl.rev, "snapshot", bl.snapshot)
+	deleted = s.streamWatch(ctx, sub, d, bl.rev, send)
+}
 
-	hb := time.NewTicker(s.cfg.HeartbeatInterval)
+// watchBacklog is what a watch stream starts with.
+type watchBacklog struct {
+	lines    [][]byte
+	rev      int64 // live events at or below it are skipped
+	snapshot bool  // lines is a snapshot (else the changes after since)
+	deleted  bool  // lines end with the device's own removal: end there
+}
+
+// watchBacklog reads what sub's stream starts with: the changes after
+// since, or a snapshot. It checks once that the device still exists (a
+// deletion after that reaches the stream as its remove event).
+func (s *server) watchBacklog(ctx context.Context, sub *subscriber, d store.Device, since int64) (watchBacklog, error) {
+	// In a zone with a policy, or from before a policy change, a member's
+	// view is not the shared log: it starts over (hub_policy.go).
+	bl := watchBacklog{snapshot: since == 0 || s.hub.needsSnapshot(sub, since)}
+	if !bl.snapshot {
+		changes, cur, err := s.cfg.Store.Changes(ctx, d.Zone, since)
+		switch {
+		case errors.Is(err, store.ErrCompacted) || (err == nil && since > cur) || isPolicyChange(changes):
+			// History gone, or a revision this store never issued (the
+			// service's state was replaced): start over.
+			bl.snapshot = true
+		case err != nil:
+			return bl, err
+		default:
+			bl.rev = cur
+			for _, c := range changes {
+				bl.lines = append(bl.lines, encodeChange(c))
+				if c.Kind == store.ChangeRemove && c.Device.ID == d.ID {
+					bl.deleted = true
+					return bl, nil
+				}
+			}
+			// A heartbeat closes the backlog, so a resuming client knows at
+			// once that the stream is live even when it missed nothing.
+			bl.lines = append(bl.lines, heartbeatLine(cur))
+		}
+	}
+	if bl.snapshot {
+		// The hub's copy of the zone, at the revision up to which it has
+		// handed changes to sub: nothing lost, nothing twice.
+		var line []byte
+		line, bl.rev = s.hub.snapshot(sub)
+		bl.lines = [][]byte{line}
+	}
+	// Deleted between authentication and subscription (its remove event
+	// came before sub): told the same way, its own removal, then the end.
+	if ok, rev := s.hub.present(sub); !ok {
+		bl.lines = append(bl.lines, encodeChange(store.Change{Rev: max(rev, bl.rev), Zone: d.Zone, Kind: store.ChangeRemove, Device: d}))
+		bl.deleted = true
+	}
+	return bl, nil
+}
+
+// streamWatch sends sub's events and jittered heartbeats until the stream
+// ends; it reports whether it ended because the device was deleted (its
+// own remove event was the last line sent). Heartbeats need no store: a
+// deletion, even through another replica sharing the store, reaches the
+// hub's change log (read on every update and poll) as a remove event.
+func (s *server) streamWatch(ctx context.Context, sub *subscriber, d store.Device, rev int64, send func(...[]byte) bool) bool {
+	every := s.cfg.HeartbeatInterval
+	hb := time.NewTimer(heartbeatDelay(every))
 	defer hb.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case ev, ok := <-sub.ch:
-			if !ok {
-				return // dropped (too slow, compacted) or shutting down
+			return false
+		case <-sub.wake:
+			evs, open := sub.take()
+			var lines [][]byte
+			from, deleted := rev, false
+			for _, ev := range evs {
+				if ev.rev <= rev {
+					continue
+				}
+				rev = ev.rev
+				if ev.presenceOf == d.ID {
+					continue // a member knows whether it is online
+				}
+				lines = append(lines, ev.line)
+				if ev.removed == d.ID {
+					deleted = true
+					break
+				}
 			}
-			if ev.rev <= rev {
-				continue
+			if len(lines) > 0 && !send(lines...) {
+				return false
 			}
-			rev = ev.rev
-			if !send(ev.line) {
-				return
+			for _, ev := range evs {
+				if ev.rev > from && ev.rev <= rev {
+					s.metrics.watchLag.Observe(time.Since(ev.at).Seconds())
+				}
 			}
-			s.metrics.watchLag.Observe(time.Since(ev.at).Seconds())
-			if ev.removed == d.ID {
-				deleted = true
+			if deleted {
 				// The device was deleted: it is told (the remove event
 				// about itself is the stream's last line), then its
 				// credentials are gone, and so is its view of the zone.
-				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", zone, "device", d.ID)
-				return
+				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", d.Zone, "device", d.ID)
+				return true
 			}
-			hb.Reset(s.cfg.HeartbeatInterval)
+			if !open {
+				return false // dropped (too slow, compacted) or shutting down
+			}
 		case <-hb.C:
-			// A stream must not outlive its device, even if the remove
-			// event was missed (a dropped hub subscription is closed, but
-			// be strict): check before every heartbeat.
-			if _, err := s.cfg.Store.Device(ctx, d.ID); errors.Is(err, store.ErrNotFound) {
-				deleted = true
-				s.sendOwnRemoval(ctx, sub, d, rev, send)
-				return
+			if !send(heartbeatLine(rev)) {
+				return false
 			}
-			if !send(encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})) {
-				return
-			}
+			hb.Reset(heartbeatDelay(every))
 		}
 	}
 }
 
-// sendOwnRemoval ends the stream of a device that a heartbeat found deleted
-// before its remove event arrived (deleted through another replica sharing
-// the store, or by a handler that has not fanned the change out yet). The
-// deletion is committed, so after hub.update the remove event is in sub.ch:
-// it sends what is pending up to and including it, and the stream ends the
-// same way whichever path noticed the deletion first.
-func (s *server) sendOwnRemoval(ctx context.Context, sub *subscriber, d store.Device, rev int64, send func(...[]byte) bool) {
-	s.hub.update(d.Zone)
-	for {
-		select {
-		case ev, ok := <-sub.ch:
-			if !ok {
-				return // dropped or shutting down: the client reconnects and gets 401
-			}
-			if ev.rev <= rev {
-				continue
-			}
-			rev = ev.rev
-			if !send(ev.line) || ev.removed == d.ID {
-				s.log.InfoContext(ctx, "watch ended: device deleted", "zone", d.Zone, "device", d.ID)
-				return
-			}
-		default:
-			return
-		}
+// heartbeatDelay is the wait before a stream's next heartbeat: every, less
+// up to a quarter at random, so the streams of a zone (opened together
+// after a restart, say) spread their heartbeats out instead of beating in
+// lockstep. Events do not reset it.
+func heartbeatDelay(every time.Duration) time.Duration {
+	if every < 4 {
+		return every
 	}
+	return every - rand.N(every/4)
+}
+
+func heartbeatLine(rev int64) []byte {
+	return encodeLine(api.WatchEvent{Type: api.EventHeartbeat, Revision: rev})
 }

@@ -7,18 +7,23 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/control/store"
 )
 
 // stream is an open watch stream.
 type stream struct {
 	t      testing.TB
 	events chan api.WatchEvent
+	// presence receives the presence events, kept off events so that
+	// tests about peer changes see only those.
+	presence chan api.WatchEvent
 	// done is closed when the stream has ended, after every event read
 	// before the end was queued on events; err is why it ended (nil: EOF).
 	done   chan struct{}
@@ -40,7 +45,8 @@ func (e *env) watch(zone, token string, since int64) *stream {
 	require.NoError(e.t, err)
 	require.Equal(e.t, http.StatusOK, resp.StatusCode)
 	require.Equal(e.t, "application/x-ndjson", resp.Header.Get("Content-Type"))
-	s := &stream{t: e.t, events: make(chan api.WatchEvent, 1024), done: make(chan struct{}), cancel: cancel}
+	s := &stream{t: e.t, events: make(chan api.WatchEvent, 1024), presence: make(chan api.WatchEvent, 1024),
+		done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(s.done)
 		defer resp.Body.Close()
@@ -51,6 +57,13 @@ func (e *env) watch(zone, token string, since int64) *stream {
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 				s.err = err
 				return
+			}
+			if ev.Type == api.EventPresence {
+				select {
+				case s.presence <- ev:
+				default: // a test that does not read them
+				}
+				continue
 			}
 			s.events <- ev
 		}
@@ -211,7 +224,9 @@ func TestWatchHeartbeatsAndClose(t *testing.T) {
 	select {
 	case ev := <-s.events:
 		require.Equal(t, api.EventHeartbeat, ev.Type)
-		require.Equal(t, snap.Revision, ev.Revision)
+		// At or past the snapshot: the member's own presence change, which
+		// its stream skips, may have come since.
+		require.GreaterOrEqual(t, ev.Revision, snap.Revision)
 	case <-time.After(10 * time.Second):
 		t.Fatal("no heartbeat")
 	}
@@ -343,5 +358,79 @@ func TestWatchTellsDeviceDeletedBehindItsBack(t *testing.T) {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the deleted device's watch stream stayed open")
+	}
+}
+
+// countingStore counts device lookups.
+type countingStore struct {
+	store.Store
+	lookups atomic.Int64
+}
+
+func (c *countingStore) Device(ctx context.Context, id string) (store.Device, error) {
+	c.lookups.Add(1)
+	return c.Store.Device(ctx, id)
+}
+
+// Heartbeats cost no store lookup: deletions reach a stream through the
+// hub's change log.
+func TestWatchHeartbeatsWithoutStoreLookups(t *testing.T) {
+	var cs *countingStore
+	e := newEnv(t, func(c *serverConfig) {
+		c.HeartbeatInterval = 5 * time.Millisecond
+		cs = &countingStore{Store: c.Store}
+		c.Store = cs
+	})
+	_, a := e.mustRegister(e.joinToken(api.DefaultZone, false), "a")
+	s := e.watch(api.DefaultZone, a.DeviceToken, 0)
+	require.Equal(t, api.EventSnapshot, s.next().Type)
+	before := cs.lookups.Load()
+	for range 10 {
+		select {
+		case ev := <-s.events:
+			require.Equal(t, api.EventHeartbeat, ev.Type)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no heartbeat")
+		}
+	}
+	require.Equal(t, before, cs.lookups.Load(), "heartbeats looked the device up")
+}
+
+func TestHeartbeatDelayIsJittered(t *testing.T) {
+	const every = 15 * time.Second
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		d := heartbeatDelay(every)
+		require.LessOrEqual(t, d, every)
+		require.Greater(t, d, every*3/4)
+		seen[d] = true
+	}
+	require.Greater(t, len(seen), 50, "heartbeat delays are spread out")
+	require.Equal(t, time.Duration(3), heartbeatDelay(3))
+}
+
+// A device deleted before its stream subscribed (its remove event came
+// before the subscription) still gets its own remove event, then the end,
+// from a snapshot or from a resume.
+func TestWatchBacklogOfDeletedDevice(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	_, a := e.mustRegister(e.joinToken(api.DefaultZone, false), "a")
+	d, err := e.st.Device(ctx, a.DeviceID)
+	require.NoError(t, err)
+	rev, _, err := e.st.Snapshot(ctx, api.DefaultZone)
+	require.NoError(t, err)
+	require.NoError(t, e.st.DeleteDevice(ctx, a.DeviceID))
+	for _, since := range []int64{0, rev} {
+		sub, err := e.srv.hub.subscribeAs(ctx, api.DefaultZone, d.ID)
+		require.NoError(t, err)
+		bl, err := e.srv.watchBacklog(ctx, sub, d, since)
+		require.NoError(t, err)
+		e.srv.hub.unsubscribe(sub)
+		require.True(t, bl.deleted, "since %d", since)
+		var last api.WatchEvent
+		require.NoError(t, json.Unmarshal(bl.lines[len(bl.lines)-1], &last))
+		require.Equal(t, api.EventRemove, last.Type, "since %d", since)
+		require.Equal(t, a.DeviceID, last.Peer.ID)
 	}
 }

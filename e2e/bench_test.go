@@ -70,7 +70,7 @@ func BenchmarkKernelThroughput(b *testing.B) {
 	join := func(h *netlab.Host) netip.Addr {
 		dir := b.TempDir()
 		p := h.Start(b, bin, "--token", token, "--insecure-http", "--hostname", h.Name(),
-			"--socket", filepath.Join(dir, "s.sock"), url)
+			"--socket", filepath.Join(dir, "s.sock"), "--state-dir", filepath.Join(dir, "state"), url)
 		line := p.WaitFor(b, "joined zone", startTimeout)
 		a := regexp.MustCompile(`address (\d+\.\d+\.\d+\.\d+)`).FindStringSubmatch(line)
 		if a == nil {

@@ -101,7 +101,6 @@ func BenchmarkJoinFirstByte(b *testing.B) {
 	require.NoError(b, err)
 	defer ln.Close()
 	go serveEcho(ln)
-	admin := s.AdminClient(b)
 	to := netip.AddrPortFrom(echo.Addr(), 7).String()
 
 	joins := max(b.N, minJoins)
@@ -130,10 +129,8 @@ func BenchmarkJoinFirstByte(b *testing.B) {
 		joined = append(joined, float64(tJoin)/float64(time.Millisecond))
 
 		b.StopTimer()
-		id := n.Status().Self.DeviceID
 		require.NoError(b, c.Close())
-		require.NoError(b, n.Close())
-		require.NoError(b, admin.DeleteDevice(ctx, id))
+		require.NoError(b, n.Close()) // ephemeral (no state dir): Close deletes it
 		meshtest.WaitPeers(b, echo, 0)
 		cancel()
 		b.StartTimer()

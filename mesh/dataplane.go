@@ -72,6 +72,17 @@ type dataPlane interface {
 	// (userspace) or within moments (kernel, in the background).
 	setPrefixes(ps []netip.Prefix)
 
+	// setFilter puts the node's inbound filter in force (see api.Filter;
+	// nil accepts everything, a filter without rules no new inbound flow)
+	// for traffic from the mesh to the node's tunnel addresses and child
+	// prefixes. Flows already accepted, and the node's own flows, keep
+	// flowing; the change applies to new flows. It never blocks on the
+	// host (the Node calls it from the watch loop): a userspace plane
+	// switches at once, a kernel plane replaces its nftables rules in one
+	// transaction, in the background, within moments. The plane keeps f
+	// (the caller must not modify it).
+	setFilter(f *api.Filter)
+
 	// status returns the WireGuard device's view of the peers and, in
 	// kernel mode, the interface and the routes not installed. After close
 	// it returns no peer stats.
@@ -118,6 +129,16 @@ type planeStatus struct {
 	ifname  string                // kernel mode: the TUN device
 	skipped []SkippedRoute        // kernel mode: peers' prefixes not routed
 	reach   magicsock.SelfInfo    // what the bind learned about the node
+	filter  filterCounters        // counters of the filter in force
+}
+
+// filterCounters are a plane's counts for the filter in force (see
+// dataPlane.setFilter) since it was set: rules has one count per
+// api.FilterRule (new flows accepted) when the plane could read them.
+type filterCounters struct {
+	filter  *api.Filter // the filter the counts belong to (nil: none)
+	rules   []uint64
+	dropped uint64 // packets of new flows no rule accepted
 }
 
 // newDataPlane makes the data plane of mode with c, listening on c.port.

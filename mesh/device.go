@@ -41,6 +41,7 @@ type wgDevice struct {
 	dev  *device.Device
 	ms   *magicsock.Conn // the bind: paths to peers through NATs (nat.go)
 	port uint16
+	priv api.Key // restored by repairDrift
 	pub  api.Key
 	log  *slog.Logger
 
@@ -50,7 +51,10 @@ type wgDevice struct {
 	want    map[api.Key]wgPeer    // as asked by the last applyPeers
 	applied map[api.Key]wgPeer    // as last written to the device
 	pending map[api.Key]time.Time // new peers held back until then (see holdDelay)
-	timer   *time.Timer           // re-syncs when a hold ends
+	timer   *time.Timer           // re-syncs when a hold or a restart is due
+
+	guard    *crossGuard          // between dev and its bind (see crossWindow)
+	restarts map[api.Key]*restart // replaced peers (see restartRetries)
 }
 
 // newBind returns the UDP transport of a node's WireGuard device: a
@@ -66,9 +70,14 @@ func newBind(batchSize int, cfg magicsock.Config) *magicsock.Conn {
 
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
-// error tdev is closed.
+// error tdev is closed. The device sends through a crossGuard around bind
+// (see crossWindow).
 func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
-	dev := device.NewDevice(tdev, bind, wgLogger(logger))
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	guard := guardCrossing(bind, logger)
+	dev := device.NewDevice(tdev, guard, wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
 		dev.Close()
@@ -78,17 +87,17 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		dev.Close()
 		return nil, fmt.Errorf("bring device up on UDP port %d: %w", port, err)
 	}
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
 	d := &wgDevice{
-		log:     logger,
-		dev:     dev,
-		ms:      bind,
-		pub:     api.PublicKey(priv),
-		want:    map[api.Key]wgPeer{},
-		applied: map[api.Key]wgPeer{},
-		pending: map[api.Key]time.Time{},
+		log:      logger,
+		dev:      dev,
+		ms:       bind,
+		priv:     priv,
+		pub:      api.PublicKey(priv),
+		want:     map[api.Key]wgPeer{},
+		applied:  map[api.Key]wgPeer{},
+		pending:  map[api.Key]time.Time{},
+		guard:    guard,
+		restarts: map[api.Key]*restart{},
 	}
 	st, err := d.stats()
 	if err != nil {
@@ -130,7 +139,8 @@ func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
 }
 
 // syncLocked writes d.want, minus what is held back from new peers (see
-// holdDelay), to the device, and arms the timer for the next hold to end.
+// holdDelay), to the device, replacing peers that restarted (see
+// restartRetries), and arms the timer for the next hold or restart due.
 func (d *wgDevice) syncLocked(now time.Time) error {
 	eff := make(map[api.Key]wgPeer, len(d.want))
 	have := maps.Clone(d.applied)
@@ -171,6 +181,11 @@ func (d *wgDevice) syncLocked(now time.Time) error {
 			delete(d.pending, k)
 		}
 	}
+	replace, due, err := d.restartsLocked(have, eff, now)
+	if err != nil {
+		return err
+	}
+	next = earliest(next, due)
 	if !next.IsZero() {
 		if d.timer == nil {
 			d.timer = time.AfterFunc(next.Sub(now), d.onTimer)
@@ -178,7 +193,10 @@ func (d *wgDevice) syncLocked(now time.Time) error {
 			d.timer.Reset(next.Sub(now))
 		}
 	}
-	cfg := diffPeers(have, eff)
+	cfg, err := d.replaceConfig(replace, have, eff)
+	if err != nil {
+		return err
+	}
 	if cfg == "" {
 		d.applied = eff
 		return nil

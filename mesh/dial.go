@@ -20,10 +20,12 @@ import (
 // *AmbiguousNameError (errors.Is(err, ErrAmbiguousName)) naming their
 // addresses, rather than reaching whichever member took it.
 //
-// The destination must be a tunnel address of the zone or inside a peer's
-// addresses or child prefixes; anything else fails with a *NoRouteError
-// (errors.Is(err, ErrNoRoute)) and nothing is sent. Dial never falls back
-// to the host network.
+// The destination must be the tunnel address of a member or inside a
+// member's child prefixes, as the node last heard from the service;
+// anything else (a tunnel address of the zone that no member holds
+// included) fails at once with a *NoRouteError (errors.Is(err,
+// ErrNoRoute)) and nothing is sent. Dial never falls back to the host
+// network.
 func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	fail := func(a netip.AddrPort, err error) error {
 		oe := &net.OpError{Op: "dial", Net: network, Err: err}
@@ -213,9 +215,10 @@ func (n *Node) resolve(host string, fam int) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// checkRoute returns a *NoRouteError unless ip is the node's own address, a
-// tunnel address of the zone, or inside some peer's addresses or child
-// prefixes.
+// checkRoute returns a *NoRouteError unless ip is the node's own address
+// or one of some peer's addresses or inside its child prefixes. A tunnel
+// address of the zone that no member holds has no route either: nothing
+// would answer, and a dial would hang until TCP gave up (minutes).
 func (n *Node) checkRoute(ip netip.Addr) error {
 	ip = ip.Unmap()
 	n.mu.Lock()
@@ -223,15 +226,13 @@ func (n *Node) checkRoute(ip netip.Addr) error {
 	if ip == n.self.ipv4 || ip == n.self.ipv6 {
 		return nil
 	}
-	if n.self.zone4.IsValid() && n.self.zone4.Contains(ip) || n.self.zone6.IsValid() && n.self.zone6.Contains(ip) {
-		return nil
-	}
 	for _, p := range n.peers {
 		if routesTo(p, ip) {
 			return nil
 		}
 	}
-	return &NoRouteError{Addr: ip}
+	inZone := n.self.zone4.IsValid() && n.self.zone4.Contains(ip) || n.self.zone6.IsValid() && n.self.zone6.Contains(ip)
+	return &NoRouteError{Addr: ip, InZone: inZone}
 }
 
 func routesTo(p api.Peer, ip netip.Addr) bool {

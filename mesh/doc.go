@@ -21,9 +21,9 @@
 // gVisor TCP/IP stack inside the process carries the node's tunnel addresses,
 // and the program reaches the mesh through [Node.Dial], [Node.Listen],
 // [Node.ListenPacket], [Node.Ping] and [Node.HTTPClient]. Destinations must
-// be tunnel addresses of the zone or inside a peer's child prefixes; anything
-// else fails with [ErrNoRoute] — there is never a fallback to the host
-// network.
+// be members' tunnel addresses or inside a member's child prefixes; anything
+// else (a tunnel address no member holds included) fails at once with
+// [ErrNoRoute] — there is never a fallback to the host network.
 //
 // # Kernel mode
 //

@@ -16,15 +16,20 @@ var ErrKernelModeUnsupported = errors.New("kernel mode: not supported on this pl
 var ErrNoRoute = errors.New("no route in the mesh")
 
 // NoRouteError is returned by Dial, Ping and friends when the destination
-// is neither a tunnel address of the zone nor inside a peer's addresses or
-// child prefixes. Nothing is sent, and there is no fallback to the host
-// network.
+// is neither a member's tunnel address nor inside a member's child
+// prefixes. Nothing is sent, and there is no fallback to the host network.
 type NoRouteError struct {
 	Addr netip.Addr
+	// InZone is true when Addr is in the zone's tunnel range but no
+	// member holds it (it left, or never was).
+	InZone bool
 }
 
 func (e *NoRouteError) Error() string {
-	return fmt.Sprintf("no route to %s in the mesh: not a tunnel address of the zone nor inside any peer's prefixes", e.Addr)
+	if e.InZone {
+		return fmt.Sprintf("no route to %s in the mesh: no member of the zone holds this tunnel address", e.Addr)
+	}
+	return fmt.Sprintf("no route to %s in the mesh: not a member's tunnel address nor inside any member's prefixes", e.Addr)
 }
 
 // Is makes errors.Is(err, ErrNoRoute) true.

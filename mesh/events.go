@@ -23,6 +23,11 @@ const (
 	ControlLost
 	// ControlRestored: the node is in sync with the service again.
 	ControlRestored
+	// PeerOnline: a member connected to the service (Peer.Online set).
+	PeerOnline
+	// PeerOffline: a member's connection to the service ended; it may
+	// still carry traffic with the members it knows.
+	PeerOffline
 )
 
 func (t EventType) String() string {
@@ -37,6 +42,10 @@ func (t EventType) String() string {
 		return "control-lost"
 	case ControlRestored:
 		return "control-restored"
+	case PeerOnline:
+		return "peer-online"
+	case PeerOffline:
+		return "peer-offline"
 	default:
 		return fmt.Sprintf("EventType(%d)", int(t))
 	}
@@ -46,7 +55,8 @@ func (t EventType) String() string {
 type Event struct {
 	Type EventType
 	Time time.Time
-	// Peer is the member concerned (PeerAdded, PeerUpdated, PeerRemoved).
+	// Peer is the member concerned (PeerAdded, PeerUpdated, PeerRemoved,
+	// PeerOnline, PeerOffline).
 	Peer Peer
 	// Err is why the connection to the service broke (ControlLost).
 	Err error

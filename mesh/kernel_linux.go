@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,9 +41,11 @@ type kernelPlane struct {
 	masquerade bool
 	table      *route.Linux
 
-	stop chan struct{} // closed by close: stops loop
-	kick chan struct{} // buffered 1: reconcile soon (setPrefixes)
-	wg   sync.WaitGroup
+	stop   chan struct{} // closed by close: stops loop
+	kick   chan struct{} // buffered 1: reconcile soon (setPrefixes)
+	repair chan struct{} // buffered 1: check the device for outside changes soon (after a UAPI connection)
+	wg     sync.WaitGroup
+	uapi   *uapiServer // nil when the socket could not be opened
 
 	// applyMu serializes reconciles and guards the fields below.
 	applyMu  sync.Mutex
@@ -50,9 +53,8 @@ type kernelPlane struct {
 	addrs    []netip.Prefix
 	peers    map[api.Key]wgPeer
 	fw       *route.Firewall // nil until the node has a child prefix
-	fwd4     bool            // IPv4 forwarding enabled by us
-	fwd6     bool
-	restores []func() error // undo forwarding changes
+	fwdOn    map[string]bool // forwarding sysctls this run turned on (see enableForwardingLocked)
+	restores []func() error  // undo forwarding changes
 	// fwdOrig maps a forwarding sysctl to its value before any run of this
 	// node changed it; kept in fwdFile (in the state directory) so that a
 	// run after a crash restores it on close.
@@ -64,6 +66,13 @@ type kernelPlane struct {
 	mu       sync.Mutex
 	skipped  []SkippedRoute
 	prefixes []netip.Prefix // the node's own child prefixes
+	// filter is the inbound filter wanted (setFilter; filterSet: ever
+	// given), appliedFilter the one in the nftables rules now.
+	filter        *api.Filter
+	filterSet     bool
+	appliedFilter *api.Filter
+	// fwRead is fw for status, which must not wait for applyMu.
+	fwRead atomic.Pointer[route.Firewall]
 }
 
 var _ dataPlane = (*kernelPlane)(nil)
@@ -108,6 +117,7 @@ func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
 		table:      table,
 		stop:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
+		repair:     make(chan struct{}, 1),
 		peers:      map[api.Key]wgPeer{},
 		prefixes:   slices.Clone(c.prefixes),
 	}
@@ -126,6 +136,7 @@ func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
 	if k.dev, err = startDevice(tdev, newBind(tdev.BatchSize(), c.bind), c.priv, c.port, c.log); err != nil {
 		return nil, err
 	}
+	k.openUAPI()
 	k.wg.Add(1)
 	go k.loop()
 	log.Info("mesh: kernel mode: TUN device up", "addrs", k.addrs, "listen_port", k.dev.port)
@@ -194,7 +205,11 @@ func (k *kernelPlane) loop() {
 		case <-k.stop:
 			return
 		case <-k.kick:
+		case <-k.repair:
+			k.repairDrift()
+			continue
 		case <-t.C:
+			k.repairDrift()
 		}
 		k.applyMu.Lock()
 		if !k.closed {
@@ -225,11 +240,27 @@ func (k *kernelPlane) reconcileLocked() {
 	}
 }
 
+func (k *kernelPlane) setFilter(f *api.Filter) {
+	k.mu.Lock()
+	k.filter, k.filterSet = f, true
+	k.mu.Unlock()
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (k *kernelPlane) status() planeStatus {
 	st := planeStatus{peers: k.dev.peerStats(), ifname: k.ifname, reach: k.dev.ms.Self()}
 	k.mu.Lock()
 	st.skipped = slices.Clone(k.skipped)
+	applied := k.appliedFilter
 	k.mu.Unlock()
+	if fw := k.fwRead.Load(); fw != nil && applied != nil {
+		if c, err := fw.InboundCounters(); err == nil {
+			st.filter = filterCounters{filter: applied, rules: c.Accepted, dropped: c.Dropped}
+		}
+	}
 	return st
 }
 
@@ -244,6 +275,9 @@ func (k *kernelPlane) close() error {
 	}
 	k.closed = true
 	k.applyMu.Unlock()
+	if k.uapi != nil {
+		k.uapi.close()
+	}
 	k.dev.close()
 	close(k.stop)
 	k.wg.Wait()

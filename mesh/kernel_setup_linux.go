@@ -58,12 +58,45 @@ func createTUN(ifname string, mtu int, log *slog.Logger) (tun.Device, error) {
 		}
 		return nil, fmt.Errorf("create TUN device %q: %w", ifname, err)
 	}
+	if err := markTUN(ifname); err != nil {
+		tdev.Close()
+		return nil, err
+	}
 	return tdev, nil
 }
 
+// tunAlias is the interface alias (ifalias, `ip link show` prints it)
+// every TUN device of ours carries, so that a later run can tell its own
+// leftover from someone else's device of the same name.
+const tunAlias = "wiremesh"
+
+func markTUN(ifname string) error {
+	link, err := netlink.LinkByName(ifname)
+	if err == nil {
+		err = netlink.LinkSetAlias(link, tunAlias)
+	}
+	if err != nil {
+		return fmt.Errorf("mark TUN device %q as wiremesh's (alias): %w", ifname, err)
+	}
+	return nil
+}
+
+// ours reports whether link is a device wiremesh made: it carries our
+// alias, or routes of our protocol (route.RouteProtocol; an earlier
+// version that set no alias).
+func ours(link netlink.Link) bool {
+	if link.Attrs().Alias == tunAlias {
+		return true
+	}
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: route.RouteProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	return err == nil && len(rs) > 0
+}
+
 // removeStaleTUN deletes a TUN device named ifname that no process holds
-// (a persistent leftover). A device of another kind, or one in use, is an
-// error: it is someone else's.
+// and that is ours (see ours): a persistent leftover of a crashed run. A
+// device of another kind, one in use, or an idle TUN device that is not
+// ours is an error: it is someone else's, and it stays.
 func removeStaleTUN(ifname string, log *slog.Logger) error {
 	link, err := netlink.LinkByName(ifname)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
@@ -78,6 +111,9 @@ func removeStaleTUN(ifname string, log *slog.Logger) error {
 	}
 	if tt.Queues > 0 {
 		return fmt.Errorf("TUN device %q is in use by another process (another agent?): stop it or choose another name with WithInterfaceName (--interface)", ifname)
+	}
+	if !ours(link) {
+		return fmt.Errorf("TUN device %q already exists and was not made by wiremesh (no %q alias): it belongs to another program; choose another name with WithInterfaceName (--interface), or delete it yourself (ip link del %s) if it is a leftover", ifname, tunAlias, ifname)
 	}
 	log.Info("mesh: removing leftover TUN device of an earlier run")
 	if err := netlink.LinkDel(link); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {

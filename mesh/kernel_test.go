@@ -63,9 +63,18 @@ func TestKernelModeInNamespace(t *testing.T) {
 		require.NoError(t, err, "%s %v: %s", name, args, out)
 		return string(out)
 	}
-	// Leftovers of a "crashed" run, and a directly connected network that
-	// a peer's prefix will overlap.
+	s := meshtest.NewServer(t)
+	pfx := netip.MustParsePrefix
+
+	// An idle TUN device of the same name that is not ours: refused, kept.
 	run("ip", "tuntap", "add", "dev", ifname, "mode", "tun")
+	_, err := meshtest.TryJoin(t, meshtest.NewServer(t), mesh.WithMode(mesh.Kernel), mesh.WithInterfaceName(ifname))
+	require.ErrorContains(t, err, "was not made by wiremesh")
+	require.Contains(t, run("ip", "link", "show", ifname), ifname)
+
+	// Leftovers of a "crashed" run (our TUN device carries our alias), and
+	// a directly connected network that a peer's prefix will overlap.
+	run("ip", "link", "set", ifname, "alias", "wiremesh")
 	run("nft", "add", "table", "inet", "wiremesh-"+ifname)
 	run("ip", "link", "add", "dum0", "type", "veth", "peer", "name", "dum1")
 	run("ip", "link", "set", "dum1", "up")
@@ -73,8 +82,6 @@ func TestKernelModeInNamespace(t *testing.T) {
 	run("ip", "link", "set", "dum0", "up")
 	require.Equal(t, "0", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/ip_forward")))
 
-	s := meshtest.NewServer(t)
-	pfx := netip.MustParsePrefix
 	u1 := meshtest.Join(t, s, mesh.WithHostname("u1"), mesh.WithChildPrefix(pfx("10.77.0.0/24")))
 	meshtest.Join(t, s, mesh.WithHostname("u2"), mesh.WithChildPrefix(pfx("10.88.0.0/24")))
 	k := meshtest.Join(t, s, mesh.WithHostname("k"), mesh.WithMode(mesh.Kernel), mesh.WithInterfaceName(ifname), mesh.WithChildPrefix(pfx("10.66.0.0/24")), mesh.WithMasquerade())
@@ -96,14 +103,17 @@ func TestKernelModeInNamespace(t *testing.T) {
 	require.Len(t, skipped, 1)
 	require.Equal(t, pfx("10.88.0.0/24"), skipped[0].Prefix)
 	require.Contains(t, skipped[0].Reason, "dum0")
-	_, err := k.Dial(ctx, "tcp", "10.88.0.5:80")
+	_, err = k.Dial(ctx, "tcp", "10.88.0.5:80")
 	require.ErrorIs(t, err, mesh.ErrNoRoute)
 	require.ErrorContains(t, err, "dum0")
 	_, err = k.Dial(ctx, "tcp", "192.0.2.1:80")
 	require.ErrorIs(t, err, mesh.ErrNoRoute)
 
-	// The router side: forwarding on, firewall table for its prefix.
-	require.Equal(t, "1", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/ip_forward")))
+	// The router side: forwarding on for the TUN device only (the global
+	// switch is never written), firewall table for its prefix.
+	require.Equal(t, "1", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/conf/"+ifname+"/forwarding")))
+	require.Equal(t, "0", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/ip_forward")))
+	require.Equal(t, "0", strings.TrimSpace(readFile(t, "/proc/sys/net/ipv4/conf/dum0/forwarding")))
 	rules := run("nft", "list", "table", "inet", "wiremesh-"+ifname)
 	require.Contains(t, rules, "10.66.0.0/24")
 	require.Contains(t, rules, "masquerade")
@@ -143,12 +153,17 @@ func TestKernelModeInNamespace(t *testing.T) {
 	waitFor(t, "route to 10.79.0.0/24", func() bool {
 		return strings.Contains(run("ip", "route", "show", "proto", "87"), "10.79.0.0/24 dev "+ifname)
 	})
-	id := u3.Status().Self.DeviceID
+	// Without a state directory u3 is ephemeral: Close deletes it.
 	require.NoError(t, u3.Close())
-	require.NoError(t, s.AdminClient(t).DeleteDevice(ctx, id))
 	waitFor(t, "route to 10.79.0.0/24 removed", func() bool {
 		return !strings.Contains(run("ip", "route", "show", "proto", "87"), "10.79.0.0/24")
 	})
+	// Its address is in the zone's range, routed on-link through the TUN
+	// device, but no member holds it: refused at once, not left to hang.
+	waitFor(t, "u3 gone from the peers", func() bool { return len(k.Status().Peers) == 2 })
+	_, err = k.Dial(ctx, "tcp", netip.AddrPortFrom(u3.Addr(), 80).String())
+	require.ErrorIs(t, err, mesh.ErrNoRoute)
+	require.ErrorContains(t, err, "no member of the zone holds")
 
 	// Close removes everything it added and restores forwarding.
 	require.NoError(t, k.Close())

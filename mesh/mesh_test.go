@@ -193,6 +193,23 @@ func TestNoRoute(t *testing.T) {
 	_, err = a.Ping(ctxT(t), netip.MustParseAddr("127.0.0.1"))
 	require.ErrorIs(t, err, mesh.ErrNoRoute)
 
+	// A tunnel address of the zone that no member holds fails at once (it
+	// used to hang until TCP gave up), and so does one whose member left.
+	b := meshtest.Join(t, s)
+	meshtest.WaitPeers(t, a, 1)
+	gone := b.Addr()
+	require.NoError(t, b.Close()) // ephemeral (no state dir): Close deletes it
+	meshtest.WaitPeers(t, a, 0)
+	for _, ip := range []netip.Addr{netip.MustParseAddr("100.64.0.200"), gone} {
+		start := time.Now()
+		_, err := a.Dial(ctxT(t), "tcp", netip.AddrPortFrom(ip, 80).String())
+		require.ErrorIs(t, err, mesh.ErrNoRoute, ip)
+		require.ErrorContains(t, err, "no member of the zone holds", ip)
+		_, err = a.Ping(ctxT(t), ip)
+		require.ErrorIs(t, err, mesh.ErrNoRoute, ip)
+		require.Less(t, time.Since(start), time.Second, "refused at once, not after a timeout")
+	}
+
 	// Nothing was dialled on the host: the first connection the listener
 	// accepts is this one.
 	mine, err := net.Dial("tcp", host.Addr().String())
@@ -246,8 +263,11 @@ func TestLateJoinerIsReached(t *testing.T) {
 	for {
 		select {
 		case ev := <-events:
-			if ev.Type == mesh.PeerUpdated {
-				continue // b (or c) advertising the candidates it discovered
+			switch ev.Type {
+			case mesh.PeerUpdated: // b (or c) advertising the candidates it discovered
+				continue
+			case mesh.PeerOnline, mesh.PeerOffline:
+				continue
 			}
 			require.Equal(t, mesh.PeerAdded, ev.Type)
 			require.Equal(t, "late", ev.Peer.Hostname)

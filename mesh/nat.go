@@ -32,7 +32,7 @@ func (n *Node) bindConfig() magicsock.Config {
 	}
 	cancel()
 	return magicsock.Config{
-		PrivateKey: n.priv,
+		PrivateKey: n.keys().priv,
 		Logger:     n.log,
 		FindSTUN:   n.client.STUNServers,
 		DialRelay:  n.client.DialRelay,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -31,13 +33,17 @@ const (
 // Node is a member of a mesh. It is safe for concurrent use. Create it with
 // Join; stop it with Close.
 type Node struct {
-	cfg    *config
-	url    string
-	log    *slog.Logger
-	priv   api.Key
-	pub    api.Key
-	client *controlclient.Client
-	state  stateDir
+	cfg *config
+	url string
+	log *slog.Logger
+	// key is the node's WireGuard key pair (RotateKey replaces it).
+	key atomic.Pointer[keyPair]
+	// rotateMu serializes RotateKey.
+	rotateMu sync.Mutex
+	client   *controlclient.Client
+	state    stateDir
+	// stateLock holds the state directory (see stateDir.lock) until Close.
+	stateLock io.Closer
 	// plane carries the traffic (see dataPlane); port is its UDP port.
 	// Set once by Join before the node is shared (under mu, which
 	// setPrefixesLocked reads it with); read-only after.
@@ -57,12 +63,15 @@ type Node struct {
 
 	// mu guards the fields below. Never held while calling the device, the
 	// netstack, the service or user code.
-	mu        sync.Mutex
-	closed    bool
-	self      selfInfo
-	peers     map[api.Key]api.Peer
-	revision  int64
-	synced    bool // a snapshot was applied in this run
+	mu       sync.Mutex
+	closed   bool
+	self     selfInfo
+	peers    map[api.Key]api.Peer
+	revision int64
+	synced   bool // a snapshot was applied in this run
+	// filter is the node's inbound filter from the service (nil: the
+	// zone has no policy, accept everything); see applyFilter.
+	filter    *api.Filter
 	connected bool
 	saved     savedState // what is written to the state directory
 	// wantPrefixes are the child prefixes asked for at registration:
@@ -118,14 +127,21 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 		return nil, err
 	}
 	sd := stateDir(cfg.stateDir)
+	lock, err := sd.lock()
+	if err != nil {
+		return nil, err
+	}
 	priv, saved, err := loadState(sd, serviceURL, cfg)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	n, err := newNode(cfg, serviceURL, sd, priv)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
+	n.stateLock = lock
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -145,14 +161,17 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 	if err := n.startPlane(port); err != nil {
 		return nil, err
 	}
+	// The saved filter is enforced until the service sends a new one.
+	n.plane.setFilter(n.currentFilter())
 	if needRegister || restorePeers {
 		// Work right away with the last known peers.
-		if err := n.applyPeerSet(peerMap(saved.Peers, n.pub), saved.Revision, false, false); err != nil {
+		if err := n.applyPeerSet(peerMap(saved.Peers, n.keys().pub), saved.Revision, false, false); err != nil {
 			return nil, err
 		}
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.run(needRegister)
+	go n.tokenLoop()
 	if !needRegister {
 		if err := n.waitFirstSync(ctx); err != nil {
 			return nil, err
@@ -217,6 +236,7 @@ func loadState(sd stateDir, serviceURL string, cfg *config) (api.Key, *savedStat
 func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, error) {
 	client, err := controlclient.New(controlclient.Config{
 		URL:              serviceURL,
+		FallbackURLs:     cfg.fallbackURLs,
 		Token:            cfg.token,
 		InsecureHTTP:     cfg.insecureHTTP,
 		Logger:           cfg.logger,
@@ -229,8 +249,6 @@ func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, 
 		cfg:       cfg,
 		url:       serviceURL,
 		log:       cfg.logger,
-		priv:      priv,
-		pub:       api.PublicKey(priv),
 		client:    client,
 		state:     sd,
 		peers:     map[api.Key]api.Peer{},
@@ -238,6 +256,7 @@ func newNode(cfg *config, serviceURL string, sd stateDir, priv api.Key) (*Node, 
 
 		wantPrefixes: canonPrefixes(cfg.childPrefixes),
 	}
+	n.key.Store(&keyPair{priv: priv, pub: api.PublicKey(priv)})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n, nil
 }
@@ -291,7 +310,7 @@ func (n *Node) registerOrResume(ctx context.Context, saved *savedState, port uin
 func (n *Node) startPlane(port uint16) error {
 	n.mu.Lock()
 	c := planeConfig{
-		priv:       n.priv,
+		priv:       n.keys().priv,
 		port:       port,
 		mtu:        n.cfg.mtu,
 		log:        n.log,
@@ -387,8 +406,15 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 
 	n.cancel()
+	if n.ephemeral() {
+		n.wg.Wait() // no re-registration when the watch hears of the removal
+		n.leave()
+	}
 	n.client.Close()
 	n.wg.Wait()
+	if n.stateLock != nil {
+		n.stateLock.Close()
+	}
 	n.events.close()
 	n.HTTPClient() // creates the transport if needed, so the read below is safe
 	n.httpTransport.CloseIdleConnections()

@@ -50,11 +50,13 @@ type config struct {
 	token         string
 	zone          string
 	stateDir      string
+	ephemeral     bool // WithEphemeral
 	hostname      string
 	listenPort    uint16
 	logger        *slog.Logger
 	mode          Mode
 	insecureHTTP  bool
+	fallbackURLs  []string // WithFallbackURLs
 	endpoints     []netip.AddrPort
 	mtu           int
 	childPrefixes []netip.Prefix
@@ -142,6 +144,16 @@ func WithMode(m Mode) Option {
 // are always accepted.
 func WithInsecureHTTP() Option {
 	return func(c *config) { c.insecureHTTP = true }
+}
+
+// WithFallbackURLs gives more URLs of the same service: its replicas on a
+// shared database (wiremesh serve --store postgres://…). When the service
+// URL cannot be reached, or answers that it is unavailable, the node moves
+// on to the next URL, round robin, and resumes its watch there from the
+// last revision it saw, missing no change. Same scheme as the service URL;
+// the join token is given once (WithToken or the service URL).
+func WithFallbackURLs(urls ...string) Option {
+	return func(c *config) { c.fallbackURLs = append(c.fallbackURLs, urls...) }
 }
 
 // WithEndpoints advertises these addresses for WireGuard UDP instead of the

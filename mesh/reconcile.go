@@ -23,6 +23,16 @@ type wgPeer struct {
 	// part of the UAPI configuration either.
 	Name       string
 	Candidates []api.Candidate
+	// Generation is the peer's registration count (api.Peer.Generation),
+	// 0 when unknown. When it changes, the peer restarted: the device
+	// replaces the peer instead of updating it (see restartRetries).
+	Generation uint64
+}
+
+// restarted reports whether want is a new start of the peer configured as
+// have: both generations are known and differ.
+func restarted(have, want wgPeer) bool {
+	return have.Generation != 0 && want.Generation != 0 && have.Generation != want.Generation
 }
 
 // shouldHold reports whether a node should let a newly seen peer initiate
@@ -47,7 +57,7 @@ func peerConfig(p api.Peer) (wgPeer, bool) {
 	if p.PublicKey.IsZero() {
 		return wgPeer{}, false
 	}
-	w := wgPeer{PublicKey: p.PublicKey, Name: p.Hostname, Candidates: peerCandidates(p)}
+	w := wgPeer{PublicKey: p.PublicKey, Generation: p.Generation, Name: p.Hostname, Candidates: peerCandidates(p)}
 	if p.IPv4.IsValid() {
 		w.AllowedIPs = append(w.AllowedIPs, netip.PrefixFrom(p.IPv4.Unmap(), 32))
 	}

@@ -29,16 +29,18 @@ func reservePort(port uint16, fallback bool) (uint16, error) {
 // register sends a registration with the node's key, hostname, zone, child
 // prefixes and endpoints.
 func (n *Node) register(ctx context.Context, port uint16) (api.RegisterResponse, error) {
+	k := n.keys()
 	req := api.RegisterRequest{
-		PublicKey: n.pub,
+		PublicKey: k.pub,
 		Hostname:  n.cfg.hostname,
 		Zone:      n.cfg.zone,
 		Endpoints: n.endpointsFor(ctx, port),
+		Ephemeral: n.ephemeral(),
 	}
 	for _, p := range n.wantedPrefixes() {
 		req.ChildPrefixes = append(req.ChildPrefixes, p.String())
 	}
-	resp, err := n.client.Register(ctx, n.priv, req)
+	resp, err := n.client.Register(ctx, k.priv, req)
 	if err == nil {
 		n.mu.Lock()
 		n.self.endpoints = req.Endpoints
@@ -80,6 +82,10 @@ func (n *Node) adoptRegistration(r api.RegisterResponse, port uint16) {
 	n.setPrefixesLocked(canonPrefixes(r.ChildPrefixes))
 	n.saved.URL = n.url
 	n.saved.DeviceToken = n.client.DeviceToken()
+	n.saved.DeviceTokenExpires = r.DeviceTokenExpiresAt
+	if _, fp, err := api.ParseJoinToken(n.cfg.token); err == nil && fp != nil {
+		n.saved.Fingerprint = fp
+	}
 	n.saved.ListenPort = port
 }
 
@@ -93,8 +99,9 @@ func (n *Node) adoptSavedPeers(s *savedState) bool {
 	if s == nil || s.Zone != n.self.zone || s.DeviceID != n.self.deviceID || s.IPv4 != n.self.ipv4 {
 		return false
 	}
-	n.peers = peerMap(s.Peers, n.pub)
+	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	return true
 }
 
@@ -113,8 +120,9 @@ func (n *Node) adoptSaved(s *savedState, port uint16) {
 		prefixes:  canonPrefixes(append(slices.Clone(s.ChildPrefixes), n.wantPrefixes...)),
 		endpoints: s.Endpoints,
 	}
-	n.peers = peerMap(s.Peers, n.pub)
+	n.peers = peerMap(s.Peers, n.keys().pub)
 	n.revision = s.Revision
+	n.filter = s.Filter
 	n.saved = *s
 	n.saved.ListenPort = port
 }
@@ -170,6 +178,7 @@ func (n *Node) saveState() error {
 		s.Peers = append(s.Peers, n.peers[k])
 	}
 	s.Revision = n.revision
+	s.Filter = n.filter
 	n.mu.Unlock()
 	return n.state.save(&s)
 }

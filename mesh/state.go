@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
 )
@@ -22,10 +23,16 @@ const (
 
 // savedState is what a node keeps in its state directory between runs.
 type savedState struct {
-	Version       int              `json:"version"`
-	URL           string           `json:"url"`
-	DeviceID      string           `json:"device_id"`
-	DeviceToken   string           `json:"device_token"`
+	Version     int    `json:"version"`
+	URL         string `json:"url"`
+	DeviceID    string `json:"device_id"`
+	DeviceToken string `json:"device_token"`
+	// DeviceTokenExpires is when DeviceToken expires (zero: never or
+	// unknown); the node rotates it before.
+	DeviceTokenExpires time.Time `json:"device_token_expires,omitzero"`
+	// Fingerprint is the service certificate's SHA-256 from the join
+	// token (nil: none), so that Forget can pin it without the token.
+	Fingerprint   []byte           `json:"fingerprint,omitempty"`
 	Zone          string           `json:"zone"`
 	Hostname      string           `json:"hostname"`
 	IPv4          netip.Addr       `json:"ipv4"`
@@ -37,6 +44,10 @@ type savedState struct {
 	ListenPort    uint16           `json:"listen_port"`
 	Peers         []api.Peer       `json:"peers"`
 	Revision      int64            `json:"revision"`
+	// Filter is the last inbound filter from the service (nil: none,
+	// accept everything), enforced again by a restarted node until the
+	// service sends another.
+	Filter *api.Filter `json:"filter,omitempty"`
 }
 
 // registered reports whether s holds a usable registration for url.
@@ -61,12 +72,18 @@ func (d stateDir) loadKey() (api.Key, error) {
 	if err == nil {
 		k, perr := api.ParseKey(strings.TrimSpace(string(b)))
 		if perr != nil {
-			return api.Key{}, fmt.Errorf("private key file %q is corrupt (remove it to create a new identity): %w", path, perr)
+			return api.Key{}, fmt.Errorf("private key file %q is corrupt (restore it, or remove the state directory to join as a new member): %w: %w", path, ErrIdentityLost, perr)
 		}
 		return k, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return api.Key{}, fmt.Errorf("private key file %q: %w", path, err)
+	}
+	if _, err := os.Stat(filepath.Join(string(d), stateFileName)); err == nil {
+		// A registration without its key: making a new key would silently
+		// become another member.
+		return api.Key{}, fmt.Errorf("state dir %q: %w: %s is missing but %s is there (restore the key, or remove the directory to join as a new member)",
+			string(d), ErrIdentityLost, keyFileName, stateFileName)
 	}
 	k, err := newPrivateKey()
 	if err != nil {

@@ -19,6 +19,11 @@ type Peer struct {
 	Prefixes []netip.Prefix
 	// Endpoints are the UDP addresses the peer advertises.
 	Endpoints []netip.AddrPort
+	// Online reports whether the peer holds a connection to the service,
+	// as the service last said (false from services that do not track
+	// it); LastSeen is when it last did (zero: unknown).
+	Online   bool
+	LastSeen time.Time
 }
 
 func publicPeer(p api.Peer) Peer {
@@ -28,6 +33,10 @@ func publicPeer(p api.Peer) Peer {
 		PublicKey: p.PublicKey,
 		Prefixes:  canonPrefixes(p.ChildPrefixes),
 		Endpoints: slices.Clone(p.Endpoints),
+		LastSeen:  p.LastSeen,
+	}
+	if p.Online != nil {
+		out.Online = *p.Online
 	}
 	if p.IPv4.IsValid() {
 		out.Addrs = append(out.Addrs, p.IPv4)
@@ -53,6 +62,8 @@ type Status struct {
 	// not routed through the TUN device and why (a prefix overlapping a
 	// network directly connected on this host). Dial and Ping refuse them.
 	SkippedRoutes []SkippedRoute
+	// Filter is the inbound filter the node enforces and its counters.
+	Filter FilterStatus
 }
 
 // SelfStatus describes the node itself.
@@ -75,6 +86,9 @@ type SelfStatus struct {
 	// Relay reports whether the node is connected to the service's relay
 	// (it is while some peer has no direct path).
 	Relay bool
+	// Ephemeral: the service deletes the device once it stays offline,
+	// and Close deletes it at once (see WithEphemeral).
+	Ephemeral bool
 }
 
 // PeerStatus is a peer with its WireGuard state.
@@ -89,6 +103,12 @@ type PeerStatus struct {
 	// Endpoint is the peer's address in use on a direct path (zero on the
 	// relay or while no path is known).
 	Endpoint netip.AddrPort
+	// Online reports whether the peer holds a connection to the service,
+	// as the service last said; LastSeen is when it last did. A peer that
+	// is online may still be unreachable: LastHandshake says whether the
+	// tunnel to it works.
+	Online   bool
+	LastSeen time.Time
 	// LastHandshake is the time of the last completed handshake; zero if
 	// none yet.
 	LastHandshake time.Time
@@ -107,7 +127,7 @@ func (n *Node) Status() Status {
 			DeviceID:   n.self.deviceID,
 			Hostname:   n.self.hostname,
 			Zone:       n.self.zone,
-			PublicKey:  n.pub,
+			PublicKey:  n.keys().pub,
 			Addrs:      []netip.Addr{n.self.ipv4},
 			Prefixes:   slices.Clone(n.self.prefixes),
 			ZoneIPv4:   n.self.zone4,
@@ -118,18 +138,21 @@ func (n *Node) Status() Status {
 			Interface:  ps.ifname,
 			NAT:        ps.reach.NAT,
 			Relay:      ps.reach.Relay,
+			Ephemeral:  n.ephemeral(),
 		},
 		SkippedRoutes:    ps.skipped,
 		ControlConnected: n.connected,
 		Revision:         n.revision,
 		EventsDropped:    n.events.dropped.Load(),
+		Filter:           filterStatus(n.filter, ps.filter),
 	}
 	if n.self.ipv6.IsValid() {
 		st.Self.Addrs = append(st.Self.Addrs, n.self.ipv6)
 	}
 	for _, k := range sortedPeerKeys(n.peers) {
 		p := publicPeer(n.peers[k])
-		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes}
+		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes,
+			Online: p.Online, LastSeen: p.LastSeen}
 		if s, ok := ps.peers[k]; ok {
 			pst.Endpoint, pst.Path = s.endpoint, s.path
 			pst.LastHandshake = s.lastHandshake

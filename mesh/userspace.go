@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -21,6 +22,7 @@ import (
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
+	"github.com/wiremesh/wiremesh/mesh/internal/pfilter"
 )
 
 // userspacePlane is the data plane of a userspace node: a WireGuard device
@@ -33,6 +35,11 @@ type userspacePlane struct {
 	tnet  *netstack.Net
 	fwd   *forwarder
 	addrs []netip.Addr // the tunnel addresses the netstack owns
+	// pf enforces the inbound filter in the netstack's inbound path, for
+	// the tunnel addresses and the forwarded child prefixes alike.
+	pf       *pfilter.Filter
+	filterMu sync.Mutex  // guards filter
+	filter   *api.Filter // the filter in force (counters belong to it)
 }
 
 var _ dataPlane = (*userspacePlane)(nil)
@@ -45,7 +52,8 @@ func newUserspacePlane(c planeConfig) (*userspacePlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &userspacePlane{dev: dev, tnet: tnet, addrs: addrs}
+	p := &userspacePlane{dev: dev, tnet: tnet, addrs: addrs, pf: pfilter.New()}
+	tnet.SetPacketFilter(p.pf)
 	p.fwd = newForwarder(tnet, c.handlers, c.log)
 	if err := p.fwd.start(); err != nil {
 		dev.close()
@@ -101,8 +109,22 @@ func (p *userspacePlane) setPrefixes(ps []netip.Prefix) {
 	p.fwd.setPrefixes(slices.Clone(ps))
 }
 
+func (p *userspacePlane) setFilter(f *api.Filter) {
+	p.filterMu.Lock()
+	defer p.filterMu.Unlock()
+	p.filter = f
+	p.pf.Set(f)
+}
+
 func (p *userspacePlane) status() planeStatus {
-	return planeStatus{peers: p.dev.peerStats(), reach: p.dev.ms.Self()}
+	p.filterMu.Lock()
+	c := p.pf.Counters()
+	fc := filterCounters{filter: p.filter, dropped: c.Dropped}
+	p.filterMu.Unlock()
+	for _, r := range c.Rules {
+		fc.rules = append(fc.rules, r.Accepted)
+	}
+	return planeStatus{peers: p.dev.peerStats(), filter: fc, reach: p.dev.ms.Self()}
 }
 
 // close ends the forwarded connections first, then the device, which

@@ -27,6 +27,10 @@ func (n *Node) run(needRegister bool) {
 					return
 				}
 				n.controlDown(err)
+				if errors.Is(wrapService("", err), ErrRevoked) {
+					n.log.Error("mesh: the service revoked this node's key; it no longer talks to the service", "err", err)
+					return
+				}
 				d := bo.next()
 				n.log.Debug("mesh: registration failed, retrying", "err", err, "in", d)
 				if !sleepCtx(n.ctx, d) {
@@ -64,7 +68,11 @@ func (n *Node) run(needRegister bool) {
 		}
 		n.controlDown(err)
 		var ae *api.Error
-		if errors.As(err, &ae) && (ae.Code == api.CodeUnauthorized || ae.Code == api.CodeNotFound) {
+		if errors.As(err, &ae) && ae.Code == api.CodeRevoked {
+			n.log.Error("mesh: the service revoked this node's key; it no longer talks to the service", "err", err)
+			return
+		}
+		if errors.As(err, &ae) && (ae.Code == api.CodeUnauthorized || ae.Code == api.CodeNotFound || ae.Code == api.CodeTokenExpired) {
 			if n.cfg.token != "" {
 				n.log.Warn("mesh: the service no longer knows this device; registering again", "err", err)
 				needRegister = true
@@ -88,14 +96,20 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	var next map[api.Key]api.Peer
 	switch ev.Type {
 	case api.EventSnapshot:
-		next = peerMap(ev.Peers, n.pub)
+		next = peerMap(ev.Peers, n.keys().pub)
+		for k, p := range next {
+			if n.isSelf(p) { // under its other key, around a key rotation
+				delete(next, k)
+			}
+		}
 		n.updateSelf(ev.Peers)
+		n.applyFilter(ev.Filter) // enforce: before the peers it may restrict
 	case api.EventUpsert:
 		if ev.Peer == nil {
 			n.log.Warn("mesh: upsert event without a peer; ignored", "revision", ev.Revision)
 			return nil
 		}
-		if ev.Peer.PublicKey == n.pub {
+		if n.isSelf(*ev.Peer) {
 			n.updateSelf([]api.Peer{*ev.Peer})
 			n.setRevision(ev.Revision)
 			return nil
@@ -123,6 +137,16 @@ func (n *Node) handleEvent(ev api.WatchEvent) error {
 	case api.EventHeartbeat:
 		n.setRevision(ev.Revision)
 		n.controlUp()
+		return nil
+	case api.EventPresence:
+		n.applyPresence(ev)
+		return nil
+	case api.EventFilter: // enforce
+		n.applyFilter(ev.Filter)
+		n.setRevision(ev.Revision)
+		if err := n.saveState(); err != nil {
+			n.log.Warn("mesh: saving state", "err", err)
+		}
 		return nil
 	default:
 		n.log.Debug("mesh: unknown watch event type; ignored", "type", ev.Type)
@@ -202,7 +226,7 @@ func (n *Node) applyPeerSet(next map[api.Key]api.Peer, rev int64, snapshot, live
 // released or added by an admin).
 func (n *Node) updateSelf(ps []api.Peer) {
 	for _, p := range ps {
-		if p.PublicKey != n.pub {
+		if !n.isSelf(p) {
 			continue
 		}
 		n.mu.Lock()
@@ -259,7 +283,8 @@ func peerMap(ps []api.Peer, self api.Key) map[api.Key]api.Peer {
 
 func samePeer(a, b api.Peer) bool {
 	return a.ID == b.ID && a.Hostname == b.Hostname && a.IPv4 == b.IPv4 && a.IPv6 == b.IPv6 &&
-		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints)
+		slices.Equal(a.ChildPrefixes, b.ChildPrefixes) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.Generation == b.Generation
 }
 
 func sortedPeerKeys(m map[api.Key]api.Peer) []api.Key {

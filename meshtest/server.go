@@ -42,6 +42,7 @@ type Server struct {
 }
 
 type serverConfig struct {
+	store     string
 	insecure  bool
 	logger    *slog.Logger
 	heartbeat time.Duration
@@ -52,6 +53,11 @@ type ServerOption func(*serverConfig)
 
 // WithInsecureHTTP serves plain HTTP instead of TLS (the URL is http://).
 func WithInsecureHTTP() ServerOption { return func(c *serverConfig) { c.insecure = true } }
+
+// WithStore serves from the PostgreSQL database dsn (control.Options.Store)
+// instead of SQLite in the data directory. Servers given one database are
+// replicas of one service: same certificate, key, tokens and members.
+func WithStore(dsn string) ServerOption { return func(c *serverConfig) { c.store = dsn } }
 
 // WithServerLogger sends the service's logs to l.
 func WithServerLogger(l *slog.Logger) ServerOption { return func(c *serverConfig) { c.logger = l } }
@@ -140,6 +146,7 @@ func (s *Server) start() error {
 	for {
 		svc, err := control.Start(context.Background(), control.Options{
 			DataDir:           s.DataDir,
+			Store:             s.cfg.store,
 			Listen:            s.api,
 			STUNListen:        s.stun,
 			InsecureHTTP:      s.cfg.insecure,

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -33,12 +34,19 @@ import (
 // the table. DockerUser edits only rules carrying its tag and never the
 // chain, the table or Docker's rules.
 //
+// While it is open, it checks every dockerRecheck that its rules are
+// still there and puts them back when they are not: a Docker or firewall
+// restart flushes DOCKER-USER (or deletes and recreates it) under a
+// running router. A chain that is missing (Docker stopped) is waited for.
+//
 // It is safe for concurrent use.
 type DockerUser struct {
 	ifname string
 	log    *slog.Logger
 	ns     netns.NsHandle // owned duplicate, or None
 	conn   *nftables.Conn
+	stop   chan struct{} // closed by Close: ends the watch
+	done   chan struct{} // closed when the watch has ended
 
 	mu struct {
 		sync.Mutex
@@ -46,6 +54,10 @@ type DockerUser struct {
 		prefixes []netip.Prefix
 	}
 }
+
+// dockerRecheck is how often a DockerUser checks that its rules are there
+// (one netlink dump of the chain); tests shorten it.
+var dockerRecheck = 2 * time.Second
 
 // DockerUserExists reports whether Docker's DOCKER-USER chain exists in
 // nftables table ip filter (Docker with the iptables-nft backend, as on
@@ -100,7 +112,71 @@ func NewDockerUser(cfg DockerUserConfig, opts ...Option) (*DockerUser, error) {
 		d.log.Info("replaced leftover DOCKER-USER rules", "rules", removed)
 	}
 	d.mu.prefixes = cfg.Prefixes
+	d.stop, d.done = make(chan struct{}), make(chan struct{})
+	go d.watch(dockerRecheck)
 	return d, nil
+}
+
+// watch puts the rules back when they disappear, until Close.
+func (d *DockerUser) watch(every time.Duration) {
+	defer close(d.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		if !d.mu.closed {
+			d.recheckLocked()
+		}
+		d.mu.Unlock()
+	}
+}
+
+// recheckLocked reinserts the rules when some are missing.
+func (d *DockerUser) recheckLocked() {
+	chains, err := dockerUserChains(d.conn)
+	if err != nil {
+		d.log.Debug("checking the DOCKER-USER rules", "err", err)
+		return
+	}
+	want := 0
+	for _, p := range d.mu.prefixes {
+		fam := nftables.TableFamilyIPv4
+		if p.Addr().Is6() {
+			fam = nftables.TableFamilyIPv6
+		}
+		if chains[fam] != nil {
+			want++
+		}
+	}
+	if chains[nftables.TableFamilyIPv4] == nil || want == 0 {
+		return // Docker is not running: its chain comes back with it
+	}
+	have := 0
+	for _, c := range chains {
+		rules, err := d.conn.GetRules(c.Table, c)
+		if err != nil {
+			d.log.Debug("checking the DOCKER-USER rules", "err", err)
+			return
+		}
+		for _, r := range rules {
+			if isDockerRule(ruleComment(r), d.ifname) {
+				have++
+			}
+		}
+	}
+	if have == want {
+		return
+	}
+	if _, err := d.replace(d.mu.prefixes, true); err != nil {
+		d.log.Warn("DOCKER-USER rules were removed (a Docker or firewall restart?) and putting them back failed; retrying", "err", err)
+		return
+	}
+	d.log.Info("DOCKER-USER rules were removed (a Docker or firewall restart?); put them back", "prefixes", d.mu.prefixes)
 }
 
 // Prefixes returns the prefixes the rules currently cover.
@@ -139,11 +215,16 @@ func (d *DockerUser) Update(prefixes []netip.Prefix) error {
 // net.ErrClosed.
 func (d *DockerUser) Close() error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.mu.closed {
+		d.mu.Unlock()
 		return net.ErrClosed
 	}
 	d.mu.closed = true
+	d.mu.Unlock()
+	close(d.stop)
+	<-d.done
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	defer d.ns.Close()
 	if _, err := d.replace(nil, false); err != nil {
 		return fmt.Errorf("route.DockerUser.Close: %w", err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,8 @@ func (n *testNS) dockerChains(t *testing.T, v6 bool) {
 }
 
 func TestDockerUserRules(t *testing.T) {
+	defer func(d time.Duration) { dockerRecheck = d }(dockerRecheck)
+	dockerRecheck = 100 * time.Millisecond
 	n := newTestNS(t)
 	ctx := WithNetNS(n.ns)
 
@@ -133,6 +136,16 @@ func TestDockerUserRules(t *testing.T) {
 	require.NoError(t, d.Update(d.Prefixes()))
 	require.Equal(t, ours("192.168.7.0/24"), chain())
 	n2.iptables(t, "iptables-nft", "-A", "DOCKER-USER", "-j", "RETURN")
+
+	// So does the DockerUser itself, without being asked: a flush (Docker
+	// or a firewall restarting) while it runs.
+	n2.iptables(t, "iptables-nft", "-F", "DOCKER-USER")
+	n2.iptables(t, "iptables-nft", "-A", "DOCKER-USER", "-j", "RETURN")
+	deadline := time.Now().Add(10 * dockerRecheck)
+	for !slices.Equal(append(ours("192.168.7.0/24"), `-A DOCKER-USER -j RETURN`), chain()) {
+		require.True(t, time.Now().Before(deadline), "rules not put back: %q", chain())
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// Close removes ours only; a second Close reports it.
 	require.NoError(t, d.Close())

@@ -67,3 +67,28 @@ func checkTableName(name string) error {
 	}
 	return nil
 }
+
+// InboundRule is one kind of new flow a Firewall accepts from the mesh
+// interface once an inbound filter is set (see Firewall.SetInbound): the
+// source inside one of Src, the destination inside one of Dst, the
+// protocol Proto and, for tcp and udp, the destination port inside one of
+// Ports (empty: every port). IPv4 and IPv6 prefixes may be mixed; each
+// family matches its own.
+type InboundRule struct {
+	Src, Dst []netip.Prefix
+	// Proto is "tcp", "udp", "icmp" (ICMP and ICMPv6) or "any".
+	Proto string
+	// Ports are inclusive ranges of destination ports, [first, last].
+	Ports [][2]uint16
+}
+
+// InboundCounters are the counts of a Firewall's inbound filter since it
+// was last set (see Firewall.InboundCounters).
+type InboundCounters struct {
+	// Accepted holds, per InboundRule, the packets of new flows it
+	// accepted (input and forward together).
+	Accepted []uint64
+	// Dropped counts the packets from the mesh interface that started a
+	// new flow no rule accepted.
+	Dropped uint64
+}

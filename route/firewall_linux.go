@@ -45,12 +45,14 @@ type Firewall struct {
 	conn  *nftables.Conn
 	table *nftables.Table
 	fwd   *nftables.Chain
+	input *nftables.Chain // the inbound filter for the host's addresses (SetInbound)
 	nat   *nftables.Chain // nil without Masquerade
 
 	mu struct {
 		sync.Mutex
 		closed   bool
 		prefixes []netip.Prefix
+		inbound  []InboundRule // nil: no inbound filter (SetInbound)
 	}
 }
 
@@ -129,6 +131,9 @@ func (f *Firewall) Update(prefixes []netip.Prefix) error {
 		return net.ErrClosed
 	}
 	f.conn.FlushChain(f.fwd)
+	if f.input != nil {
+		f.conn.FlushChain(f.input)
+	}
 	if f.nat != nil {
 		f.conn.FlushChain(f.nat)
 	}
@@ -167,7 +172,8 @@ func deleteTable(conn *nftables.Conn, name string) error {
 	return nil
 }
 
-// addRules queues the rules for ps (see Firewall) on f.conn.
+// addRules queues the rules for ps (see Firewall) and the inbound filter
+// (see SetInbound) on f.conn.
 func (f *Firewall) addRules(ps []netip.Prefix) {
 	ifc := f.cfg.Interface
 	add := func(c *nftables.Chain, comment string, exprs ...[]expr.Any) {
@@ -178,14 +184,28 @@ func (f *Firewall) addRules(ps []netip.Prefix) {
 	}
 	accept := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept}}
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
-	add(f.fwd, "wiremesh: replies from the mesh", ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), ctEstablished(), accept)
-	add(f.fwd, "wiremesh: replies into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), ctEstablished(), accept)
-	for _, p := range ps {
-		add(f.fwd, "wiremesh: mesh to child prefix "+p.String(), ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), addrMatch(p, false), accept)
-		add(f.fwd, "wiremesh: child prefix "+p.String()+" to mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), addrMatch(p, true), accept)
+	if f.mu.inbound != nil {
+		// From the mesh, only new flows the filter accepts, to the child
+		// prefixes (forward) and to the host (input).
+		add(f.fwd, "wiremesh: replies into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), ctEstablished(), accept)
+		for _, p := range ps {
+			add(f.fwd, "wiremesh: child prefix "+p.String()+" to mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), addrMatch(p, true), accept)
+		}
+		add(f.fwd, "wiremesh: nothing else into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), drop)
+		f.addInboundRules(f.fwd, f.mu.inbound)
+		if f.input != nil {
+			f.addInboundRules(f.input, f.mu.inbound)
+		}
+	} else {
+		add(f.fwd, "wiremesh: replies from the mesh", ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), ctEstablished(), accept)
+		add(f.fwd, "wiremesh: replies into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), ctEstablished(), accept)
+		for _, p := range ps {
+			add(f.fwd, "wiremesh: mesh to child prefix "+p.String(), ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), addrMatch(p, false), accept)
+			add(f.fwd, "wiremesh: child prefix "+p.String()+" to mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), addrMatch(p, true), accept)
+		}
+		add(f.fwd, inboundDrop, ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), drop)
+		add(f.fwd, "wiremesh: nothing else into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), drop)
 	}
-	add(f.fwd, "wiremesh: nothing else from the mesh", ifname(unix.NFT_META_IIFNAME, unix.NFT_CMP_EQ, ifc), drop)
-	add(f.fwd, "wiremesh: nothing else into the mesh", ifname(unix.NFT_META_OIFNAME, unix.NFT_CMP_EQ, ifc), drop)
 	if f.nat == nil {
 		return
 	}

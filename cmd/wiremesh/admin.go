@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -297,15 +296,25 @@ func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c, pos, err := adminCmd("device delete", "device delete [flags] ID", stderr, args, 1, nil)
+	var revoke bool
+	c, pos, err := adminCmd("device delete", "device delete [flags] ID", stderr, args, 1, func(fs *flag.FlagSet) {
+		fs.BoolVar(&revoke, "revoke", false, "also refuse the device's key from then on (a lost or stolen machine): it can never register again")
+	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.DeleteDevice(ctx, pos[0]); err != nil {
+	del := c.DeleteDevice
+	if revoke {
+		del = c.RevokeDevice
+	}
+	if err := del(ctx, pos[0]); err != nil {
 		return c.fail(fmt.Sprintf("device delete %q", pos[0]), err)
 	}
 	fmt.Fprintf(stdout, "device %s deleted; its addresses and prefixes are free\n", pos[0])
+	if revoke {
+		fmt.Fprintf(stdout, "its key is revoked: it can never register again\n")
+	}
 	return nil
 }
 
@@ -332,24 +341,4 @@ func runPrefixList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Zone, p.Prefix, p.DeviceID, p.Hostname)
 	}
 	return tw.Flush()
-}
-
-func runPrefixRelease(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var zone string
-	c, pos, err := adminCmd("prefix release", "prefix release [flags] PREFIX", stderr, args, 1, func(fs *flag.FlagSet) {
-		fs.StringVar(&zone, "zone", api.DefaultZone, "zone of the prefix")
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p, err := netip.ParsePrefix(pos[0])
-	if err != nil || p != p.Masked() {
-		return usageErr("prefix release: %q is not a canonical CIDR prefix", pos[0])
-	}
-	if err := c.ReleasePrefix(ctx, zone, p); err != nil {
-		return c.fail(fmt.Sprintf("prefix release %s --zone %q", p, zone), err)
-	}
-	fmt.Fprintf(stdout, "prefix %s released in zone %q\n", p, zone)
-	return nil
 }

@@ -21,15 +21,24 @@ import (
 	"github.com/wiremesh/wiremesh/mesh"
 )
 
-const joinUsage = `usage: wiremesh [join] [flags] URL
+const joinUsage = `usage: wiremesh [join] [flags] URL [URL...]
 
 Joins the mesh coordinated by the service at URL as a member (a spoke) and
 stays a member until interrupted (SIGINT/SIGTERM). Kernel mode is the
 default: a TUN device (--interface, default wg0) with the tunnel addresses
 and routes to the zone and every member's child prefixes; it needs root.
---userspace runs without root or TUN device (reachable only through the
-mesh library). On exit the interface and everything the agent added are
-removed; the registration stays (see 'wiremesh device delete').
+--userspace runs without root or TUN device: programs reach the mesh
+through --socks5-server or --http-proxy (or the mesh library). On exit the
+interface and everything the agent added are removed; the registration
+stays, and the same command started again (or after a reboot) is the same
+member with the same addresses and prefixes: the key and registration are
+kept in a state directory (as root /var/lib/wiremesh/INTERFACE, else
+$XDG_STATE_HOME/wiremesh/INSTANCE). 'wiremesh down' leaves for good;
+--ephemeral joins without a state directory, and the device is deleted
+when the agent stops (or stays offline for the service's ephemeral
+timeout).
+More URLs are replicas of the same service (on a shared database): the
+member moves on to the next when one is unreachable.
 
 flags:
 `
@@ -39,13 +48,17 @@ type agentFlags struct {
 	token, stateDir, zone, hostname, ifname, socket string
 	listenPort                                      uint
 	userspace, insecureHTTP, masquerade, verbose    bool
+	ephemeral, ifaceSet                             bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
+	services                                        serviceFlags
+	fallbackURLs                                    []string // more URLs: replicas of the service
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.token, "token", "", "join token (default $WIREMESH_TOKEN)")
-	fs.StringVar(&a.stateDir, "state-dir", "", "directory keeping the node's key and last peer list (default: none, ephemeral identity)")
+	fs.StringVar(&a.stateDir, "state-dir", "", "directory keeping the node's key, registration and last peer list (default: /var/lib/wiremesh/INSTANCE as root, else $XDG_STATE_HOME/wiremesh/INSTANCE; INSTANCE is the interface, or userspace[-INTERFACE])")
+	fs.BoolVar(&a.ephemeral, "ephemeral", false, "no state directory (unless --state-dir): a new identity each start, deleted at the service when the agent stops or stays offline")
 	fs.StringVar(&a.zone, "zone", "", "zone to join (default: the join token's zone)")
 	fs.StringVar(&a.hostname, "hostname", "", "name other members see (default: the host name)")
 	fs.UintVar(&a.listenPort, "listen-port", 0, "WireGuard UDP port (default: saved or random)")
@@ -57,6 +70,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
 	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
 	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
+	a.services.register(fs)
 }
 
 // runJoin implements `wiremesh join` (and `wiremesh URL`): a spoke.
@@ -66,30 +80,14 @@ func runJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // runAgent runs a member until ctx ends or a signal arrives.
 func runAgent(ctx context.Context, name, usage string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // run prints a bad flag's error once
-	var a agentFlags
-	a.register(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	pos, err := parseInterleaved(fs, args)
+	a, fs, url, err := parseAgentArgs(name, usage, args, stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	for _, u := range append([]string{url}, a.fallbackURLs...) {
+		if err := checkServiceURL(name+": service URL", u); err != nil {
 			return err
 		}
-		return &usageError{fmt.Errorf("%s: %w", name, err)}
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return usageErr("%s: want exactly one service URL, got %d arguments", name, len(pos))
-	}
-	url := pos[0]
-	if err := checkServiceURL(name+": service URL", url); err != nil {
-		return err
 	}
 	opts, err := a.options(name, stderr)
 	if err != nil {
@@ -104,11 +102,17 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 	}
 	sock := a.socket
 	if sock == "" {
-		sock = defaultSocketPath(a.ifname)
+		sock = defaultSocketPath(agentInstance(a.userspace, a.ifname, a.ifaceSet))
 	}
 	if statusSocketLive(sock) {
 		return fmt.Errorf("%s: another agent is running: its status socket %s answers (stop it, or pass another --interface or --socket)", name, sock)
 	}
+
+	svc, err := a.services.listen(name)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -129,63 +133,55 @@ func runAgent(ctx context.Context, name, usage string, args []string, stdout, st
 		}
 	}
 
-	st := n.Status()
-	// One write per line: readers (and tests) see whole lines.
-	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
-	if addrs := n.Addrs(); len(addrs) > 1 {
-		line += fmt.Sprintf(" and %s", addrs[1])
-	}
-	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
-	if st.Self.Interface != "" {
-		line += ", interface " + st.Self.Interface
-	} else {
-		line += ", userspace mode"
-	}
-	fmt.Fprintln(stdout, line)
-	if ps := n.Prefixes(); len(ps) > 0 {
-		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
-	}
-	if !st.ControlConnected {
-		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
-	}
-	srv, err := serveStatus(sock, n.Status)
+	st := printJoined(stdout, n)
+	srv, err := serveStatus(sock, n)
 	if err != nil {
 		fmt.Fprintf(stderr, "wiremesh: no status socket (wiremesh status will not work): %v\n", err)
 	} else {
 		defer srv.Close()
 	}
+	if err := svc.serve(n, stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
 
-	events := n.Watch(ctx)
-	for _, p := range st.Peers {
-		fmt.Fprintf(stdout, "peer up: %s %s\n", p.Hostname, joinAddrs(p.Addrs))
-	}
-	printSkipped(stdout, nil, st.SkippedRoutes)
-	skipped := st.SkippedRoutes
-	for ev := range events {
-		switch ev.Type {
-		case mesh.PeerAdded:
-			fmt.Fprintf(stdout, "peer up: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerUpdated:
-			fmt.Fprintf(stdout, "peer changed: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.PeerRemoved:
-			fmt.Fprintf(stdout, "peer gone: %s %s\n", ev.Peer.Hostname, joinAddrs(ev.Peer.Addrs))
-		case mesh.ControlLost:
-			fmt.Fprintf(stdout, "lost the service (%v): the mesh keeps working with the known peers\n", ev.Err)
-		case mesh.ControlRestored:
-			fmt.Fprintf(stdout, "connected to the service\n")
-		}
-		now := n.Status().SkippedRoutes
-		printSkipped(stdout, skipped, now)
-		skipped = now
-	}
-	fmt.Fprintf(stdout, "leaving (the node keeps its registration)\n")
+	left := leaveOrWait(ctx, n, srv, stop, stdout, st)
 	if srv != nil {
 		srv.Close()
 	}
-	if err := n.Close(); err != nil {
+	svc.close()
+	if err := n.Close(); err != nil && !left {
 		return fmt.Errorf("%s: close: %w", name, err)
 	}
 	return nil
+}
+
+// parseAgentArgs parses the flags and the service URLs of `wiremesh join`
+// or `wiremesh router`.
+func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agentFlags, *flag.FlagSet, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints a bad flag's error once
+	a := &agentFlags{}
+	a.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, "", err
+		}
+		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
+	}
+	fs.Visit(func(f *flag.Flag) { a.ifaceSet = a.ifaceSet || f.Name == "interface" })
+	if len(pos) == 0 {
+		fs.Usage()
+		return nil, nil, "", usageErr("%s: want a service URL (and optionally more URLs of its replicas)", name)
+	}
+	a.fallbackURLs = pos[1:]
+	return a, fs, pos[0], nil
 }
 
 // options turns the flags into mesh options.
@@ -197,10 +193,19 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 		a.token = os.Getenv("WIREMESH_TOKEN")
 	}
 
+	stateDir := a.stateDir
+	if stateDir == "" && !a.ephemeral {
+		d, err := defaultStateDir(agentInstance(a.userspace, a.ifname, a.ifaceSet))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		stateDir = d
+	}
 	opts := []mesh.Option{
+		mesh.WithFallbackURLs(a.fallbackURLs...),
 		mesh.WithToken(a.token),
 		mesh.WithZone(a.zone),
-		mesh.WithStateDir(a.stateDir),
+		mesh.WithStateDir(stateDir),
 		mesh.WithHostname(a.hostname),
 		mesh.WithListenPort(uint16(a.listenPort)),
 		mesh.WithMode(mesh.Kernel),
@@ -211,6 +216,9 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	}
 	if a.masquerade {
 		opts = append(opts, mesh.WithMasquerade())
+	}
+	if a.ephemeral {
+		opts = append(opts, mesh.WithEphemeral())
 	}
 	for _, s := range a.childPrefixes {
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
@@ -321,4 +329,29 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// printJoined prints the lines that say the node joined, and returns its
+// status.
+func printJoined(stdout io.Writer, n *mesh.Node) mesh.Status {
+	st := n.Status()
+	// One write per line: readers (and tests) see whole lines.
+	line := fmt.Sprintf("joined zone %q as %q: address %s", st.Self.Zone, st.Self.Hostname, n.Addr())
+	if addrs := n.Addrs(); len(addrs) > 1 {
+		line += fmt.Sprintf(" and %s", addrs[1])
+	}
+	line += fmt.Sprintf(", WireGuard port %d", st.Self.ListenPort)
+	if st.Self.Interface != "" {
+		line += ", interface " + st.Self.Interface
+	} else {
+		line += ", userspace mode"
+	}
+	fmt.Fprintln(stdout, line)
+	if ps := n.Prefixes(); len(ps) > 0 {
+		fmt.Fprintf(stdout, "child prefixes: %s\n", joinAddrs(ps))
+	}
+	if !st.ControlConnected {
+		fmt.Fprintf(stdout, "the service is not reachable: running with the saved peers, retrying in the background\n")
+	}
+	return st
 }

@@ -78,11 +78,12 @@ func TestJoinCommand(t *testing.T) {
 	require.Contains(t, stOut.String(), `cli in zone "default", userspace mode`)
 	stOut.Reset()
 	require.NoError(t, runStatus(ctx, []string{"--socket", sock, "--json"}, &stOut, &errOut))
-	var st mesh.Status
+	var st statusJSON
 	require.NoError(t, json.Unmarshal(stOut.Bytes(), &st))
 	require.Equal(t, "cli", st.Self.Hostname)
+	require.Equal(t, "userspace", st.Self.Mode)
 	require.Len(t, st.Peers, 1)
-	require.Equal(t, first.Addr(), st.Peers[0].Addrs[0])
+	require.Equal(t, first.Addr(), st.Peers[0].Addresses[0])
 	fi, err := os.Stat(sock)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
@@ -119,7 +120,10 @@ func TestJoinCommandErrors(t *testing.T) {
 	require.ErrorContains(t, err, "not a wiremesh join token")
 
 	err = runJoin(context.Background(), agentArgs(t, "--userspace"), &out, &errOut)
-	require.ErrorContains(t, err, "want exactly one service URL")
+	require.ErrorContains(t, err, "want a service URL")
+
+	err = runJoin(context.Background(), agentArgs(t, "--userspace", "--token", s.Token, s.URL, "ftp://replica"), &out, &errOut)
+	require.ErrorContains(t, err, `service URL "ftp://replica"`)
 }
 
 func TestJoinKernelModeNeedsRoot(t *testing.T) {
@@ -143,7 +147,7 @@ func TestRouterUsage(t *testing.T) {
 		{"bad prefix", []string{"--userspace", "--child-prefix", "nonsense", "http://127.0.0.1:1"}, `--child-prefix "nonsense": not a CIDR`},
 		{"host bits", []string{"--userspace", "--child-prefix", "172.24.0.1/24", "http://127.0.0.1:1"}, "did you mean 172.24.0.0/24"},
 		{"bad interface", []string{"--interface", "a/b", "--child-prefix", "172.24.0.0/24", "http://127.0.0.1:1"}, "WithInterfaceName"},
-		{"no URL", []string{"--child-prefix", "172.24.0.0/24"}, "want exactly one service URL"},
+		{"no URL", []string{"--child-prefix", "172.24.0.0/24"}, "want a service URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +170,9 @@ func TestPrintStatus(t *testing.T) {
 			Path:          mesh.PathDirect,
 			Endpoint:      netip.MustParseAddrPort("192.0.2.12:51820"),
 			LastHandshake: now.Add(-12 * time.Second), RxBytes: 1536, TxBytes: 10,
+			LastSeen: now.Add(-90 * time.Second),
+		}, {
+			Hostname: "node3", Addrs: []netip.Addr{netip.MustParseAddr("100.64.0.3")}, Online: true,
 		}},
 		SkippedRoutes: []mesh.SkippedRoute{{Prefix: netip.MustParsePrefix("10.88.0.0/24"), Reason: "overlaps 10.88.0.0/24 directly connected on eth1"}},
 	}
@@ -176,7 +183,8 @@ func TestPrintStatus(t *testing.T) {
 	require.Contains(t, out, "prefixes:  172.24.0.0/24")
 	require.Contains(t, out, "service:   connected (revision 7)")
 	require.Contains(t, out, "reach:     NAT unknown, relay not in use")
-	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +direct +192\.0\.2\.12:51820 +12s ago +1\.5 KiB +10 B$`, out)
+	require.Regexp(t, `(?m)^node2 +100\.64\.0\.2 +172\.28\.0\.0/24 +direct +192\.0\.2\.12:51820 +no, seen 1m30s ago +12s ago +1\.5 KiB +10 B$`, out)
+	require.Regexp(t, `(?m)^node3 +100\.64\.0\.3 +- +- +- +yes +never +0 B +0 B$`, out)
 	require.Contains(t, out, "not routed: 10.88.0.0/24: overlaps 10.88.0.0/24 directly connected on eth1")
 }
 
@@ -186,4 +194,19 @@ func TestJoinUnreachable(t *testing.T) {
 	err := runJoin(context.Background(), agentArgs(t, "--userspace", "--token", "wmj_00000000000000000000000000000000", "http://127.0.0.1:1"), &out, &errOut)
 	require.ErrorContains(t, err, "cannot reach the service at http://127.0.0.1:1")
 	require.Contains(t, out.String(), "registering with http://127.0.0.1:1")
+}
+
+func TestPrintFilter(t *testing.T) {
+	var b strings.Builder
+	require.NoError(t, printFilter(&b, mesh.FilterStatus{}))
+	require.Empty(t, b.String(), "no policy: nothing printed")
+	f := mesh.FilterStatus{Active: true, Dropped: 7, Rules: []mesh.FilterRuleStatus{{
+		Rule: 1, Src: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}, Dst: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/24")},
+		Proto: api.ProtoTCP, Ports: []api.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8099}}, Accepted: 3,
+	}}}
+	require.NoError(t, printFilter(&b, f))
+	out := b.String()
+	require.Contains(t, out, "1 rules, 7 packets of new flows dropped")
+	require.Regexp(t, `1 +100\.64\.0\.3/32 +172\.24\.0\.0/24 +tcp +80,8000-8099 +3\n`, out)
+	require.Regexp(t, `- +\* +\* +\* +\* +dropped 7\n`, out)
 }

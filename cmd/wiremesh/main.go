@@ -1,7 +1,7 @@
 // Command wiremesh runs the wiremesh coordination service (`wiremesh
 // serve`), joins machines to a mesh (`wiremesh join`, the default, for a
 // spoke; `wiremesh router` for a member with child prefixes), shows the
-// running agent (`wiremesh status`), and administers a service (`wiremesh
+// running agent (`wiremesh status`, `wiremesh ping`), and administers a service (`wiremesh
 // zone|token|device|prefix ...`).
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 on a usage
@@ -40,7 +40,9 @@ var commands = map[string]*command{
 	"serve":   {summary: "run the coordination service", run: runServe},
 	"join":    {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
 	"router":  {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
+	"down":    {summary: "leave the mesh for good: delete this machine's device at the service (through the running agent, or with its state directory)", run: runDown},
 	"status":  {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
+	"ping":    {summary: "ping a member or address through the running agent: ping [-c N] MEMBER|ADDRESS", run: runPing},
 	"demo":    {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
 	"version": {summary: "print the version and build information (also --version)", run: runVersion},
 	"zone": {summary: "manage zones (separate meshes)", sub: map[string]*command{
@@ -54,7 +56,7 @@ var commands = map[string]*command{
 	}},
 	"device": {summary: "manage devices (members)", sub: map[string]*command{
 		"list":   {summary: "list devices: device list [--zone Z]", run: runDeviceList},
-		"delete": {summary: "delete a device, freeing its addresses and prefixes: device delete ID", run: runDeviceDelete},
+		"delete": {summary: "delete a device, freeing its addresses and prefixes: device delete [--revoke] ID", run: runDeviceDelete},
 	}},
 	"policy": {summary: "manage a zone's access policy (tags and rules)", sub: map[string]*command{
 		"set":    {summary: "set a zone's policy from a JSON file: policy set --zone Z FILE", run: runPolicySet},
@@ -63,8 +65,9 @@ var commands = map[string]*command{
 		"check":  {summary: "say whether a flow is allowed, or which rule is missing: policy check --zone Z FROM TO:PORT [--proto tcp]", run: runPolicyCheck},
 	}},
 	"prefix": {summary: "manage child prefixes", sub: map[string]*command{
-		"list":    {summary: "list allocated child prefixes: prefix list [--zone Z]", run: runPrefixList},
-		"release": {summary: "release a member's child prefix: prefix release --zone Z PREFIX", run: runPrefixRelease},
+		"list":      {summary: "list allocated child prefixes: prefix list [--zone Z]", run: runPrefixList},
+		"advertise": {summary: "the running agent advertises a child prefix: prefix advertise [--interface I | --socket S] PREFIX", run: runPrefixAdvertise},
+		"release":   {summary: "release a child prefix: of the running agent, or as admin with --zone Z: prefix release PREFIX", run: runPrefixRelease},
 	}},
 }
 

@@ -5,7 +5,7 @@ import (
 	"io"
 )
 
-const routerUsage = `usage: wiremesh router --child-prefix=CIDR [--child-prefix=CIDR ...] [flags] URL
+const routerUsage = `usage: wiremesh router --child-prefix=CIDR [--child-prefix=CIDR ...] [flags] URL [URL...]
 
 Joins the mesh at URL as a router: every member routes the child prefixes
 (networks behind this machine: a Docker bridge, a LAN, addresses on lo) to

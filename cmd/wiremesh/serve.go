@@ -44,6 +44,7 @@ const serveJoinTokenTTL = 24 * time.Hour
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr, "serve [flags]")
 	dataDir := fs.String("data-dir", defaultDataDir(), "state directory: database, keys, admin token, self-signed certificate (env WIREMESH_DATA_DIR)")
+	storeDSN := fs.String("store", os.Getenv("WIREMESH_STORE"), "database: empty for SQLite in the data dir, or a postgres://user:password@host/db URL shared by several replicas (env WIREMESH_STORE)")
 	listen := fs.String("listen", ":8443", "API listen address (TCP)")
 	stunListen := fs.String("stun-listen", ":3478", `STUN listen address (UDP); "off" disables STUN`)
 	stunAltListen := fs.String("stun-alt-listen", "", `second STUN listen address (UDP), for telling symmetric NATs apart; default: the next port; "off" disables it`)
@@ -92,6 +93,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	adminEnv := os.Getenv("WIREMESH_ADMIN_TOKEN")
 	svc, err := control.Start(ctx, control.Options{
 		DataDir:        *dataDir,
+		Store:          *storeDSN,
 		Listen:         *listen,
 		STUNListen:     *stunListen,
 		STUNAltListen:  *stunAltListen,
@@ -117,7 +119,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: creating a join token: %w", err)
 	}
 
-	printBanner(stdout, svc, *dataDir, adminEnv != "", tok)
+	printBanner(stdout, svc, *dataDir, *storeDSN != "", adminEnv != "", tok)
 
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -175,7 +177,7 @@ func parseProxies(in []string) ([]netip.Prefix, error) {
 }
 
 // printBanner prints what `wiremesh serve` tells a person at start-up.
-func printBanner(stdout io.Writer, svc *control.Service, dataDir string, adminFromEnv bool, tok string) {
+func printBanner(stdout io.Writer, svc *control.Service, dataDir string, shared, adminFromEnv bool, tok string) {
 	fmt.Fprintf(stdout, "wiremesh service listening on %s\n", svc.URL())
 	if sa := svc.STUNAddr(); sa.IsValid() {
 		fmt.Fprintf(stdout, "STUN responder on udp %s\n", sa)
@@ -184,9 +186,15 @@ func printBanner(stdout io.Writer, svc *control.Service, dataDir string, adminFr
 		}
 	}
 	fmt.Fprintf(stdout, "data directory: %s\n", dataDir)
-	if adminFromEnv {
+	if shared {
+		fmt.Fprintf(stdout, "database: %s (shared by replicas; it keeps the service key, admin token and certificate)\n", svc.StoreName())
+	}
+	switch {
+	case adminFromEnv:
 		fmt.Fprintf(stdout, "admin token: from $WIREMESH_ADMIN_TOKEN\n")
-	} else {
+	case shared:
+		fmt.Fprintf(stdout, "admin token: kept in the database, copied to %s\n", filepath.Join(dataDir, control.AdminTokenFile))
+	default:
 		fmt.Fprintf(stdout, "admin token: kept in %s\n", filepath.Join(dataDir, control.AdminTokenFile))
 	}
 	if fp := svc.Fingerprint(); fp != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,8 +17,11 @@ import (
 )
 
 // The status socket: a running agent listens on a unix socket (mode 0600
-// in a 0700 directory) and answers every connection with its mesh.Status
-// as one JSON document, then closes it. `wiremesh status` reads it.
+// in a 0700 directory). A client sends one request line (agentctl.go) and
+// gets one JSON document back: the agent's mesh.Status for a status
+// request (`wiremesh status`), or the result of a prefix command
+// (`wiremesh prefix advertise|release`); a ping request gets a stream of
+// JSON lines (ping.go).
 
 // statusTimeout bounds one status exchange on either side.
 const statusTimeout = 5 * time.Second
@@ -44,14 +45,26 @@ func defaultSocketPath(ifname string) string {
 type statusServer struct {
 	ln     net.Listener
 	path   string
-	status func() mesh.Status
+	agent  agentAPI
+	ctx    context.Context // done on Close: ends a running ping
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	mu    sync.Mutex
+	leave func() error // answers a leave request (wiremesh down); nil: refused
 }
 
-// serveStatus listens on path (replacing a stale socket file) and serves
-// status() to every connection.
-func serveStatus(path string, status func() mesh.Status) (*statusServer, error) {
+// setLeave makes the server answer leave requests with fn.
+func (s *statusServer) setLeave(fn func() error) {
+	s.mu.Lock()
+	s.leave = fn
+	s.mu.Unlock()
+}
+
+// serveStatus listens on path (replacing a stale socket file) and answers
+// requests about agent on every connection.
+func serveStatus(path string, agent agentAPI) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -75,7 +88,8 @@ func serveStatus(path string, status func() mesh.Status) (*statusServer, error) 
 		ln.Close()
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	s := &statusServer{ln: ln, path: path, status: status}
+	s := &statusServer{ln: ln, path: path, agent: agent}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -88,16 +102,22 @@ func (s *statusServer) serve() {
 		if err != nil {
 			return
 		}
-		c.SetDeadline(time.Now().Add(statusTimeout))
-		json.NewEncoder(c).Encode(s.status())
-		c.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
 	}
 }
 
-// Close stops serving and removes the socket file. Idempotent.
+// Close stops serving, ends a running ping, waits for the requests in
+// progress (at most agentOpTimeout), and removes the socket file.
+// Idempotent.
 func (s *statusServer) Close() error {
 	s.once.Do(func() {
 		s.ln.Close() // removes the file too (unlink on close)
+		s.cancel()
 		s.wg.Wait()
 		os.Remove(s.path)
 	})
@@ -116,19 +136,15 @@ func statusSocketLive(path string) bool {
 
 // readStatus asks the agent at path for its status.
 func readStatus(ctx context.Context, path string) (mesh.Status, error) {
-	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialAgent(ctx, path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return mesh.Status{}, fmt.Errorf("no agent is running (nothing answers on %s): start one with 'wiremesh URL' or 'wiremesh router', or pass --interface/--socket", path)
-		}
-		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
+		return mesh.Status{}, err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+	if err := json.NewEncoder(c).Encode(agentRequest{Op: opStatus}); err != nil {
+		return mesh.Status{}, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	var st mesh.Status
 	if err := json.NewDecoder(c).Decode(&st); err != nil {
@@ -140,7 +156,7 @@ func readStatus(ctx context.Context, path string) (mesh.Status, error) {
 const statusUsage = `usage: wiremesh status [--interface wg0 | --socket PATH] [--json]
 
 Prints the local member and its peers (name, tunnel address, prefixes,
-path (direct or relay), endpoint, last handshake, bytes) as the running
+path (direct or relay), endpoint, online, last handshake, bytes) as the running
 agent sees them.
 
 flags:
@@ -153,9 +169,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprint(stderr, statusUsage)
 		fs.PrintDefaults()
 	}
-	ifname := fs.String("interface", mesh.DefaultInterfaceName, "the agent's interface (selects its status socket)")
-	sock := fs.String("socket", "", "the agent's status socket (default "+defaultSocketPath("IFACE")+")")
-	asJSON := fs.Bool("json", false, "print the status as JSON")
+	var target agentTarget
+	target.register(fs)
+	asJSON := fs.Bool("json", false, "print the status as JSON (format: docs/STATUS-JSON.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -163,10 +179,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) != 0 {
 		return usageErr("status: unexpected arguments %q", pos)
 	}
-	path := *sock
-	if path == "" {
-		path = defaultSocketPath(*ifname)
-	}
+	target.parsed(fs)
+	path := target.socketPath()
 	st, err := readStatus(ctx, path)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -174,7 +188,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(statusJSONOf(st))
 	}
 	return printStatus(stdout, st, time.Now())
 }
@@ -196,7 +210,7 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	fmt.Fprintf(w, "  service:   %s (revision %d)\n", service, st.Revision)
 	fmt.Fprintf(w, "  reach:     %s\n\n", reachLine(self))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPREFIXES\tPATH\tENDPOINT\tONLINE\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		ep, path := "-", p.Path
 		if p.Endpoint.IsValid() {
@@ -205,8 +219,8 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 		if path == "" {
 			path = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), path, ep,
-			ago(now, p.LastHandshake), bytesStr(p.RxBytes), bytesStr(p.TxBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Hostname, joinStrings(p.Addrs), joinStrings(p.Prefixes), path, ep,
+			onlineStr(now, p), ago(now, p.LastHandshake), bytesStr(p.RxBytes), bytesStr(p.TxBytes))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -217,7 +231,27 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 	for _, s := range st.SkippedRoutes {
 		fmt.Fprintf(w, "not routed: %s: %s\n", s.Prefix, s.Reason)
 	}
-	return nil
+	return printFilter(w, st.Filter)
+}
+
+// printFilter writes the inbound filter's rules and counters (nothing
+// when the zone has no policy).
+func printFilter(w io.Writer, f mesh.FilterStatus) error {
+	if !f.Active {
+		return nil
+	}
+	fmt.Fprintf(w, "\ninbound filter (zone policy): %d rules, %d packets of new flows dropped\n", len(f.Rules), f.Dropped)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tFROM\tTO\tPROTO\tPORTS\tACCEPTED")
+	for _, r := range f.Rules {
+		ports := "*"
+		if len(r.Ports) > 0 {
+			ports = joinStrings(r.Ports)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\n", r.Rule, joinStrings(r.Src), joinStrings(r.Dst), r.Proto, ports, r.Accepted)
+	}
+	fmt.Fprintf(tw, "-\t*\t*\t*\t*\tdropped %d\n", f.Dropped)
+	return tw.Flush()
 }
 
 // reachLine says how peers reach this member: its NAT and the relay.

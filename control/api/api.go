@@ -28,17 +28,20 @@ const (
 	CodeInvalidKey      = "invalid_key"       // 400: a public key that is not a canonical X25519 key in 32 bytes of base64
 	CodeInvalidEndpoint = "invalid_endpoint"  // 400: an endpoint that is not a usable unicast address and port
 	CodeUnauthorized    = "unauthorized"      // 401: missing, wrong, expired or used credentials; bad proof
+	CodeRevoked         = "revoked"           // 401: the device's key was revoked (or retired by a key rotation); it can never register again
+	CodeTokenExpired    = "token_expired"     // 401: the device token's lifetime ended; register again with a join token
 	CodeForbidden       = "forbidden"         // 403: credentials valid but not for this resource
 	CodeNotFound        = "not_found"         // 404: unknown zone, device, token or prefix
 	CodeConflict        = "conflict"          // 409: the resource exists already (zone name, ...)
 	CodePrefixConflict  = "prefix_conflict"   // 409: a prefix overlaps another member's prefix or the zone's pools
 	CodeAddrInUse       = "addr_in_use"       // 409: a requested tunnel address is taken
 	CodeTooManyPrefixes = "too_many_prefixes" // 409: the device would hold more child prefixes than the zone allows
+	CodeHostnameTaken   = "hostname_taken"    // 409: the hostname and all its suffixed forms are taken in the zone
 	CodeTooLarge        = "too_large"         // 413: body over MaxBodyBytes
 	CodeRateLimited     = "rate_limited"      // 429: too many requests or failed authentications from this client; see Retry-After
 	CodePoolExhausted   = "pool_exhausted"    // 507: no free tunnel address left in the zone
 	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
-	CodeUnavailable     = "unavailable"       // 503: the service is shutting down
+	CodeUnavailable     = "unavailable"       // 503: shutting down, or its database is unreachable; retry (Retry-After)
 )
 
 // StatusForCode returns the HTTP status that goes with an error code.
@@ -48,13 +51,13 @@ func StatusForCode(code string) int {
 		return 400
 	case CodeInvalidPolicy, CodeUnknownTag, CodeInvalidSelector, CodeInvalidPort, CodeInvalidProto:
 		return 400
-	case CodeUnauthorized:
+	case CodeUnauthorized, CodeRevoked, CodeTokenExpired:
 		return 401
 	case CodeForbidden:
 		return 403
 	case CodeNotFound:
 		return 404
-	case CodeConflict, CodePrefixConflict, CodeAddrInUse, CodeTooManyPrefixes:
+	case CodeConflict, CodePrefixConflict, CodeAddrInUse, CodeTooManyPrefixes, CodeHostnameTaken:
 		return 409
 	case CodeTooLarge:
 		return 413
@@ -201,6 +204,9 @@ type Info struct {
 	// MaxClockSkew is how far a registration timestamp may be from the
 	// service's clock.
 	MaxClockSkewSeconds int `json:"max_clock_skew_seconds"`
+	// EphemeralTimeoutSeconds is how long an ephemeral device may stay
+	// offline before the service deletes it (absent from older services).
+	EphemeralTimeoutSeconds int `json:"ephemeral_timeout_seconds,omitempty"`
 }
 
 // RegisterRequest is the body of POST /v1/devices, authorized by a join
@@ -226,6 +232,11 @@ type RegisterRequest struct {
 	// RequestedIPv4 asks for a specific tunnel address; honoured when free
 	// (addr_in_use otherwise). Ignored when the key is already registered.
 	RequestedIPv4 netip.Addr `json:"requested_ipv4,omitzero"`
+	// Ephemeral asks the service to delete the device once it has been
+	// offline for a while (Info.EphemeralTimeoutSeconds), and lets the
+	// device delete itself when it leaves (DELETE /v1/devices/self).
+	// Re-registering replaces it.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 	// Timestamp is Unix seconds; rejected when further than
 	// Info.MaxClockSkewSeconds from the service clock.
 	Timestamp int64 `json:"timestamp"`
@@ -249,8 +260,14 @@ type RegisterResponse struct {
 	ChildPrefixes []netip.Prefix `json:"child_prefixes"`
 	// DeviceToken authorizes the device's own calls (watch, PATCH self,
 	// release). A new one is issued at every registration; older ones stay
-	// valid until the device is deleted.
+	// valid until they expire, the device rotates its token, or the device
+	// is deleted.
 	DeviceToken string `json:"device_token"`
+	// DeviceTokenExpiresAt is when DeviceToken expires (absent: never);
+	// rotate it before (POST /v1/devices/self/token).
+	DeviceTokenExpiresAt time.Time `json:"device_token_expires_at,omitzero"`
+	// Ephemeral echoes the request.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // UpdateSelfRequest is the body of PATCH /v1/devices/self. Nil fields are
@@ -286,13 +303,15 @@ type Device struct {
 	Tags      []string  `json:"tags,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Ephemeral devices are deleted by the service once offline for a
+	// while.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 	// Online (admin API only) reports whether the device holds a watch
-	// stream to the service process that answered. Absent in answers to the
-	// device itself.
+	// stream to the service (any replica sharing its store). Absent in
+	// answers to the device itself.
 	Online *bool `json:"online,omitempty"`
-	// LastSeen (admin API only) is when the device last held a watch stream
-	// to the service process that answered (the time of the answer while it
-	// holds one). Absent if not since that process started.
+	// LastSeen (admin API only) is when the device last held a watch
+	// stream (renewed every few seconds while it does). Absent if never.
 	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
@@ -311,6 +330,16 @@ type Peer struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 	// NAT is what the peer learned about its NAT.
 	NAT NATType `json:"nat,omitempty"`
+	// Online reports whether the peer holds a watch stream to the service
+	// (absent from services that do not track it); LastSeen is when it
+	// last did. Presence events carry the changes.
+	Online   *bool     `json:"online,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Generation counts the peer's registrations (each start of its
+	// agent registers): when it grows, the peer restarted and lost its
+	// WireGuard sessions, and members handshake with it again at once.
+	// 0 from a service that does not count them.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // Watch event types.
@@ -319,6 +348,10 @@ const (
 	EventUpsert    = "upsert"    // Peer was added or changed at Revision
 	EventRemove    = "remove"    // Peer (ID and PublicKey set) left at Revision
 	EventHeartbeat = "heartbeat" // nothing changed; Revision is the latest
+	// EventPresence: Peer (ID, PublicKey, Hostname, Online, LastSeen set)
+	// went online or offline at Revision. Clients that do not know it
+	// skip it.
+	EventPresence = "presence"
 )
 
 // WatchEvent is one line of the NDJSON stream of

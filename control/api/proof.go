@@ -43,6 +43,9 @@ func (r *RegisterRequest) SigningBytes(joinTokenHash [32]byte) []byte {
 	if r.RequestedIPv4.IsValid() {
 		b.WriteString("requested_ipv4=" + r.RequestedIPv4.String() + "\n")
 	}
+	if r.Ephemeral { // absent when false: older clients sign the same bytes
+		b.WriteString("ephemeral=true\n")
+	}
 	b.WriteString("timestamp=" + strconv.FormatInt(r.Timestamp, 10) + "\n")
 	if r.Nonce != "" {
 		b.WriteString("nonce=" + strconv.Quote(r.Nonce) + "\n")

@@ -134,10 +134,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	waitJS(t, ctx, "the prefix in the picture", `[...document.querySelectorAll('#mesh g.node[data-host="bravo"] text.prefix')].some(e => e.textContent === "10.77.0.0/24")`)
 	meshtest.Join(t, srv, mesh.WithHostname("charlie"),
 		mesh.WithChildPrefix(netip.MustParsePrefix("172.24.0.0/24")), mesh.WithChildPrefix(netip.MustParsePrefix("172.28.5.0/24")))
-	delta := meshtest.Join(t, srv, mesh.WithHostname("delta"))
+	// A state directory: a durable member, which stays listed when it stops.
+	delta := meshtest.Join(t, srv, mesh.WithHostname("delta"), mesh.WithStateDir(t.TempDir()))
 	waitJS(t, ctx, "four members", `document.querySelectorAll('#members tr.online').length === 4`)
 
-	// A member leaves: it goes offline, with a last-seen time.
+	// A durable member stops: it goes offline, with a last-seen time.
 	require.NoError(t, delta.Close())
 	waitJS(t, ctx, "delta offline", `!!document.querySelector('#members tr[data-host="delta"].offline') && !!document.querySelector('#mesh g.node[data-host="delta"][data-online="false"]')`)
 

@@ -22,11 +22,16 @@ type deviceJSON struct {
 	Prefixes  []netip.Prefix   `json:"prefixes,omitempty"`
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 	Tags      []string         `json:"tags,omitempty"`
-	// Candidates and NAT came with schema 5; older entries have neither.
+	CreatedAt time.Time        `json:"created_at"`
+	UpdatedAt time.Time        `json:"updated_at"`
+	Ephemeral bool             `json:"ephemeral,omitempty"`
+	Online    bool             `json:"online,omitempty"`
+	LastSeen  time.Time        `json:"last_seen,omitzero"`
+	// Generation is absent in changes recorded before it existed.
+	Generation uint64 `json:"generation,omitempty"`
+	// Candidates and NAT came with schema 7; older entries have neither.
 	Candidates []Candidate `json:"candidates,omitempty"`
 	NAT        string      `json:"nat,omitempty"`
-	CreatedAt  time.Time   `json:"created_at"`
-	UpdatedAt  time.Time   `json:"updated_at"`
 }
 
 func encodeDevice(d Device) (string, error) {
@@ -34,7 +39,8 @@ func encodeDevice(d Device) (string, error) {
 		ID: d.ID, Zone: d.Zone, PublicKey: d.PublicKey, Hostname: d.Hostname,
 		IPv4: d.IPv4, IPv6: d.IPv6, Prefixes: d.Prefixes, Endpoints: d.Endpoints, Tags: d.Tags,
 		Candidates: d.Candidates, NAT: d.NAT,
-		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(), Generation: d.Generation,
+		Ephemeral: d.Ephemeral, Online: d.Online, LastSeen: d.LastSeen.UTC(),
 	})
 	return string(b), err
 }
@@ -49,7 +55,8 @@ func decodeDevice(s string) (Device, error) {
 		IPv4: j.IPv4, IPv6: j.IPv6, Prefixes: nilIfEmpty(j.Prefixes), Endpoints: nilIfEmpty(j.Endpoints),
 		Tags:       nilIfEmpty(j.Tags),
 		Candidates: nilIfEmpty(j.Candidates), NAT: j.NAT,
-		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), Generation: j.Generation,
+		Ephemeral: j.Ephemeral, Online: j.Online, LastSeen: utcOrZero(j.LastSeen),
 	}, nil
 }
 
@@ -198,4 +205,12 @@ func (s *SQLite) Changes(ctx context.Context, zone string, since int64) ([]Chang
 		return nil, 0, err
 	}
 	return cs, cur, nil
+}
+
+// utcOrZero returns t in UTC, keeping the zero time zero.
+func utcOrZero(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.UTC()
 }

@@ -11,7 +11,8 @@ import (
 	"time"
 )
 
-const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags, d.candidates, d.nat`
+const deviceCols = `d.id, d.zone, d.public_key, d.hostname, d.ipv4, d.ipv6, d.endpoints, d.created_at, d.updated_at, d.tags, d.generation,
+	d.ephemeral, d.online, d.last_seen, d.candidates, d.nat`
 
 // Register implements Store.Register: token check, allocation, prefixes,
 // device token and change entry in one write transaction.
@@ -39,6 +40,9 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		if err := recordProof(ctx, tx, p.Proof, p.ProofExpires, now); err != nil {
 			return err
 		}
+		if err := checkNotRevoked(ctx, tx, p.PublicKey); err != nil {
+			return err
+		}
 		z, err := loadZonePools(ctx, tx, p.Zone)
 		if err != nil {
 			return err
@@ -46,7 +50,11 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		d, err = loadDevice(ctx, tx, `d.zone = ? AND d.public_key = ?`, p.Zone, p.PublicKey[:])
 		switch {
 		case err == nil:
-			d.Hostname, d.Endpoints, d.Tags, d.UpdatedAt = p.Hostname, p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now
+			if d.Hostname, err = uniqueHostname(ctx, tx, p.Zone, p.Hostname, d.ID); err != nil {
+				return err
+			}
+			d.Endpoints, d.Tags, d.UpdatedAt, d.Ephemeral = p.Endpoints, nilIfEmpty(slices.Clone(jt.Tags)), now, p.Ephemeral
+			d.Generation++                // a restart: peers start a new session at once
 			d.Candidates, d.NAT = nil, "" // reported again after registering
 			if err := updateDeviceRow(ctx, tx, d); err != nil {
 				return err
@@ -62,7 +70,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 		if d.Prefixes, err = addPrefixes(ctx, tx, z, d, p.Prefixes); err != nil {
 			return err
 		}
-		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, now); err != nil {
+		if err := addDeviceToken(ctx, tx, p.DeviceTokenHash, d.ID, p.DeviceTokenExpires, now); err != nil {
 			return err
 		}
 		_, err = s.appendChange(ctx, tx, ChangeUpsert, d)
@@ -82,22 +90,28 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
+	host, err := uniqueHostname(ctx, tx, z.Name, p.Hostname, "")
+	if err != nil {
+		return Device{}, err
+	}
 	v4, ok4 := z.v4.Addr(idx)
 	v6, ok6 := z.v6.Addr(idx)
 	if !ok4 || !ok6 {
 		return Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, ErrPoolExhausted)
 	}
 	d := Device{
-		ID:        newDeviceID(),
-		Zone:      z.Name,
-		PublicKey: p.PublicKey,
-		Hostname:  p.Hostname,
-		IPv4:      v4,
-		IPv6:      v6,
-		Endpoints: p.Endpoints,
-		Tags:      nilIfEmpty(slices.Clone(tags)),
-		CreatedAt: now,
-		UpdatedAt: now,
+		ID:         newDeviceID(),
+		Zone:       z.Name,
+		PublicKey:  p.PublicKey,
+		Hostname:   host,
+		IPv4:       v4,
+		IPv6:       v6,
+		Endpoints:  p.Endpoints,
+		Tags:       nilIfEmpty(slices.Clone(tags)),
+		CreatedAt:  now,
+		UpdatedAt:  now,
+		Generation: 1,
+		Ephemeral:  p.Ephemeral,
 	}
 	eps, err := encodeEndpoints(d.Endpoints)
 	if err != nil {
@@ -108,10 +122,10 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 		return Device{}, err
 	}
 	_, err = tx.ExecContext(ctx, `
-		INSERT INTO devices (id, zone, public_key, hostname, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		d.ID, d.Zone, d.PublicKey[:], d.Hostname, int64(idx), addrBytes(v4), addrBytes(v6), eps,
-		now.UnixNano(), now.UnixNano(), tj)
+		INSERT INTO devices (id, zone, public_key, hostname, hostname_fold, idx, ipv4, ipv6, endpoints, created_at, updated_at, tags, generation, ephemeral)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		d.ID, d.Zone, d.PublicKey[:], d.Hostname, FoldHostname(d.Hostname), int64(idx), addrBytes(v4), addrBytes(v6), eps,
+		now.UnixNano(), now.UnixNano(), tj, int64(d.Generation), d.Ephemeral)
 	if err != nil {
 		return Device{}, err
 	}
@@ -176,8 +190,8 @@ func updateDeviceRow(ctx context.Context, tx *sql.Tx, d Device) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, endpoints = ?, updated_at = ?, tags = ?, candidates = ?, nat = ? WHERE id = ?`,
-		d.Hostname, eps, d.UpdatedAt.UnixNano(), tags, cands, d.NAT, d.ID)
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hostname = ?, hostname_fold = ?, endpoints = ?, updated_at = ?, tags = ?, generation = ?, ephemeral = ?, candidates = ?, nat = ? WHERE id = ?`,
+		d.Hostname, FoldHostname(d.Hostname), eps, d.UpdatedAt.UnixNano(), tags, int64(d.Generation), d.Ephemeral, cands, d.NAT, d.ID)
 	return err
 }
 
@@ -204,8 +218,14 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 			return err
 		}
 		changed := false
-		if p.Hostname != nil && *p.Hostname != d.Hostname {
-			d.Hostname, changed = *p.Hostname, true
+		if p.Hostname != nil {
+			h, err := uniqueHostname(ctx, tx, d.Zone, *p.Hostname, d.ID)
+			if err != nil {
+				return err
+			}
+			if h != d.Hostname {
+				d.Hostname, changed = h, true
+			}
 		}
 		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
 			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
@@ -268,13 +288,21 @@ func (s *SQLite) Device(ctx context.Context, id string) (Device, error) {
 }
 
 // DeviceByToken returns the device a device-token hash belongs to, or
-// ErrNotFound.
+// ErrNotFound, with TokenExpires set.
 func (s *SQLite) DeviceByToken(ctx context.Context, tokenHash [32]byte) (Device, error) {
 	var d Device
 	err := s.read(ctx, "device by token", func(tx *sql.Tx) error {
-		var err error
+		var exp sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT expires_at FROM device_tokens WHERE hash = ?`, tokenHash[:]).Scan(&exp)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device token: %w", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
 		d, err = loadDevice(ctx, tx,
 			`d.id = (SELECT device_id FROM device_tokens WHERE hash = ?)`, tokenHash[:])
+		d.TokenExpires = fromNanos(exp)
 		return err
 	})
 	return d, err
@@ -389,8 +417,11 @@ func scanDevice(r scanner) (Device, error) {
 		key, v4, v6      []byte
 		eps, tags, cands string
 		created, updated sql.NullInt64
+		generation       int64
+		lastSeen         sql.NullInt64
 	)
-	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags, &cands, &d.NAT); err != nil {
+	if err := r.Scan(&d.ID, &d.Zone, &key, &d.Hostname, &v4, &v6, &eps, &created, &updated, &tags, &generation,
+		&d.Ephemeral, &d.Online, &lastSeen, &cands, &d.NAT); err != nil {
 		return Device{}, err
 	}
 	if len(key) != len(d.PublicKey) {
@@ -416,6 +447,8 @@ func scanDevice(r scanner) (Device, error) {
 	}
 	d.Candidates = nilIfEmpty(d.Candidates)
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.Generation = uint64(generation)
+	d.LastSeen = fromNanos(lastSeen)
 	return d, nil
 }
 

@@ -114,7 +114,45 @@ CREATE TABLE zone_policies (
 ALTER TABLE join_tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'; -- JSON array
 ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';     -- JSON array
 `,
-	// 5: typed reachability candidates and the NAT kind a device reports.
+	// 5: registration generation (Device.Generation); rows from before
+	// count as registered once.
+	`
+ALTER TABLE devices ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+`,
+	// 6: device identity (issue 13): ephemeral devices, presence (the
+	// announced state and per-process leases), case-insensitive hostnames,
+	// device token lifetimes, revoked keys. Touches nothing of other
+	// migrations but the tables of migration 1.
+	`
+ALTER TABLE devices ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN online INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN last_seen INTEGER; -- unix ns; NULL: never
+ALTER TABLE devices ADD COLUMN hostname_fold TEXT NOT NULL DEFAULT '';
+UPDATE devices SET hostname_fold = lower(hostname);
+CREATE INDEX devices_zone_hostname ON devices(zone, hostname_fold);
+CREATE INDEX devices_ephemeral ON devices(online) WHERE ephemeral = 1;
+
+ALTER TABLE device_tokens ADD COLUMN expires_at INTEGER; -- unix ns; NULL: never
+
+CREATE TABLE revoked_keys (
+	public_key BLOB PRIMARY KEY,
+	zone       TEXT NOT NULL,
+	device_id  TEXT NOT NULL,
+	reason     TEXT NOT NULL, -- "revoked" or "rotated"
+	revoked_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+-- Watch-stream leases: holder (a service process) holds a stream of the
+-- device until "until" unless renewed.
+CREATE TABLE device_streams (
+	device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+	holder    TEXT NOT NULL,
+	until     INTEGER NOT NULL,
+	PRIMARY KEY (device_id, holder)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX device_streams_until ON device_streams(until);
+`,
+	// 7: typed reachability candidates and the NAT kind a device reports.
 	`
 ALTER TABLE devices ADD COLUMN candidates TEXT NOT NULL DEFAULT '[]'; -- JSON array of {addr, type}
 ALTER TABLE devices ADD COLUMN nat TEXT NOT NULL DEFAULT '';

@@ -158,16 +158,26 @@ func useJoinToken(ctx context.Context, tx *sql.Tx, hash [32]byte, zone string, n
 		return t, fmt.Errorf("%w: unknown token", ErrTokenInvalid)
 	case err != nil:
 		return t, err
-	case t.Zone != zone:
-		return t, fmt.Errorf("%w: token %s is for zone %q, not %q", ErrTokenInvalid, t.ID, t.Zone, zone)
-	case !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt):
-		return t, fmt.Errorf("%w: token %s expired at %s", ErrTokenInvalid, t.ID, t.ExpiresAt.Format(time.RFC3339))
-	case !t.Reusable && !t.UsedAt.IsZero():
-		return t, fmt.Errorf("%w: single-use token %s was used at %s", ErrTokenInvalid, t.ID, t.UsedAt.Format(time.RFC3339))
+	}
+	if err := checkJoinToken(t, zone, now); err != nil {
+		return t, err
 	}
 	// A single-use token is consumed; a reusable one records its last use.
 	_, err = tx.ExecContext(ctx, `UPDATE join_tokens SET used_at = ? WHERE id = ?`, now.UnixNano(), t.ID)
 	return t, err
+}
+
+// checkJoinToken checks that t may register a device in zone at now.
+func checkJoinToken(t JoinToken, zone string, now time.Time) error {
+	switch {
+	case t.Zone != zone:
+		return fmt.Errorf("%w: token %s is for zone %q, not %q", ErrTokenInvalid, t.ID, t.Zone, zone)
+	case !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt):
+		return fmt.Errorf("%w: token %s expired at %s", ErrTokenInvalid, t.ID, t.ExpiresAt.Format(time.RFC3339))
+	case !t.Reusable && !t.UsedAt.IsZero():
+		return fmt.Errorf("%w: single-use token %s was used at %s", ErrTokenInvalid, t.ID, t.UsedAt.Format(time.RFC3339))
+	}
+	return nil
 }
 
 // encodeTags is the stored form of tags: a JSON array.
@@ -188,7 +198,8 @@ func decodeTags(s string) ([]string, error) {
 }
 
 // addDeviceToken adds a device token hash to a device.
-func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID string, now time.Time) error {
+// Expired tokens of the device are deleted.
+func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID string, expires, now time.Time) error {
 	if hash == [32]byte{} {
 		return errors.New("zero device token hash")
 	}
@@ -200,8 +211,12 @@ func addDeviceToken(ctx context.Context, tx *sql.Tx, hash [32]byte, deviceID str
 	case !errors.Is(err, sql.ErrNoRows):
 		return err
 	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ? AND expires_at <= ?`,
+		deviceID, now.UnixNano()); err != nil {
+		return err
+	}
 	_, err = tx.ExecContext(ctx,
-		`INSERT INTO device_tokens (hash, device_id, created_at) VALUES (?, ?, ?)`,
-		hash[:], deviceID, now.UnixNano())
+		`INSERT INTO device_tokens (hash, device_id, created_at, expires_at) VALUES (?, ?, ?, ?)`,
+		hash[:], deviceID, now.UnixNano(), nanos(expires))
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/wiremesh/wiremesh/ipam"
 )
@@ -15,7 +16,7 @@ import (
 // zero CreatedAt means now. Pools must pass ipam.ValidatePool.
 func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 	op := fmt.Sprintf("create zone %q", z.Name)
-	z, err := s.normalizeZone(z)
+	z, err := normalizeZone(z, s.now())
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -34,7 +35,7 @@ func (s *SQLite) CreateZone(ctx context.Context, z Zone) error {
 
 // ensureDefaultZone creates the zone "default" unless it exists.
 func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
-	z, err := s.normalizeZone(Zone{Name: DefaultZone})
+	z, err := normalizeZone(Zone{Name: DefaultZone}, s.now())
 	if err != nil {
 		return err
 	}
@@ -53,7 +54,7 @@ func (s *SQLite) ensureDefaultZone(ctx context.Context) error {
 }
 
 // normalizeZone fills defaults and validates the pools.
-func (s *SQLite) normalizeZone(z Zone) (Zone, error) {
+func normalizeZone(z Zone, now time.Time) (Zone, error) {
 	if z.Name == "" {
 		return z, errors.New("empty zone name")
 	}
@@ -77,7 +78,9 @@ func (s *SQLite) normalizeZone(z Zone) (Zone, error) {
 	if err := z.Policy().Validate(); err != nil {
 		return z, err
 	}
-	z.CreatedAt = s.clock(z.CreatedAt)
+	if z.CreatedAt.IsZero() {
+		z.CreatedAt = now
+	}
 	return z, nil
 }
 

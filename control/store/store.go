@@ -1,8 +1,9 @@
 // Package store persists the coordination service's state behind one
 // interface: zones, join tokens, devices with their tunnel addresses and
 // child prefixes, and the per-zone change log that the watch stream is
-// served from. The embedded default is SQLite (OpenSQLite); a PostgreSQL
-// implementation can satisfy the same interface for multi-replica services.
+// served from. The embedded default is SQLite (OpenSQLite); package
+// postgres implements the same interface for a service run as several
+// replicas on one database (and also ChangeListener and SecretStore).
 package store
 
 import (
@@ -58,6 +59,12 @@ var (
 	ErrCompacted     = errors.New("revision compacted: take a fresh snapshot")
 	ErrClosed        = errors.New("store closed")
 	ErrReplayed      = errors.New("registration proof used already")
+	// ErrRevoked: the public key was revoked (RevokeDevice) or retired by
+	// a key rotation (RotateKey); it can never register again.
+	ErrRevoked = errors.New("public key revoked")
+	// ErrHostnameTaken: no free suffixed form of a hostname (see
+	// Register).
+	ErrHostnameTaken = errors.New("hostname taken in the zone")
 )
 
 // ConflictError reports a child prefix that overlaps (equals, lies inside,
@@ -107,13 +114,28 @@ type Device struct {
 	Endpoints []netip.AddrPort // as last reported
 	// Tags are the Tags of the join token the device last registered with
 	// (nil: none), for the zone's access policy.
-	Tags []string
+	Tags      []string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// Ephemeral devices are deleted by the service once they have been
+	// offline for a while (DeleteEphemeral).
+	Ephemeral bool
+	// Online reports whether a service process holds a watch stream of
+	// the device (see UpdatePresence); LastSeen is when it last did (zero:
+	// never), renewed while it does.
+	Online   bool
+	LastSeen time.Time
+	// TokenExpires is set by DeviceByToken only: when the device token
+	// used expires (zero: never). DeviceByToken does not check it.
+	TokenExpires time.Time
+	// Generation counts the device's registrations: 1 when created, one
+	// more each time its key registers again (a restart). Other updates
+	// leave it alone.
+	Generation uint64
 	// Candidates and NAT are the typed reachability the device last
 	// reported (PATCH self); a registration clears them.
 	Candidates []Candidate
 	NAT        string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
 }
 
 // Candidate is an address a device reported it may be reached at, and
@@ -145,6 +167,9 @@ const (
 	// ChangePolicy: the zone's access policy was set or removed; Device is
 	// zero. Read the policy in force with Store.Policy.
 	ChangePolicy
+	// ChangePresence: the device went online or offline (Device.Online,
+	// Device.LastSeen); nothing else changed.
+	ChangePresence
 )
 
 // ZonePolicy is a zone's access policy document as stored. The store does
@@ -175,11 +200,20 @@ type RegisterParams struct {
 	Zone            string
 	JoinTokenHash   [32]byte // consumed (single-use) or checked (reusable) in the same transaction
 	DeviceTokenHash [32]byte // the new device token, added to the device's tokens
-	PublicKey       Key
-	Hostname        string
-	Prefixes        []netip.Prefix // added to what the key already holds
-	Endpoints       []netip.AddrPort
-	RequestedIPv4   netip.Addr // honoured on first registration when free
+	// DeviceTokenExpires is when the new device token expires (zero:
+	// never). Expired tokens of the device are deleted.
+	DeviceTokenExpires time.Time
+	PublicKey          Key
+	// Hostname is the name asked for. Hostnames are unique within a zone,
+	// compared case-insensitively: when another device holds it, the
+	// device gets the first free of Hostname-2, Hostname-3, ... (cut to
+	// fit 63 bytes); ErrHostnameTaken when none is free.
+	Hostname string
+	// Ephemeral is stored as given (a re-registration replaces it).
+	Ephemeral     bool
+	Prefixes      []netip.Prefix // added to what the key already holds
+	Endpoints     []netip.AddrPort
+	RequestedIPv4 netip.Addr // honoured on first registration when free
 	// Proof, when set, is the registration's proof of key possession. It
 	// is recorded until ProofExpires in the same transaction; a proof seen
 	// before gives ErrReplayed (durable: survives restarts and is shared by
@@ -224,10 +258,11 @@ type Store interface {
 	DeleteJoinToken(ctx context.Context, id string) error
 
 	// Register checks the join token (ErrTokenInvalid: unknown, expired,
-	// used single-use token, or a token of another zone), then creates the
+	// used single-use token, or a token of another zone) and that the key
+	// is not revoked (ErrRevoked), then creates the
 	// device or, if p.PublicKey is registered in the zone already, keeps its
-	// id, addresses and prefixes, adds p.Prefixes, and replaces hostname and
-	// endpoints. Tunnel addresses are allocated lowest-free from the zone's
+	// id, addresses and prefixes, adds p.Prefixes, replaces hostname and
+	// endpoints, and increments Generation. Tunnel addresses are allocated lowest-free from the zone's
 	// pools (ErrPoolExhausted), honouring p.RequestedIPv4 when free
 	// (ErrAddrInUse, ErrAddrOutside). p.Prefixes are checked with
 	// ipam.CheckPrefixes(zone.Policy(), held, p.Prefixes), whose errors are
@@ -256,7 +291,8 @@ type Store interface {
 	// Devices lists a zone's devices ("" = all zones), ordered by IPv4.
 	Devices(ctx context.Context, zone string) ([]Device, error)
 	// UpdateDevice applies p and records a change. p.AddPrefixes are checked
-	// as in Register; on any error nothing changes.
+	// as in Register, and p.Hostname made unique as in Register; on any
+	// error nothing changes.
 	UpdateDevice(ctx context.Context, id string, p UpdateParams) (Device, error)
 	// DeleteDevice removes a device, its tokens and prefixes (which become
 	// free) and records a remove change. ErrNotFound if unknown.
@@ -286,6 +322,8 @@ type Store interface {
 	// store's current revision. ErrCompacted if changes after since were
 	// discarded.
 	Changes(ctx context.Context, zone string, since int64) ([]Change, int64, error)
+
+	IdentityStore
 
 	// Close releases the store. Later calls return ErrClosed.
 	Close() error

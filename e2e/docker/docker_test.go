@@ -131,7 +131,7 @@ func TestDockerChildPrefix(t *testing.T) {
 
 	sockets := t.TempDir()
 	n2 := node2.Start(t, wiremesh, "router", "--child-prefix", node2Prefix.String(), "--hostname", "node2",
-		"--interface", "wm0", "--listen-port", "51820", "--socket", filepath.Join(sockets, "node2.sock"),
+		"--interface", "wm0", "--listen-port", "51820", "--socket", filepath.Join(sockets, "node2.sock"), "--state-dir", filepath.Join(sockets, "node2"),
 		"--token", token, url)
 	n2Addr := joinedAddr(t, n2.WaitFor(t, "joined zone", time.Minute))
 	w2.Start(t, workload, "serve", "--name", "work2", "--listen", ":7000").WaitFor(t, "serving tcp", 10*time.Second)
@@ -159,7 +159,7 @@ func TestDockerChildPrefix(t *testing.T) {
 	// with the router before its restart reaches it again only once its
 	// rekey timeout (15 s) has passed, unless the router sends to it first.
 	sp := spoke.Start(t, wiremesh, "join", "--hostname", "spoke", "--interface", "wm0",
-		"--socket", filepath.Join(sockets, "spoke.sock"), "--token", token, url)
+		"--socket", filepath.Join(sockets, "spoke.sock"), "--state-dir", filepath.Join(sockets, "spoke"), "--token", token, url)
 	spokeAddr := joinedAddr(t, sp.WaitFor(t, "joined zone", time.Minute))
 	spoke.Start(t, workload, "serve", "--name", "spoke", "--listen", ":7000").WaitFor(t, "serving tcp", 10*time.Second)
 	t.Logf("service and three members up in %v", time.Since(start).Round(time.Millisecond))

@@ -59,6 +59,7 @@ func testRegisterSameKey(t *testing.T, e *Env) {
 	require.Equal(t, A("100.64.0.2"), first.IPv4)
 	require.Equal(t, key, first.PublicKey)
 	require.Equal(t, ep1, first.Endpoints)
+	require.Equal(t, uint64(1), first.Generation)
 
 	again, created, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		DeviceTokenHash: dt2, PublicKey: key, Hostname: "two", Endpoints: ep2,
@@ -74,12 +75,17 @@ func testRegisterSameKey(t *testing.T, e *Env) {
 	require.Equal(t, ep2, again.Endpoints)
 	require.True(t, again.CreatedAt.Equal(first.CreatedAt))
 	require.True(t, again.UpdatedAt.Equal(Now.Add(time.Minute)))
+	require.Equal(t, uint64(2), again.Generation, "each registration is a new generation")
 
 	// Prefixes are never dropped by a registration that omits them.
 	third, _, err := e.Register(store.RegisterParams{Zone: store.DefaultZone, JoinTokenHash: tok,
 		PublicKey: key, Hostname: "two"})
 	require.NoError(t, err)
 	require.Equal(t, again.Prefixes, third.Prefixes)
+	require.Equal(t, uint64(3), third.Generation)
+	stored, err := e.S.Device(e.Ctx, first.ID)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), stored.Generation)
 
 	for _, h := range [][32]byte{dt1, dt2} {
 		d, err := e.S.DeviceByToken(e.Ctx, h)
@@ -266,6 +272,7 @@ func testUpdateDevice(t *testing.T, e *Env) {
 	require.NoError(t, err)
 	require.Equal(t, got.Prefixes, stored.Prefixes)
 	require.Equal(t, "renamed", stored.Hostname)
+	require.Equal(t, d.Generation, stored.Generation, "an update is not a registration")
 
 	cs, _, err := e.S.Changes(e.Ctx, store.DefaultZone, rev)
 	require.NoError(t, err)

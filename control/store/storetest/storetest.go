@@ -61,6 +61,7 @@ func Run(t *testing.T, open Open) {
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}
+	tests = append(tests, identityTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.fn(t, &Env{T: t, S: open(t), Ctx: t.Context()})

@@ -85,51 +85,9 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 		return fail(errors.New("service info carries no public key"))
 	}
 
-	tokHash := api.JoinTokenHash(c.joinSecret)
-	var resp *http.Response
-	for attempt := 0; ; attempt++ {
-		// Every attempt is signed anew (timestamp, nonce): the service
-		// spends a proof whatever the outcome, so a retried body would be
-		// refused as a replay.
-		r := req // Sign only sets r.Proof; the slices are shared read-only
-		r.Timestamp = c.nextTimestamp()
-		r.Nonce = newNonce()
-		if err := r.Sign(private, info.PublicKey, tokHash); err != nil {
-			return fail(fmt.Errorf("sign: %w", err))
-		}
-		body, err := json.Marshal(&r)
-		if err != nil {
-			return fail(err)
-		}
-		hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/devices", c.joinSecret, body)
-		if err != nil {
-			return fail(err)
-		}
-		resp, err = c.once.Do(hreq)
-		if err == nil && ctx.Err() != nil {
-			drainClose(resp)
-			err = context.Cause(ctx)
-		}
-		if err != nil {
-			err = c.causeOr(ctx, err)
-		}
-		retry, _ := checkRetry(ctx, resp, err)
-		if !retry || attempt >= c.retryMax {
-			if err != nil {
-				return fail(err)
-			}
-			break
-		}
-		wait := backoff(retryWaitMin, retryWaitMax, attempt, resp)
-		if resp != nil {
-			drainClose(resp)
-			c.log.Debug("controlclient: register: retrying", "status", resp.StatusCode, "wait", wait, "remaining", c.retryMax-attempt)
-		} else {
-			c.log.Debug("controlclient: register: retrying", "err", err, "wait", wait, "remaining", c.retryMax-attempt)
-		}
-		if err := sleepCtx(ctx, wait); err != nil {
-			return fail(err)
-		}
+	resp, err := c.postRegistration(ctx, private, info.PublicKey, req)
+	if err != nil {
+		return fail(err)
 	}
 	defer drainClose(resp)
 	var out api.RegisterResponse
@@ -141,6 +99,59 @@ func (c *Client) Register(ctx context.Context, private api.Key, req api.Register
 	}
 	c.SetDeviceToken(out.DeviceToken)
 	return out, nil
+}
+
+// postRegistration POSTs the registration req, signed with private for the
+// service key pub, retrying as Register says (each attempt with a new
+// timestamp and proof, on the current replica), and returns the last
+// response.
+func (c *Client) postRegistration(ctx context.Context, private, pub api.Key, req api.RegisterRequest) (*http.Response, error) {
+	tokHash := api.JoinTokenHash(c.joinSecret)
+	for attempt := 0; ; attempt++ {
+		// Every attempt is signed anew (timestamp, nonce): the service
+		// spends a proof whatever the outcome, so a retried body would be
+		// refused as a replay.
+		r := req // Sign only sets r.Proof; the slices are shared read-only
+		r.Timestamp = c.nextTimestamp()
+		r.Nonce = newNonce()
+		if err := r.Sign(private, pub, tokHash); err != nil {
+			return nil, fmt.Errorf("sign: %w", err)
+		}
+		body, err := json.Marshal(&r)
+		if err != nil {
+			return nil, err
+		}
+		hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/devices", c.joinSecret, body)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.once.Do(hreq)
+		if err == nil && ctx.Err() != nil {
+			drainClose(resp)
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			err = c.causeOr(ctx, err)
+		}
+		c.failed(attemptOf(hreq.Context()), resp, err) // the next attempt goes to another replica
+		retry, _ := checkRetry(ctx, resp, err)
+		if !retry || attempt >= c.retryMax {
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
+		}
+		wait := backoff(retryWaitMin, retryWaitMax, attempt, resp)
+		if resp != nil {
+			drainClose(resp)
+			c.log.Debug("controlclient: register: retrying", "status", resp.StatusCode, "wait", wait, "remaining", c.retryMax-attempt)
+		} else {
+			c.log.Debug("controlclient: register: retrying", "err", err, "wait", wait, "remaining", c.retryMax-attempt)
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // Self fetches GET /v1/devices/self (device token).
@@ -177,13 +188,14 @@ func (c *Client) ReleasePrefix(ctx context.Context, p netip.Prefix) error {
 }
 
 // LocalAddrFor returns the local IP address this host uses to reach the
-// service: the source address the kernel picks for a UDP "connect" to the
+// service (its current replica): the source address the kernel picks for a UDP "connect" to the
 // service host (no packet is sent). Host names are resolved.
 func (c *Client) LocalAddrFor(ctx context.Context) (netip.Addr, error) {
 	fail := func(err error) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("controlclient: local address: %w", err)
 	}
-	u, err := url.Parse(c.base)
+	_, base := c.replicas.current()
+	u, err := url.Parse(base)
 	if err != nil {
 		return fail(err)
 	}
@@ -252,7 +264,9 @@ func (c *Client) newRequest(ctx context.Context, method, path, auth string, body
 	if body != nil {
 		raw = body
 	}
-	req, err := retryablehttp.NewRequestWithContext(ctx, method, c.base+path, raw)
+	idx, base := c.replicas.current()
+	ctx = withAttempt(ctx, &attempt{idx: idx, base: base})
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, base+path, raw)
 	if err != nil {
 		return nil, err
 	}

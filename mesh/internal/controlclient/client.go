@@ -50,6 +50,12 @@ type Config struct {
 	// prefix. It may carry the join token in its fragment:
 	// https://host:8443#TOKEN. Required.
 	URL string
+	// FallbackURLs are more URLs of the same service: replicas sharing its
+	// database (and so its certificate, key, tokens and revisions). When
+	// the current one cannot be reached or answers 502/503/504, calls and
+	// Watch move on to the next, round robin (see failover.go). Same scheme
+	// as URL, no token fragment. Empty: URL only.
+	FallbackURLs []string
 	// Token is the join token; it overrides the URL fragment. Empty: the
 	// fragment's token, or none (then only device-token calls work, after
 	// SetDeviceToken). A token may pin the service certificate
@@ -89,8 +95,8 @@ type Config struct {
 // Client talks to one coordination service. It is safe for concurrent use.
 // Each Client owns its HTTP transport; Close releases it.
 type Client struct {
-	base        string // scheme://host[:port][/path], no trailing slash
-	host        string // host[:port] of base, for LocalAddrFor
+	base        string // URL's scheme://host[:port][/path], no trailing slash
+	replicas    replicas
 	joinSecret  string // "" when no join token
 	fingerprint []byte // pinned cert fingerprint; nil: normal verification
 	retryMax    int
@@ -121,9 +127,13 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlclient: %w", err)
 	}
+	fallbacks, err := parseFallbackURLs(cfg.FallbackURLs, u, cfg.InsecureHTTP)
+	if err != nil {
+		return nil, fmt.Errorf("controlclient: %w", err)
+	}
 	c := &Client{
 		base:        base,
-		host:        u.Host,
+		replicas:    replicas{bases: append([]string{base}, fallbacks...)},
 		retryMax:    cfg.RetryMax,
 		userAgent:   cfg.UserAgent,
 		idleTimeout: cfg.WatchIdleTimeout,
@@ -180,6 +190,11 @@ func New(cfg Config) (*Client, error) {
 
 	c.transport = newTransport(cfg, c.fingerprint)
 	c.rc = newRetryClient(c.transport, timeout, c.retryMax, cfg.Logger)
+	c.rc.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		c.failed(attemptOf(ctx), resp, err)
+		return checkRetry(ctx, resp, err)
+	}
+	c.rc.PrepareRetry = c.prepareRetry
 	c.once = newRetryClient(c.transport, timeout, 0, cfg.Logger)
 	c.stream = &http.Client{Transport: c.transport, CheckRedirect: noRedirect}
 	c.closeCtx, c.closeCancel = context.WithCancelCause(context.Background())

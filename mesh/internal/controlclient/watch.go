@@ -64,7 +64,9 @@ func (c *Client) Watch(ctx context.Context, zone string, since int64, fn func(ap
 	if since > 0 {
 		path += "?since=" + strconv.FormatInt(since, 10)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	idx, base := c.replicas.current()
+	a := &attempt{idx: idx, base: base}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -78,24 +80,41 @@ func (c *Client) Watch(ctx context.Context, zone string, since int64, fn func(ap
 
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		return fail(c.causeOr(ctx, err))
+		err = c.causeOr(ctx, err)
+		c.failed(a, nil, err)
+		return fail(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		c.failed(a, resp, nil)
 		return fail(readAPIError(resp))
 	}
 	c.log.Debug("controlclient: watching", "zone", zone, "since", since)
+	return c.readEvents(ctx, resp.Body, a, idle, fn, fail)
+}
 
-	br := bufio.NewReaderSize(resp.Body, 8<<10) // lines longer than this are assembled by readLine
+// readEvents reads a watch stream's lines and calls fn for each event. It
+// returns fn's error unchanged, or why the stream ended wrapped by fail;
+// a stream that broke, ended or went idle moves the client on to the next
+// replica (a's replica failed).
+func (c *Client) readEvents(ctx context.Context, body io.Reader, a *attempt, idle *idleTimer,
+	fn func(api.WatchEvent) error, fail func(error) error) error {
+	br := bufio.NewReaderSize(body, 8<<10) // lines longer than this are assembled by readLine
 	var line []byte
 	for {
+		var err error
 		line, err = readLine(br, line[:0], c.maxLine)
 		if err != nil {
-			if ctx.Err() != nil {
-				return fail(context.Cause(ctx))
+			switch {
+			case ctx.Err() != nil:
+				err = context.Cause(ctx) // closed, cancelled, or ErrWatchIdle
+			case err == io.EOF:
+				err = ErrStreamEnded
 			}
-			if err == io.EOF {
-				return fail(ErrStreamEnded)
+			if !errors.Is(err, ErrLineTooLong) {
+				// The replica went away, or hangs: the caller's next Watch
+				// resumes on another one.
+				c.failed(a, nil, err)
 			}
 			return fail(err)
 		}

@@ -171,9 +171,9 @@ func BenchmarkTCPTuning(b *testing.B) {
 		cfg  Config
 		bind func() conn.Bind
 	}{
-		{"reno", withTuning(func(t *tuning) { t.congestion = "reno" }), memberBind},
-		{"norack", withTuning(func(t *tuning) { t.rack = false }), memberBind},
-		{"reno_norack", withTuning(func(t *tuning) { t.congestion, t.rack = "reno", false }), memberBind},
+		{"cubic_rack", withTuning(func(t *tuning) { t.congestion, t.rack = "cubic", true }), memberBind},
+		{"rack", withTuning(func(t *tuning) { t.rack = true }), memberBind},
+		{"cubic", withTuning(func(t *tuning) { t.congestion = "cubic" }), memberBind},
 		{"nosack", withTuning(func(t *tuning) { t.sack = false }), memberBind},
 		{"buf1M", withTuning(func(t *tuning) {
 			t.sendBuf.Max, t.recvBuf.Max = 1<<20, 1<<20

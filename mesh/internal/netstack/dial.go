@@ -36,14 +36,14 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 // DialContextTCPAddrPort opens a TCP connection to addr through the tunnel.
 func (n *Net) DialContextTCPAddrPort(ctx context.Context, addr netip.AddrPort) (*gonet.TCPConn, error) {
 	fa, proto := fullAddr(addr)
-	return gonet.DialContextTCP(ctx, n.stack, fa, proto)
+	return n.dialTCP(ctx, fa, proto)
 }
 
 // ListenTCPAddrPort listens for TCP connections on addr (an own address, or
 // the unspecified address with an optional port).
 func (n *Net) ListenTCPAddrPort(addr netip.AddrPort) (*gonet.TCPListener, error) {
 	fa, proto := fullAddr(addr)
-	return gonet.ListenTCP(n.stack, fa, proto)
+	return n.listenTCP(fa, proto)
 }
 
 // DialUDPAddrPort opens a UDP socket bound to laddr (if valid or with a port)

@@ -64,7 +64,13 @@ type linkEndpoint struct {
 	groPool sync.Pool             // of *gro.GRO
 	filter  func(pkt []byte) bool // inbound filter; nil = accept all
 	isLocal func(netip.Addr) bool // reports the stack's own addresses
+
+	// policy is the PacketFilter in force (nil: none), see
+	// Net.SetPacketFilter.
+	policy atomic.Pointer[policyBox]
 }
+
+type policyBox struct{ f PacketFilter }
 
 type dispatcherBox struct{ d stack.NetworkDispatcher }
 
@@ -184,6 +190,11 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 		}
 		if e.rd.next < len(e.rd.pending) {
 			if n := e.loopback(bufs, sizes, offset, e.fill(bufs, sizes, offset)); n > 0 {
+				if pb := e.policy.Load(); pb != nil {
+					for i := range n {
+						pb.f.Outbound(bufs[i][offset : offset+sizes[i]])
+					}
+				}
 				return n, nil
 			}
 			continue
@@ -251,7 +262,7 @@ func (e *linkEndpoint) loopback(bufs [][]byte, sizes []int, offset, n int) int {
 		k++
 	}
 	if len(e.rd.local) > 0 {
-		e.write(e.rd.local, 0)
+		e.deliver(e.rd.local, 0, false)
 		clear(e.rd.local)
 		e.rd.local = e.rd.local[:0]
 	}
@@ -292,6 +303,16 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 
 // write implements tun.Device.Write: packets are delivered synchronously.
 func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
+	return e.deliver(bufs, offset, true)
+}
+
+// deliver hands packets to the stack; fromMesh packets pass the
+// PacketFilter first (the stack's own looped-back packets do not).
+func (e *linkEndpoint) deliver(bufs [][]byte, offset int, fromMesh bool) (int, error) {
+	var policy PacketFilter
+	if pb := e.policy.Load(); pb != nil && fromMesh {
+		policy = pb.f
+	}
 	box := e.disp.Load()
 	if box == nil {
 		select {
@@ -319,6 +340,9 @@ func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
 		case 6:
 			proto = header.IPv6ProtocolNumber
 		default:
+			continue
+		}
+		if policy != nil && !policy.Inbound(p) {
 			continue
 		}
 		if e.filter != nil && !e.filter(p) {

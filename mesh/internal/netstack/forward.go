@@ -92,7 +92,7 @@ func (r *TCPRequest) Accept() (*gonet.TCPConn, error) {
 		return nil, fmt.Errorf("netstack: accept forwarded %s -> %s: %s", r.Src, r.Dst, terr)
 	}
 	r.fr.Complete(false)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return gonet.NewTCPConn(&wq, unpinnedEndpoint{ep}), nil
 }
 
 // Reject refuses the connection with a reset. It is a no-op after Accept or

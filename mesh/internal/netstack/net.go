@@ -69,11 +69,37 @@ type Config struct {
 	// Logger receives debug logs; nil means quiet.
 	Logger *slog.Logger
 
-	tuning *tuning // benchmarks only; nil = defaultTuning
+	tuning *tuning          // benchmarks only; nil = defaultTuning
+	probe  tcp.TCPProbeFunc // tests only: called on every TCP segment received
 }
 
 // ErrInvalidConfig is returned (wrapped) by New for a bad Config.
 var ErrInvalidConfig = errors.New("netstack: invalid config")
+
+// PacketFilter inspects the IP packets crossing the tunnel (see
+// Net.SetPacketFilter). Its methods run on the data path, concurrently:
+// they must be fast, must not block and must not keep p.
+type PacketFilter interface {
+	// Inbound reports whether packet p, written by WireGuard (arriving
+	// from the mesh), reaches the stack, the node's own addresses and the
+	// forwarded ones alike.
+	Inbound(p []byte) bool
+	// Outbound sees every packet p the stack sends into the mesh (read by
+	// WireGuard), so that a stateful filter lets the replies in.
+	Outbound(p []byte)
+}
+
+// SetPacketFilter puts f in the inbound path (nil removes it): from the
+// next packet on, packets from the mesh that f refuses are dropped before
+// the stack, forwarding included, sees them. Packets the stack sends to
+// its own addresses do not pass f.
+func (n *Net) SetPacketFilter(f PacketFilter) {
+	if f == nil {
+		n.ep.policy.Store(nil)
+		return
+	}
+	n.ep.policy.Store(&policyBox{f})
+}
 
 // Net is a userspace network stack on a member's tunnel addresses. It is the
 // tun.Device that wireguard-go reads packets from and writes packets to, and
@@ -160,9 +186,13 @@ func New(cfg Config) (*Net, error) {
 		n.hasV6 = n.hasV6 || a.Is6()
 	}
 
+	tcpProto := tcp.NewProtocol
+	if cfg.probe != nil {
+		tcpProto = tcp.NewProtocolProbe(cfg.probe) // congestion control is set by tuning
+	}
 	n.stack = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		TransportProtocols: []stack.TransportProtocolFactory{tcpProto, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        false, // see linkEndpoint.loopback
 	})
 	if err := n.setup(tn); err != nil {

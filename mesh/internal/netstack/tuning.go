@@ -22,10 +22,61 @@ type tuning struct {
 	gsoMax       uint32 // benchmarks only: GSO segment size limit (0 = 64 KiB)
 }
 
-// defaultTuning is what New uses. Measured with BenchmarkTCPTuning (two
-// members over 127.0.0.1, one TCP stream, 48 MiB per leg, 12 back-to-back
-// pairs default/variant on the shared 2-core dev box; rate and CPU per MiB
-// relative to this default, >1 = more):
+// defaultTuning is what New uses: reno congestion control, SACK, and
+// classic loss detection (no RACK). It is the only combination in this
+// gVisor version (go.mod pins 2025-05-03) without a way to stall a
+// connection for good, that is, leave a sender with data to send and no
+// segment or timer that would ever send it. TestTransfersDoNotStall found
+// two (its lossy part drops 3% of WireGuard data packets; the TCP probe
+// printed the state of the stalled sender):
+//
+//   - cubic can set the congestion window to 0: its per-ACK update in
+//     congestion avoidance (cubic.go, getCwnd) moves the window toward
+//     W_cubic(t+RTT) even below the window, and after a loss detected at a
+//     window of 1, W_max is 0.85 and W_cubic 0.6, so one ACK of two packets
+//     takes a window of 2 to int(0.76) = 0. With nothing in flight no ACK
+//     comes back and no timer is armed. Probe: W_max 0.85, K 0.86, cwnd
+//     2 → 0. The lossy part stalled in 12 of 20 runs of 4 s with cubic
+//     and RACK (the old default), the clean part once in three 20 s runs
+//     under -race. Fixed upstream in 2026-08 (google/gvisor#13958). RACK
+//     makes a loss at window 1 common (its tail loss probe and reorder
+//     timer detect losses right after a retransmission timeout); without
+//     RACK it takes three duplicate ACKs at a window of 1, rare but
+//     possible after cubic's update shrank the window below what is in
+//     flight. Reno's window never goes below 1.
+//   - RACK's tail loss probe replaces the retransmission timer
+//     (rack.go, schedulePTO); when the probe fires and has nothing to send
+//     (a probe already out), postXmit re-arms the retransmission timer only
+//     if Outstanding > 0, and that count of packets in flight drifts (SACK
+//     and recovery accounting, clamped at 0) to 0 while data is still
+//     unacknowledged. Probe: 1142 bytes in
+//     flight, outstanding 0, sacked -11, cwnd 13, RTO 200 ms, nothing
+//     received for 15 s. Seen with reno and RACK in 2 of 16 20 s runs of
+//     the lossy part (6 connections). Without RACK every ACK that
+//     leaves data unacknowledged re-arms the retransmission timer.
+//
+// Tailscale turned RACK off for a "complete stall" (tailscale#14934) and
+// runs cubic without it; cubic without RACK keeps the first stall, rarer.
+//
+// The cost, measured with BenchmarkTCPTuning (two members over 127.0.0.1,
+// one TCP stream, 48 MiB per leg, back-to-back pairs default/variant on
+// the shared 2-core dev box, load 5-9; rate and CPU per MiB relative to
+// this default, >1 = more; two runs of 10 pairs):
+//
+//	variant              rate         CPU/MiB
+//	cubic + RACK (old)   1.69, 1.72   0.64, 0.69   stalls (first)
+//	reno + RACK          1.14, 1.06   0.82, 0.84   stalls (second)
+//	cubic                1.03, 0.83   0.72, 0.73   can stall (first), rarer
+//
+// Through members (BenchmarkUserspaceThroughput, old and new alternated,
+// two rounds of 5 at load 2.4-3) the rate did not change measurably:
+// ours/raw 0.127, 0.108 (old) vs 0.140, 0.099; the CPU per MiB grew from
+// 4.47, 3.73 to 5.15, 4.74 ms. Loss recovery without RACK walks the SACK
+// scoreboard (SetPipe) on every ACK, which is where reno without RACK
+// spends its extra CPU. Revisit with a gVisor that has #13958 and a
+// fixed tail loss probe.
+//
+// Earlier measurements, with cubic + RACK as the default (12 pairs):
 //
 //	variant              rate   CPU/MiB
 //	reno (RACK on)       1.01   1.35
@@ -37,13 +88,10 @@ type tuning struct {
 //	4 MiB default send   1.02   1.01
 //	no rcv moderation    1.03   1.01
 //
-// Cubic with RACK and SACK is the cheapest per byte (reno, or loss
-// detection without RACK, spends 10-80% more CPU per MiB in the SACK
-// scoreboard after each loss); buffer sizes within 1-8 MiB make no
-// measurable difference on loopback, so the maximum stays large (8 MiB) for
-// long-RTT paths and receive-buffer moderation stays on. SACK stays on: it
-// matters under real loss, which loopback barely has. Buffers are limits,
-// not allocations.
+// Buffer sizes within 1-8 MiB make no measurable difference on loopback,
+// so the maximum stays large (8 MiB) for long-RTT paths and receive-buffer
+// moderation stays on. SACK stays on: it matters under real loss, which
+// loopback barely has. Buffers are limits, not allocations.
 //
 // Levers measured later the same way (BenchmarkTCPTuning, 8-10 pairs,
 // medians; the machine's load swung between 2 and 9 during the runs):
@@ -64,8 +112,8 @@ type tuning struct {
 //
 // Not levers in this gVisor version: the initial congestion window
 // (tcp.InitialCwnd is a constant) and HyStart (cubic always runs it; reno
-// has none and costs 35% more CPU per MiB, above). Measured with the TCP
-// info of a loopback stream: cubic leaves slow start through HyStart at a
+// has none). Measured with the TCP info of a loopback stream when cubic
+// was the default: cubic leaves slow start through HyStart at a
 // window of ~410 segments with a smoothed RTT of ~5 ms, of which nearly all
 // is queueing inside the wireguard-go pipeline, with no retransmissions: the
 // window is not what limits the rate, the CPU is (crypto ~25%, sendmmsg
@@ -76,8 +124,8 @@ var defaultTuning = tuning{
 	recvBuf:      tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
 	moderateRecv: true,
 	sack:         true,
-	rack:         true,
-	congestion:   "cubic",
+	rack:         false,
+	congestion:   "reno",
 }
 
 func (t *tuning) apply(s *stack.Stack) error {

@@ -1,0 +1,6 @@
+//go:build ts_omit_captiveportal
+
+package main
+
+// captivePortalBuilt: this binary has no captive-portal detection.
+const captivePortalBuilt = false

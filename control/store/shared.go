@@ -1,0 +1,46 @@
+package store
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Helpers for Store implementations outside this package (PostgreSQL), so
+// that every store applies the same rules and writes the same change-log
+// format.
+
+// NewDeviceID returns a random device id, "dev_" and 16 hex digits.
+func NewDeviceID() string { return newDeviceID() }
+
+// NormalizeZone fills z's defaults (pools, CreatedAt = now when zero) and
+// validates its pools, as CreateZone requires.
+func NormalizeZone(z Zone, now time.Time) (Zone, error) { return normalizeZone(z, now) }
+
+// CheckJoinToken checks that t may register a device in zone at now:
+// ErrTokenInvalid (with the reason, never the secret) otherwise.
+func CheckJoinToken(t JoinToken, zone string, now time.Time) error {
+	return checkJoinToken(t, zone, now)
+}
+
+// CheckHeldPrefix rejects a prefix that can never be held (invalid, not
+// canonical, IPv4-mapped), as ReleasePrefix must.
+func CheckHeldPrefix(p netip.Prefix) error { return checkChildPrefix(p) }
+
+// CheckEndpoints rejects an invalid endpoint.
+func CheckEndpoints(eps []netip.AddrPort) error { return checkEndpoints(eps) }
+
+// EncodeChangeDevice is the stored form of a device in the change log
+// (JSON with names of its own, stable across Go renames).
+func EncodeChangeDevice(d Device) (string, error) { return encodeDevice(d) }
+
+// DecodeChangeDevice is the inverse of EncodeChangeDevice.
+func DecodeChangeDevice(s string) (Device, error) { return decodeDevice(s) }
+
+// MaxHostnameSuffix bounds the search for a free suffixed hostname: past
+// "-MaxHostnameSuffix" a store gives ErrHostnameTaken.
+const MaxHostnameSuffix = maxHostnameSuffix
+
+// SuffixedHostname returns h with "-n" appended, h cut (at a rune
+// boundary) so that the result fits a hostname's length limit, as the
+// stores name a device whose hostname is taken.
+func SuffixedHostname(h string, n int) string { return suffixedHostname(h, n) }
