@@ -32,10 +32,32 @@ func behindNAT(l *netlab.Lab, wan *netlab.Switch, name string, i byte, kind netl
 	return h, nat
 }
 
+// natStatus is the part of `wiremesh status --json` (docs/STATUS-JSON.md)
+// these tests read.
+type natStatus struct {
+	Self struct {
+		NAT   *string `json:"nat"`
+		Relay bool    `json:"relay"`
+	} `json:"self"`
+	Peers []struct {
+		Hostname string  `json:"hostname"`
+		Path     *string `json:"path"`
+		Endpoint *string `json:"endpoint"`
+	} `json:"peers"`
+}
+
+// nat returns the NAT kind the member learned ("" when unknown).
+func (s natStatus) nat() string {
+	if s.Self.NAT == nil {
+		return ""
+	}
+	return *s.Self.NAT
+}
+
 // status reads an agent's status.
-func (a *agent) status(t *testing.T, bin string) mesh.Status {
+func (a *agent) status(t *testing.T, bin string) natStatus {
 	t.Helper()
-	var st mesh.Status
+	var st natStatus
 	require.NoError(t, json.Unmarshal([]byte(a.host.MustRun(t, bin, "status", "--json", "--socket", a.socket)), &st))
 	return st
 }
@@ -44,9 +66,18 @@ func (a *agent) status(t *testing.T, bin string) mesh.Status {
 func (a *agent) pathTo(t *testing.T, bin, name string) (string, netip.AddrPort) {
 	t.Helper()
 	for _, p := range a.status(t, bin).Peers {
-		if p.Hostname == name {
-			return p.Path, p.Endpoint
+		if p.Hostname != name {
+			continue
 		}
+		var path string
+		var ep netip.AddrPort
+		if p.Path != nil {
+			path = *p.Path
+		}
+		if p.Endpoint != nil {
+			ep, _ = netip.ParseAddrPort(*p.Endpoint)
+		}
+		return path, ep
 	}
 	return "", netip.AddrPort{}
 }
@@ -129,10 +160,10 @@ func TestNATTraversal(t *testing.T) {
 			waitPath(t, bin, ms["noudp"], ms[other], mesh.PathRelay, probeTimeout)
 		}
 		st := ms["sym1"].status(t, bin)
-		require.Equal(t, "symmetric", string(st.Self.NAT))
+		require.Equal(t, "symmetric", st.nat())
 		require.True(t, st.Self.Relay)
-		require.Equal(t, "endpoint-independent", string(ms["ei1"].status(t, bin).Self.NAT))
-		require.Equal(t, "", string(ms["noudp"].status(t, bin).Self.NAT), "no STUN answer without UDP")
+		require.Equal(t, "endpoint-independent", ms["ei1"].status(t, bin).nat())
+		require.Equal(t, "", ms["noudp"].status(t, bin).nat(), "no STUN answer without UDP")
 	})
 
 	t.Run("the relayed member moves to direct when UDP opens", func(t *testing.T) {
