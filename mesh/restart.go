@@ -13,16 +13,26 @@ import (
 // died with the process; a member that keeps one does not notice before
 // its own traffic goes unanswered for Keepalive-Timeout + Rekey-Timeout
 // (15 s), and if the restarted peer cannot reach it (a spoke behind NAT),
-// nothing else repairs the path. So when a peer's generation changes, the
-// device replaces the peer (remove, add): the new peer has no session,
-// and, with a persistent keepalive, initiates at once. It is re-added with
-// the endpoint the device was using (learnt from the peer's packets, e.g.
+// nothing else repairs the path. So when a peer's generation changes and
+// no handshake with it follows within restartRetries[0], the device
+// replaces the peer (remove, add): the new peer has no session, and, with
+// a persistent keepalive, initiates at once. It is re-added with the
+// endpoint the device was using (learnt from the peer's packets, e.g.
 // through a NAT) when there is one.
 //
-// The news may arrive before the restarted peer's device is up or knows
-// this node (an initiation is then dropped), or after the peer already
-// handshook with this node (the replacement then drops a fresh session,
-// and the new initiation builds another at once). So a replaced peer
+// Why wait: a restarted peer that can reach this node starts with no
+// session and initiates to it at once, about when the news arrives here.
+// Initiating too would cross its initiation in flight: each side answers
+// the other's, which drops its own, and wireguard-go, completing its own
+// handshake on one worker while answering the crossing initiation on
+// another, can end with a session whose receiving index it has just
+// deleted, so that everything the other side sends is dropped for 15 s
+// (TestPrefixAddedAndReleasedAtRuntime failed so about one run in
+// twenty). A handshake completed after the news means the restarted peer
+// reached this node: nothing to replace.
+//
+// The news may also arrive before the restarted peer's device is up or
+// knows this node (an initiation is then dropped). So a replaced peer
 // without a handshake restartRetries later is replaced again, a few times;
 // then WireGuard's own retries take over. A replacement is a deliberate
 // initiation: the crossGuard forgets what it saw, so it does not drop it.
@@ -33,29 +43,24 @@ var restartRetries = []time.Duration{
 	2 * time.Second,
 }
 
-// restart is a replaced peer waiting for its first handshake.
+// restart is a peer that restarted, waiting for a handshake after the
+// news (see above).
 type restart struct {
-	tries int       // replacements after the first
+	news  time.Time // when the new generation was applied
+	tries int       // replacements so far
 	due   time.Time // when to look again
 }
 
 // restartsLocked returns the peers of eff to replace now (see above) and
 // when to look again (zero: nothing to wait for). have is what the device
-// has. It reads the device state only when a replaced peer is due.
+// has. It reads the device state only when a restarted peer is due.
 func (d *wgDevice) restartsLocked(have, eff map[api.Key]wgPeer, now time.Time) (map[api.Key]bool, time.Time, error) {
-	var replace map[api.Key]bool
-	add := func(k api.Key) {
-		if replace == nil {
-			replace = map[api.Key]bool{}
-		}
-		replace[k] = true
-	}
 	for k, w := range eff {
 		if h, ok := have[k]; ok && restarted(h, w) {
-			d.restarts[k] = &restart{due: now.Add(restartRetries[0])}
-			add(k)
+			d.restarts[k] = &restart{news: now, due: now.Add(restartRetries[0])}
 		}
 	}
+	var replace map[api.Key]bool
 	var next time.Time
 	var stats *devStats
 	for k, r := range d.restarts {
@@ -63,7 +68,7 @@ func (d *wgDevice) restartsLocked(have, eff map[api.Key]wgPeer, now time.Time) (
 			delete(d.restarts, k)
 			continue
 		}
-		if now.Before(r.due) || replace[k] {
+		if now.Before(r.due) {
 			next = earliest(next, r.due)
 			continue
 		}
@@ -74,14 +79,21 @@ func (d *wgDevice) restartsLocked(have, eff map[api.Key]wgPeer, now time.Time) (
 			}
 			stats = &st
 		}
-		if !stats.peers[k].lastHandshake.IsZero() || r.tries+1 >= len(restartRetries) {
+		if stats.peers[k].lastHandshake.After(r.news) {
 			delete(d.restarts, k)
 			continue
 		}
+		if replace == nil {
+			replace = map[api.Key]bool{}
+		}
+		replace[k] = true
 		r.tries++
+		if r.tries == len(restartRetries) {
+			delete(d.restarts, k) // the last one: WireGuard's retries follow
+			continue
+		}
 		r.due = now.Add(restartRetries[r.tries])
 		next = earliest(next, r.due)
-		add(k)
 	}
 	return replace, next, nil
 }

@@ -1,11 +1,16 @@
 package mesh
 
 import (
-	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
+	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 
 	"github.com/stretchr/testify/require"
 )
@@ -62,6 +67,56 @@ func TestRestartedPeerNewsBeforeDevice(t *testing.T) {
 	b = restartDev(t, b)
 	require.NoError(t, b.applyPeers(peersOf(a.peer(false, false))))
 	roundTrip(t, b, echoTCP(t, a))
+}
+
+// initiations is a slog.Handler that counts the handshake initiations a
+// device logs sending (wireguard-go, at debug level).
+type initiations struct{ n atomic.Int64 }
+
+func (c *initiations) Enabled(context.Context, slog.Level) bool { return true }
+func (c *initiations) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *initiations) WithGroup(string) slog.Handler            { return c }
+func (c *initiations) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "Sending handshake initiation") {
+		c.n.Add(1)
+	}
+	return nil
+}
+
+// A restarted peer that can reach this node initiates to it at once, about
+// when the news of its restart arrives here: this node must not initiate
+// as well, or the initiations cross (see restartRetries). Before the fix
+// the spoke replaced the peer, and initiated, on the news itself.
+func TestRestartedPeerThatInitiatesIsNotReplaced(t *testing.T) {
+	inits := &initiations{}
+	priv, err := newPrivateKey()
+	require.NoError(t, err)
+	v4, v6 := netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd00::1")
+	ad, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, slog.New(inits), magicsock.Config{PrivateKey: priv})
+	require.NoError(t, err)
+	t.Cleanup(ad.close)
+	a := &testDev{wgDevice: ad, tnet: tnet, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}
+	b := newTestDev(t, 2)
+	bp := b.peer(false, true)
+	bp.Generation = 1
+	require.NoError(t, a.applyPeers(peersOf(bp)))
+	// b has no endpoint for a, so only a initiates (crossing initiations
+	// are what this test is about), and b's first initiation is the one
+	// after the restart (a peer rejects as a replay an initiation less
+	// than wireguard-go's timestamp resolution, about 16 ms, after the
+	// previous one).
+	require.NoError(t, b.applyPeers(peersOf(a.peer(false, false))))
+	roundTrip(t, a, echoTCP(t, b))
+
+	b = restartDev(t, b)
+	sent := inits.n.Load()
+	bp.Generation = 2
+	require.NoError(t, a.applyPeers(peersOf(bp)))
+	require.NoError(t, b.applyPeers(peersOf(a.peer(false, true))))
+	roundTrip(t, b, echoTCP(t, a))
+	require.Eventually(t, func() bool { return len(a.restartsOf()) == 0 }, 5*time.Second, 20*time.Millisecond,
+		"the restarted peer handshook: nothing left to replace")
+	require.Equal(t, sent, inits.n.Load(), "the spoke sent no handshake initiation of its own")
 }
 
 // An unchanged generation keeps the session (see
