@@ -118,6 +118,7 @@ func (s *server) handleRotateKey(w http.ResponseWriter, r *http.Request, d store
 		return
 	}
 	s.log.InfoContext(ctx, "device key rotated", "zone", d.Zone, "id", d.ID, "old", api.Key(d.PublicKey), "new", req.NewPublicKey)
+	s.relay.dropDevice(d.ID) // its relay connections speak for the old key
 	s.hub.update(d.Zone)
 	writeJSON(w, http.StatusOK, toAPIDevice(nd))
 }

@@ -189,7 +189,22 @@ func (c *relayConn) stop() { c.doneOnce.Do(func() { close(c.done) }) }
 // relayBufs recycles message buffers: a message is read into one, queued
 // and written, then the buffer comes back (io.ReadAll, which
 // websocket.Conn.Read uses, allocates and grows a new one per message).
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 0, relayBufCap); return &b }}
+
+// relayBufCap is the capacity of a pooled buffer: a WireGuard datagram of
+// the default MTU and its 32-byte key header fit. A buffer grown past it
+// (a larger message) is not pooled again, so that a small message never
+// holds a large buffer in a queue, where the bound counts capacity.
+const relayBufCap = 2 << 10
+
+// putRelayBuf returns bp to relayBufs unless it grew past relayBufCap.
+func putRelayBuf(bp *[]byte) {
+	if cap(*bp) > relayBufCap {
+		return
+	}
+	*bp = (*bp)[:0]
+	relayBufs.Put(bp)
+}
 
 // readMessage reads one message into a buffer from relayBufs.
 func readMessage(ctx context.Context, ws *websocket.Conn) (websocket.MessageType, *[]byte, error) {
@@ -211,7 +226,7 @@ func readMessage(ctx context.Context, ws *websocket.Conn) (websocket.MessageType
 		}
 		if err != nil {
 			*bp = b[:0]
-			relayBufs.Put(bp)
+			putRelayBuf(bp)
 			return 0, nil, err
 		}
 	}
@@ -226,12 +241,12 @@ func (rl *relay) readLoop(c *relayConn) error {
 		}
 		msg := *bp
 		if typ != websocket.MessageBinary {
-			relayBufs.Put(bp)
+			putRelayBuf(bp)
 			return c.ws.Close(websocket.StatusUnsupportedData, "binary messages only")
 		}
 		dst, err := api.ParseRelayMessage(msg, nil)
 		if err != nil {
-			relayBufs.Put(bp)
+			putRelayBuf(bp)
 			rl.m.messages.WithLabelValues("malformed").Inc()
 			continue
 		}
@@ -247,25 +262,27 @@ func (rl *relay) forward(from *relayConn, dst relayKey, bp *[]byte) {
 	to := rl.byKey[dst]
 	rl.mu.Unlock()
 	if to == nil || to == from || dst.key == from.rk.key {
-		relayBufs.Put(bp)
+		putRelayBuf(bp)
 		rl.m.messages.WithLabelValues("unknown_destination").Inc()
 		return
 	}
 	copy(*bp, from.rk.key[:])
-	n := int64(len(*bp))
+	// The queue bound counts the memory a queued message holds (its
+	// buffer's capacity), not its length.
+	n, size := int64(cap(*bp)), len(*bp) // bp is the writer's once queued
 	if to.queued.Add(n) > relayQueueBytes {
 		to.queued.Add(-n)
-		relayBufs.Put(bp)
+		putRelayBuf(bp)
 		rl.m.messages.WithLabelValues("queue_full").Inc()
 		return
 	}
 	select {
 	case to.out <- bp:
 		rl.m.messages.WithLabelValues("forwarded").Inc()
-		rl.m.bytes.Add(float64(n))
+		rl.m.bytes.Add(float64(size))
 	default:
 		to.queued.Add(-n)
-		relayBufs.Put(bp)
+		putRelayBuf(bp)
 		rl.m.messages.WithLabelValues("queue_full").Inc()
 	}
 }
@@ -278,9 +295,9 @@ func (rl *relay) writeLoop(c *relayConn) {
 		case <-c.done:
 			return
 		case bp := <-c.out:
-			c.queued.Add(-int64(len(*bp)))
+			c.queued.Add(-int64(cap(*bp)))
 			err := c.ws.Write(rl.ctx, websocket.MessageBinary, *bp)
-			relayBufs.Put(bp)
+			putRelayBuf(bp)
 			if err != nil {
 				return
 			}
