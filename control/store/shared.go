@@ -2,6 +2,7 @@ package store
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -44,3 +45,27 @@ const MaxHostnameSuffix = maxHostnameSuffix
 // boundary) so that the result fits a hostname's length limit, as the
 // stores name a device whose hostname is taken.
 func SuffixedHostname(h string, n int) string { return suffixedHostname(h, n) }
+
+// CheckCandidates refuses a reachability candidate without an address or a
+// type, for every store's UpdateDevice.
+func CheckCandidates(cs []Candidate) error { return checkCandidates(cs) }
+
+// EncodeCandidates is how every store keeps a device's candidates: a JSON
+// array ("[]" for none).
+func EncodeCandidates(cs []Candidate) (string, error) { return encodeCandidates(cs) }
+
+// ApplyReach applies p's endpoints, candidates and NAT kind to d and says
+// whether anything changed (an update repeating them records nothing).
+func ApplyReach(d *Device, p UpdateParams) bool {
+	changed := false
+	if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
+		d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
+	}
+	if p.Candidates != nil && !slices.Equal(*p.Candidates, d.Candidates) {
+		d.Candidates, changed = nilIfEmpty(slices.Clone(*p.Candidates)), true
+	}
+	if p.NAT != nil && *p.NAT != d.NAT {
+		d.NAT, changed = *p.NAT, true
+	}
+	return changed
+}

@@ -227,14 +227,8 @@ func (s *SQLite) UpdateDevice(ctx context.Context, id string, p UpdateParams) (D
 				d.Hostname, changed = h, true
 			}
 		}
-		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
-			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
-		}
-		if p.Candidates != nil && !slices.Equal(*p.Candidates, d.Candidates) {
-			d.Candidates, changed = nilIfEmpty(slices.Clone(*p.Candidates)), true
-		}
-		if p.NAT != nil && *p.NAT != d.NAT {
-			d.NAT, changed = *p.NAT, true
+		if ApplyReach(&d, p) {
+			changed = true
 		}
 		z, err := loadZonePools(ctx, tx, d.Zone)
 		if err != nil {

@@ -232,7 +232,7 @@ func updateDeviceRow(ctx context.Context, tx pgx.Tx, d store.Device) error {
 	if err != nil {
 		return err
 	}
-	cands, err := encodeCandidates(d.Candidates)
+	cands, err := store.EncodeCandidates(d.Candidates)
 	if err != nil {
 		return err
 	}
@@ -253,7 +253,7 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 		}
 	}
 	if p.Candidates != nil {
-		if err := checkCandidates(*p.Candidates); err != nil {
+		if err := store.CheckCandidates(*p.Candidates); err != nil {
 			return store.Device{}, fmt.Errorf("postgres: %s: %w", op, err)
 		}
 	}
@@ -277,14 +277,8 @@ func (s *Store) UpdateDevice(ctx context.Context, id string, p store.UpdateParam
 				d.Hostname, changed = h, true
 			}
 		}
-		if p.Endpoints != nil && !slices.Equal(*p.Endpoints, d.Endpoints) {
-			d.Endpoints, changed = nilIfEmpty(slices.Clone(*p.Endpoints)), true
-		}
-		if p.Candidates != nil && !slices.Equal(*p.Candidates, d.Candidates) {
-			d.Candidates, changed = nilIfEmpty(slices.Clone(*p.Candidates)), true
-		}
-		if p.NAT != nil && *p.NAT != d.NAT {
-			d.NAT, changed = *p.NAT, true
+		if store.ApplyReach(&d, p) {
+			changed = true
 		}
 		z, err := loadZonePools(ctx, tx, d.Zone)
 		if err != nil {
@@ -461,23 +455,4 @@ func nilIfEmpty[T any](s []T) []T {
 		return nil
 	}
 	return s
-}
-
-func encodeCandidates(cs []store.Candidate) (string, error) {
-	if len(cs) == 0 {
-		return "[]", nil
-	}
-	b, err := json.Marshal(cs)
-	return string(b), err
-}
-
-// checkCandidates refuses a candidate without an address or a type (as the
-// SQLite store does).
-func checkCandidates(cs []store.Candidate) error {
-	for _, c := range cs {
-		if !c.Addr.IsValid() || c.Type == "" {
-			return fmt.Errorf("invalid candidate %s (%q)", c.Addr, c.Type)
-		}
-	}
-	return nil
 }
