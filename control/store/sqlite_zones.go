@@ -113,15 +113,8 @@ func (s *SQLite) Zones(ctx context.Context) ([]Zone, error) {
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			z, err := scanZone(rows)
-			if err != nil {
-				return err
-			}
-			zs = append(zs, z)
-		}
-		return rows.Err()
+		zs, err = collectRows(rows, scanZone)
+		return err
 	})
 	return zs, err
 }
@@ -130,6 +123,29 @@ const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes,
 	min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at`
 
 type scanner interface{ Scan(dest ...any) error }
+
+// collectRows scans each of rows with scan and closes rows: the
+// database/sql counterpart of pgx.CollectRows, which the PostgreSQL store
+// uses.
+func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// scanString scans a row of one text column.
+func scanString(r scanner) (string, error) {
+	var s string
+	err := r.Scan(&s)
+	return s, err
+}
 
 func scanZone(r scanner) (Zone, error) {
 	var (
