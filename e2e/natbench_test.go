@@ -36,15 +36,11 @@ const joinsPerLeg = 12
 //
 //	go test -run '^$' -bench NATPaths -benchtime 1x -count 3 ./e2e/
 func BenchmarkNATPaths(b *testing.B) {
-	netlab.RequireRoot(b)
-	netlab.RequireTUN(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3: not found on PATH (Debian: apt-get install iperf3)")
 	}
-	bin := netlab.BuildBinary(b, wiremeshPkg)
-	l := netlab.New(b)
-	wan := l.Switch("wan")
-	svc := startService(b, l, wan, bin, "--stun-listen=192.0.2.1:3478")
+	lab := newWANLab(b, "--stun-listen=192.0.2.1:3478")
+	l, wan, bin, svc := lab.Lab, lab.wan, lab.bin, lab.svc
 
 	pubA, pubB := l.Host("pub-a"), l.Host("pub-b")
 	l.Connect(pubA, wan, pfx("192.0.2.51/24"))
