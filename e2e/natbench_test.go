@@ -130,18 +130,22 @@ func waitPathB(b *testing.B, bin string, a *agent, peer, want string) {
 	deadline := time.Now().Add(probeTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
+	var last string // the last status read, for the failure message
 	for {
 		out, err := a.host.Run(ctx, bin, "status", "--json", "--socket", a.socket)
-		var st mesh.Status
-		if err == nil && json.Unmarshal(out, &st) == nil {
-			for _, p := range st.Peers {
-				if p.Hostname == peer && p.Path == want {
-					return
+		var st natStatus // the documented format (docs/STATUS-JSON.md)
+		if err == nil {
+			last = string(out)
+			if json.Unmarshal(out, &st) == nil {
+				for _, p := range st.Peers {
+					if p.Hostname == peer && p.Path != nil && *p.Path == want {
+						return
+					}
 				}
 			}
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("%s: no %s path to %s:\n%s", a.name, want, peer, out)
+			b.Fatalf("%s: no %s path to %s:\n%s", a.name, want, peer, last)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
