@@ -33,19 +33,7 @@ func TestKernelMode(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
 	}
-	l := netlab.New(t)
-	h := l.Host("kernel")
-	t.Setenv(kernelTestEnv, "1")
-	args := []string{"-test.run=^TestKernelModeInNamespace$", "-test.v", "-test.count=1", "-test.timeout=3m"}
-	p := h.Start(t, os.Args[0], args...)
-	select {
-	case <-p.Done():
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("TestKernelModeInNamespace did not finish; output:\n%s", p.Output())
-	}
-	out := p.Output()
-	require.NoError(t, p.Stop(), out)
-	require.Contains(t, out, "--- PASS: TestKernelModeInNamespace", out)
+	out := runTestInNetNS(t, netlab.New(t).Host("kernel"), "TestKernelModeInNamespace", kernelTestEnv, "1")
 	t.Logf("child output:\n%s", out)
 }
 

@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"context"
 	"net/netip"
 	"os"
 	"testing"
@@ -11,6 +10,25 @@ import (
 
 	"github.com/wiremesh/wiremesh/internal/netlab"
 )
+
+// runTestInNetNS runs the test named child alone, with this test binary,
+// in h's network namespace (`ip netns exec` also gives it a mount
+// namespace of its own), with env set to val in its environment. It fails
+// t unless the child passes within 3 minutes, and returns its output.
+func runTestInNetNS(t *testing.T, h *netlab.Host, child, env, val string) string {
+	t.Helper()
+	t.Setenv(env, val)
+	p := h.Start(t, os.Args[0], "-test.run=^"+child+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
+	select {
+	case <-p.Done():
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("%s did not finish; output:\n%s", child, p.Output())
+	}
+	out := p.Output()
+	require.NoError(t, p.Stop(), out)
+	require.Contains(t, out, "--- PASS: "+child, out)
+	return out
+}
 
 // inNetNSEnv marks the copy of the test binary that runInRouterNetNS runs
 // inside the namespace.
@@ -22,25 +40,19 @@ var routerNetNSAddr = netip.MustParseAddr("198.18.77.1")
 
 // runInRouterNetNS reports whether t runs inside the namespace, and should
 // go on. Outside it (it needs root) it makes a network namespace whose lo
-// carries routerNetNSAddr, runs t alone again inside it with this test
-// binary, fails t unless that run passed, and reports false: the caller
-// returns. So everything t starts, service, router and spoke included,
-// lives in the namespace and no traffic leaves it.
+// carries routerNetNSAddr, runs t again there (runTestInNetNS) and
+// reports false: the caller returns. So everything t starts, service,
+// router and spoke included, lives in the namespace and no traffic leaves
+// it.
 func runInRouterNetNS(t *testing.T) bool {
 	t.Helper()
 	if os.Getenv(inNetNSEnv) != "" {
 		return true
 	}
 	netlab.RequireRoot(t)
-	lab := netlab.New(t)
-	h := lab.Host("router")
+	h := netlab.New(t).Host("router")
 	h.AddAddr("lo", netip.PrefixFrom(routerNetNSAddr, 32))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := h.Run(ctx, "env", inNetNSEnv+"=1", os.Args[0],
-		"-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=2m")
+	out := runTestInNetNS(t, h, t.Name(), inNetNSEnv, "1")
 	t.Logf("inside namespace %s:\n%s", h.NS(), out)
-	require.NoError(t, err)
-	require.Contains(t, string(out), "--- PASS: "+t.Name())
 	return false
 }

@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -42,16 +41,8 @@ func TestWGShow(t *testing.T) {
 	h := netlab.New(t).Host("wgshow")
 	mnt, err := os.Readlink("/proc/self/ns/mnt")
 	require.NoError(t, err)
-	t.Setenv(uapiTestEnv, mnt) // the child checks it has another one
-	p := h.Start(t, os.Args[0], "-test.run=^TestWGShowInNamespace$", "-test.v", "-test.count=1", "-test.timeout=3m")
-	select {
-	case <-p.Done():
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("TestWGShowInNamespace did not finish; output:\n%s", p.Output())
-	}
-	out := p.Output()
-	require.NoError(t, p.Stop(), out)
-	require.Contains(t, out, "--- PASS: TestWGShowInNamespace", out)
+	// The child checks it has another mount namespace.
+	runTestInNetNS(t, h, "TestWGShowInNamespace", uapiTestEnv, mnt)
 }
 
 // TestWGShowInNamespace: `wg show` lists a kernel-mode node's peer with
