@@ -28,11 +28,7 @@ const kernelTestEnv = "WIREMESH_KERNEL_TEST_NETNS"
 // TestKernelMode runs TestKernelModeInNamespace in a fresh network
 // namespace (root, Linux, /dev/net/tun).
 func TestKernelMode(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
-	}
+	requireKernelMode(t)
 	out := runTestInNetNS(t, netlab.New(t).Host("kernel"), "TestKernelModeInNamespace", kernelTestEnv, "1")
 	t.Logf("child output:\n%s", out)
 }

@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"net/netip"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -10,6 +11,17 @@ import (
 
 	"github.com/wiremesh/wiremesh/internal/netlab"
 )
+
+// requireKernelMode skips t unless it can run a kernel-mode node: root,
+// /dev/net/tun and nftables' nft.
+func requireKernelMode(t *testing.T) {
+	t.Helper()
+	netlab.RequireRoot(t)
+	netlab.RequireTUN(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
+	}
+}
 
 // runTestInNetNS runs the test named child alone, with this test binary,
 // in h's network namespace (`ip netns exec` also gives it a mount

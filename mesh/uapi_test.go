@@ -30,13 +30,9 @@ const uapiTestEnv = "WIREMESH_UAPI_TEST_NETNS"
 // child a mount namespace of its own too, where it mounts a tmpfs on
 // /var/run/wireguard: the sockets of the test never appear on the host.
 func TestWGShow(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
+	requireKernelMode(t)
 	if _, err := exec.LookPath("wg"); err != nil {
 		t.Skip("needs wireguard-tools: `wg` not found on PATH (apt-get install wireguard-tools); skipping the wg show test")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
 	}
 	h := netlab.New(t).Host("wgshow")
 	mnt, err := os.Readlink("/proc/self/ns/mnt")
