@@ -147,12 +147,7 @@ func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 		writeError(w, apiErr(api.CodeBadRequest, "zone %q is not a valid zone name", z))
 		return "", false
 	}
-	if _, err := s.cfg.Store.Zone(r.Context(), z); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", z))
-		} else {
-			writeError(w, s.storeErr(r.Context(), "look up zone", err))
-		}
+	if _, ok := s.lookupZone(w, r, z, "look up zone"); !ok {
 		return "", false
 	}
 	return z, true
