@@ -216,7 +216,7 @@ func TestRelayQueueBoundCountsCapacity(t *testing.T) {
 		{"grown buffers", grown, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			rl := newRelay(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+			rl := newRelay(slog.New(slog.DiscardHandler), prometheus.NewRegistry(), relayConfig{})
 			t.Cleanup(rl.close)
 			from := &relayConn{rk: relayKey{"z", newDevice().pub}}
 			to := &relayConn{rk: relayKey{"z", newDevice().pub}, out: make(chan *[]byte, relayQueueMessages)}
