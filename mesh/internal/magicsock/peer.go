@@ -96,13 +96,13 @@ type path struct {
 type peer struct {
 	key  api.Key
 	ep   *Endpoint
-	mac  []byte // disco MAC key; nil for an unusable (low-order) key
 	cur  atomic.Pointer[path]
 	init atomic.Int64 // unix nanos of our last unanswered initiation, 0 if none
 	resp atomic.Int64 // unix nanos of our last handshake response, 0 if none
 
 	// mu guards the fields below.
 	mu        sync.Mutex
+	mac       []byte // disco MAC key; nil for an unusable (low-order) key
 	name      string
 	cands     []*peerCand // advertised first, then peer-reflexive
 	pending   map[txID]pendingPing

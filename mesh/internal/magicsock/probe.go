@@ -12,10 +12,16 @@ import (
 func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	from = unmap(from)
 	p := c.peer(discoSender(b), false)
-	if p == nil || p.mac == nil {
+	if p == nil {
 		return // not a peer of ours: nobody we share a key with
 	}
-	kind, tx, err := parseDisco(b, p.mac)
+	p.mu.Lock()
+	mac := p.mac
+	p.mu.Unlock()
+	if mac == nil {
+		return
+	}
+	kind, tx, err := parseDisco(b, mac)
 	if err != nil {
 		c.log.Debug("magicsock: dropped a probe", "from", from, "err", err)
 		return
@@ -23,7 +29,7 @@ func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	now := time.Now()
 	switch kind {
 	case discoPing:
-		pong := appendDisco(make([]byte, 0, discoLen), discoPong, c.pub, tx, p.mac)
+		pong := appendDisco(make([]byte, 0, discoLen), discoPong, c.keys().pub, tx, mac)
 		_ = c.sendRaw(pong, from)
 		c.learnPeerReflexive(p, from, now)
 	case discoPong:
@@ -227,13 +233,14 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 		}
 	}
 	pings := make([][]byte, 0, len(targets))
+	self := c.keys().pub
 	for _, a := range targets {
 		if len(p.pending) >= maxPending {
 			break
 		}
 		tx := newTxID()
 		p.pending[tx] = pendingPing{addr: a, sent: now}
-		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, c.pub, tx, p.mac))
+		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, self, tx, p.mac))
 	}
 	next := p.nextProbe
 	if p.best != nil {
