@@ -96,6 +96,7 @@ type Conn struct {
 	open    *session
 	stunCfg []netip.AddrPort
 
+	pongs pongLimiter  // see probe.go
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
 }
