@@ -200,7 +200,7 @@ func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.InfoContext(ctx, "device deleted", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname, "revoked", revoke)
-	s.relay.dropDevice(d.ID)
+	s.relay.dropDevice(d.ID, "the device was deleted or revoked")
 	s.hub.update(d.Zone)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -163,7 +163,7 @@ func newServer(cfg serverConfig) (*server, error) {
 		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.relay = newRelay(log, s.metrics.reg)
+	s.relay = newRelay(log, s.metrics.reg, relayConfig{now: cfg.Now, follow: s.followZone, check: s.checkRelayDevice})
 	s.presence = newPresence(presenceConfig{now: cfg.Now, store: cfg.Store, log: log, lease: cfg.presenceLease,
 		ephemeralTimeout: cfg.EphemeralTimeout, changed: s.hub.update})
 	dash, err := s.newDashboard()
