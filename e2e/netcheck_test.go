@@ -72,6 +72,8 @@ func TestNetcheckBehindNAT(t *testing.T) {
 			require.True(t, *r.MappingVaries, "the mapping varies by destination")
 			require.NotEqual(t, *r.IPv4.Probes[0].Public, *r.IPv4.Probes[1].Public)
 			require.True(t, strings.HasPrefix(*r.IPv4.Public, "192.0.2.22:"), *r.IPv4.Public)
+			human := h.MustRun(t, bin, "netcheck", "--insecure-http", svc.url)
+			require.Regexp(t, `(?m)^mapping\s+varies by destination \(symmetric NAT\)`, human)
 		case netlab.NATNoUDP:
 			require.False(t, r.UDP)
 			require.Nil(t, r.NAT)
