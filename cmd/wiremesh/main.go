@@ -1,8 +1,9 @@
 // Command wiremesh runs the wiremesh coordination service (`wiremesh
 // serve`), joins machines to a mesh (`wiremesh join`, the default, for a
 // spoke; `wiremesh router` for a member with child prefixes), shows the
-// running agent (`wiremesh status`, `wiremesh ping`), and administers a service (`wiremesh
-// zone|token|device|prefix ...`).
+// running agent (`wiremesh status`, `wiremesh ping`), reports what the
+// network allows a member (`wiremesh netcheck`), and administers a service
+// (`wiremesh zone|token|device|prefix ...`).
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 on a usage
 // error (unknown command, bad flag or argument).
