@@ -159,7 +159,19 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, withPresence)
+	if err != nil {
+		writeError(w, s.storeErr(r.Context(), "list devices", err))
+		return
+	}
+	out := make([]api.Device, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, withPresence(d))
+	}
+	if out, err = s.withStats(r.Context(), zone, out, ds); err != nil {
+		writeError(w, s.storeErr(r.Context(), "list devices", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -173,7 +185,16 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, withPresence(d))
+	zone, err := s.cfg.Store.Devices(r.Context(), d.Zone)
+	var out []api.Device
+	if err == nil {
+		out, err = s.withStats(r.Context(), d.Zone, []api.Device{withPresence(d)}, zone)
+	}
+	if err != nil {
+		writeError(w, s.storeErr(r.Context(), "get device", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, out[0])
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
