@@ -99,6 +99,10 @@ type Conn struct {
 
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
+
+	ik      *initiatorKeys                // reads the sender of an initiation (noise.go)
+	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
+	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 }
 
 // session is what one Open starts and the next Close stops.
@@ -131,6 +135,7 @@ func New(cfg Config) *Conn {
 	c.byAddr.Store(&empty)
 	c.self.notify = make(chan struct{}, 1)
 	c.relay = newRelayClient(c, cfg.DialRelay)
+	c.ik = newInitiatorKeys(c.priv, c.pub)
 	return c
 }
 
@@ -265,6 +270,13 @@ func (c *Conn) SetPeers(ps []PeerInfo) {
 		next[pi.Key] = p
 	}
 	c.peers = next
+	var asleep int32
+	for _, p := range next {
+		if p.asleep.Load() {
+			asleep++
+		}
+	}
+	c.asleepN.Store(asleep)
 	c.rebuildAddrsLocked()
 	c.peersMu.Unlock()
 	c.wakeLoop()
@@ -425,7 +437,19 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					lastUE, gen = ue, g
 					lastP = (*c.byAddr.Load())[ue.AddrPort()]
 				}
+				if lastP == nil && t == wgInitiation && c.asleepN.Load() > 0 {
+					// From an address no peer is known by: only the
+					// initiation itself says who sent it.
+					if p := c.asleepInitiator(b); p != nil {
+						c.wake(p, b)
+						continue
+					}
+				}
 				if lastP != nil {
+					if lastP.asleep.Load() {
+						c.wake(lastP, b)
+						continue
+					}
 					if t == wgInitiation && c.withhold(lastP, b) {
 						continue
 					}

@@ -100,6 +100,8 @@ type peer struct {
 	cur  atomic.Pointer[path]
 	init atomic.Int64 // unix nanos of our last unanswered initiation, 0 if none
 	resp atomic.Int64 // unix nanos of our last handshake response, 0 if none
+	// asleep: the device holds no state for the peer (see Conn.SetAsleep).
+	asleep atomic.Bool
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -116,6 +118,8 @@ type peer struct {
 	lastInit  []byte    // our last handshake initiation (see Conn.updatePath)
 	heldInit  []byte    // the peer's initiation withheld (see Conn.withhold)
 	heldTimer *time.Timer
+	wakeQ     []*[]byte // messages waiting for the peer to wake (see Conn.wake)
+	waking    bool      // a goroutine is waking the peer
 }
 
 // Endpoint is the conn.Endpoint of a peer: wireguard-go stores it as the

@@ -318,6 +318,10 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 			}
 			d := rest[2 : 2+n]
 			rest = rest[2+n:]
+			if !released && cur.asleep.Load() {
+				r.c.wake(cur, d)
+				continue
+			}
 			switch wgType(d) {
 			case wgInitiation:
 				if !released && r.c.withhold(cur, d) {
