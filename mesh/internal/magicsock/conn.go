@@ -441,13 +441,17 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					// From an address no peer is known by: only the
 					// initiation itself says who sent it.
 					if p := c.asleepInitiator(b); p != nil {
-						c.wake(p, b)
+						// Delivered from where it came: wireguard-go
+						// learns the address once the initiation proves
+						// to be the peer's (the key read from it does
+						// not prove that yet).
+						c.wake(p, b, ue)
 						continue
 					}
 				}
 				if lastP != nil {
 					if lastP.asleep.Load() {
-						c.wake(lastP, b)
+						c.wake(lastP, b, nil)
 						continue
 					}
 					if t == wgInitiation && c.withhold(lastP, b) {

@@ -118,7 +118,7 @@ type peer struct {
 	lastInit  []byte    // our last handshake initiation (see Conn.updatePath)
 	heldInit  []byte    // the peer's initiation withheld (see Conn.withhold)
 	heldTimer *time.Timer
-	wakeQ     []*[]byte // messages waiting for the peer to wake (see Conn.wake)
+	wakeQ     []wakeMsg // messages waiting for the peer to wake (see Conn.wake)
 	waking    bool      // a goroutine is waking the peer
 }
 

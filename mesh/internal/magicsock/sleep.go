@@ -1,6 +1,16 @@
 package magicsock
 
-import "github.com/wiremesh/wiremesh/control/api"
+import (
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// wakeMsg is a message waiting for its peer to wake.
+type wakeMsg struct {
+	buf *[]byte       // from msgPool, as a relay message (key, datagram)
+	ep  conn.Endpoint // to deliver with; nil: the peer's
+}
 
 // Peers asleep.
 //
@@ -63,9 +73,10 @@ func (c *Conn) asleepInitiator(b []byte) *peer {
 }
 
 // wake keeps a copy of b, a message from the sleeping peer p, and makes
-// sure a goroutine wakes p and then delivers it (see wakePeer). It runs
-// on a receive function's goroutine and never blocks.
-func (c *Conn) wake(p *peer, b []byte) {
+// sure a goroutine wakes p and then delivers it with ep (nil: p's
+// Endpoint; see wakePeer). It runs on a receive function's goroutine and
+// never blocks.
+func (c *Conn) wake(p *peer, b []byte, ep conn.Endpoint) {
 	bp := msgPool.Get().(*[]byte)
 	msg := append((*bp)[:0], p.key[:]...)
 	msg, err := api.AppendRelayDatagram(msg, b)
@@ -76,7 +87,7 @@ func (c *Conn) wake(p *peer, b []byte) {
 		msgPool.Put(bp)
 		return
 	}
-	p.wakeQ = append(p.wakeQ, bp)
+	p.wakeQ = append(p.wakeQ, wakeMsg{bp, ep})
 	start := !p.waking
 	p.waking = true
 	p.mu.Unlock()
@@ -90,7 +101,7 @@ func (c *Conn) wake(p *peer, b []byte) {
 // datagrams of any origin with the peer's Endpoint). If p is still asleep
 // afterwards (the device is closing), they are dropped.
 func (c *Conn) wakePeer(p *peer) {
-	if fn := c.wakeFn.Load(); fn != nil {
+	if fn := c.wakeFn.Load(); fn != nil && p.asleep.Load() {
 		(*fn)(p.key)
 	}
 	p.mu.Lock()
@@ -98,15 +109,15 @@ func (c *Conn) wakePeer(p *peer) {
 	p.wakeQ, p.waking = nil, false
 	p.mu.Unlock()
 	deliver := !p.asleep.Load() && c.session() != nil
-	for _, bp := range q {
+	for _, m := range q {
 		if !deliver {
-			msgPool.Put(bp)
+			msgPool.Put(m.buf)
 			continue
 		}
 		select {
-		case c.relay.in <- relayIn{p: p, buf: bp, released: true}:
+		case c.relay.in <- relayIn{p: p, buf: m.buf, released: true, ep: m.ep}:
 		default:
-			msgPool.Put(bp)
+			msgPool.Put(m.buf)
 		}
 	}
 }
