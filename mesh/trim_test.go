@@ -5,11 +5,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/wiremesh/wiremesh/internal/netlab"
 	"github.com/wiremesh/wiremesh/mesh"
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack/nsbench"
 	"github.com/wiremesh/wiremesh/meshtest"
@@ -230,4 +233,57 @@ func echoOnce(tb testing.TB, from, to *mesh.Node) time.Duration {
 	require.NoError(tb, err, "no echo: the datagram or its echo was lost")
 	require.Equal(tb, msg, buf[:k])
 	return time.Since(start)
+}
+
+// kernelTrimEnv marks the child process of TestKernelTrim.
+const kernelTrimEnv = "WIREMESH_KERNEL_TRIM_NETNS"
+
+// TestKernelTrim runs TestKernelTrimInNamespace in a fresh network
+// namespace (root, Linux, /dev/net/tun).
+func TestKernelTrim(t *testing.T) {
+	netlab.RequireRoot(t)
+	netlab.RequireTUN(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nftables: `nft` not found on PATH")
+	}
+	l := netlab.New(t)
+	h := l.Host("ktrim")
+	t.Setenv(kernelTrimEnv, "1")
+	p := h.Start(t, os.Args[0], "-test.run=^TestKernelTrimInNamespace$", "-test.v", "-test.count=1", "-test.timeout=3m")
+	select {
+	case <-p.Done():
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("TestKernelTrimInNamespace did not finish; output:\n%s", p.Output())
+	}
+	out := p.Output()
+	require.NoError(t, p.Stop(), out)
+	require.Contains(t, out, "--- PASS: TestKernelTrimInNamespace", out)
+}
+
+// TestKernelTrimInNamespace is TestTrimmedPeerFirstPacket with a kernel-mode
+// member: its TUN device is read through the same activity wrapper, so a
+// datagram the host sends to a trimmed peer configures the peer first.
+func TestKernelTrimInNamespace(t *testing.T) {
+	if os.Getenv(kernelTrimEnv) == "" {
+		t.Skip("runs only inside the network namespace made by TestKernelTrim")
+	}
+	s := meshtest.NewServer(t)
+	defer mesh.SetTrimSessionAge(0)()
+	k := meshtest.Join(t, s, mesh.WithHostname("k"), mesh.WithMode(mesh.Kernel), mesh.WithInterfaceName("wmtrim0"),
+		mesh.WithPeerIdleTimeout(time.Second))
+	u := meshtest.Join(t, s, mesh.WithHostname("u"), mesh.WithPeerIdleTimeout(time.Second))
+	meshtest.WaitPeers(t, k, 1)
+	meshtest.WaitPeers(t, u, 1)
+	pk, err := k.ListenPacket("udp", netip.AddrPortFrom(k.Addr(), 9).String())
+	require.NoError(t, err)
+	defer pk.Close()
+	pu, err := u.ListenPacket("udp", netip.AddrPortFrom(u.Addr(), 9).String())
+	require.NoError(t, err)
+	defer pu.Close()
+
+	sendOne(t, k, netip.AddrPortFrom(u.Addr(), 9), pu, "warm")
+	waitTrimmed(t, k, u)
+	sendOne(t, k, netip.AddrPortFrom(u.Addr(), 9), pu, "kernel to trimmed u")
+	waitTrimmed(t, k, u)
+	sendOne(t, u, netip.AddrPortFrom(k.Addr(), 9), pk, "u to trimmed kernel member")
 }
