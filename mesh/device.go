@@ -117,7 +117,9 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 	if d.trim.tun != nil {
 		d.trim.tun.wake = d.wakeKey
 		bind.SetWake(d.wakeKey)
+		d.mu.Lock() // onTrimTimer reads the timer under d.mu
 		d.trim.timer = time.AfterFunc(d.trimEvery(), d.onTrimTimer)
+		d.mu.Unlock()
 	}
 	return d, nil
 }
