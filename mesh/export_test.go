@@ -45,3 +45,15 @@ func DropSessions(n *Node) error {
 	d.applied = fresh
 	return nil
 }
+
+// MessagesSent returns how many WireGuard messages (handshake messages,
+// data, keepalives; not probes) n's device has sent.
+func MessagesSent(n *Node) uint64 {
+	n.mu.Lock()
+	p := n.plane
+	n.mu.Unlock()
+	if up, ok := p.(*userspacePlane); ok {
+		return up.dev.guard.sent.Load()
+	}
+	return 0
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -144,8 +145,11 @@ func TestPeerIdleTimeoutOff(t *testing.T) {
 // pairs run in zones of their own in the same process, one after the
 // other in each iteration. trimmed/cold near 1 means that waking a
 // trimmed peer costs nothing beyond the handshake, i.e. one extra round
-// trip; cold/warm is what that round trip costs here. A datagram that
-// never comes back fails the benchmark (nothing would send it again).
+// trip; cold/warm is what that round trip costs here. It also counts the
+// WireGuard messages both members send per echo (probes excluded): a
+// trimmed peer needs as many as a cold one (initiation, response, the
+// datagram, its echo), a warm one two. A datagram that never comes back
+// fails the benchmark (nothing would send it again).
 func BenchmarkTrimmedPeerFirstEcho(b *testing.B) {
 	s := meshtest.NewServer(b)
 	defer mesh.SetTrimSessionAge(0)()
@@ -166,19 +170,29 @@ func BenchmarkTrimmedPeerFirstEcho(b *testing.B) {
 	echoOnce(b, ta, tb)
 	echoOnce(b, ca, cb)
 
-	var trimmed, cold, warm, toCold, toWarm, coldToWarm []float64
+	var trimmed, cold, warm, toCold, toWarm, coldToWarm, trimmedMsgs, coldMsgs, warmMsgs []float64
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	// echo times one echo and counts the WireGuard messages both members
+	// sent for it (taken 50 ms later: a keepalive answering the last one
+	// belongs to it too).
+	echo := func(x, y *mesh.Node) (time.Duration, float64) {
+		n0 := mesh.MessagesSent(x) + mesh.MessagesSent(y)
+		d := echoOnce(b, x, y)
+		time.Sleep(50 * time.Millisecond)
+		return d, float64(mesh.MessagesSent(x) + mesh.MessagesSent(y) - n0)
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		waitTrimmed(b, ta, tb)
-		t := echoOnce(b, ta, tb)
-		wt := echoOnce(b, ta, tb)
+		t, tm := echo(ta, tb)
+		wt, wm := echo(ta, tb)
 		require.NoError(b, mesh.DropSessions(ca))
 		require.NoError(b, mesh.DropSessions(cb))
-		c := echoOnce(b, ca, cb)
-		wc := echoOnce(b, ca, cb)
+		c, cm := echo(ca, cb)
+		wc, wm2 := echo(ca, cb)
 		trimmed, cold, warm = append(trimmed, ms(t)), append(cold, ms(c)), append(warm, ms(wt), ms(wc))
 		toCold, toWarm, coldToWarm = append(toCold, ms(t)/ms(c)), append(toWarm, ms(t)/ms(wt)), append(coldToWarm, ms(c)/ms(wc))
+		trimmedMsgs, coldMsgs, warmMsgs = append(trimmedMsgs, tm), append(coldMsgs, cm), append(warmMsgs, wm, wm2)
 	}
 	med := nsbench.Median
 	b.ReportMetric(0, "ns/op")
@@ -188,6 +202,10 @@ func BenchmarkTrimmedPeerFirstEcho(b *testing.B) {
 	b.ReportMetric(med(toCold), "trimmed/cold")
 	b.ReportMetric(med(toWarm), "trimmed/warm")
 	b.ReportMetric(med(coldToWarm), "cold/warm")
+	b.ReportMetric(med(trimmedMsgs), "trimmed_msgs")
+	b.ReportMetric(med(coldMsgs), "cold_msgs")
+	b.ReportMetric(med(warmMsgs), "warm_msgs")
+	b.ReportMetric(slices.Max(trimmedMsgs), "trimmed_msgs_max")
 }
 
 // udpEchoServer echoes UDP datagrams on port 7 of n until the benchmark
