@@ -2,10 +2,14 @@ package mesh_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"testing"
 	"time"
@@ -160,25 +164,60 @@ func serveEcho(ln net.Listener) {
 	}
 }
 
+// idleHeapProfile, when set, makes BenchmarkIdleMember write a heap
+// profile of each settled idle mesh to PATH.zoneN[.trim] (before the
+// members close).
+var idleHeapProfile = flag.String("idleheap.profile", "", "write the idle mesh's heap profile to this path (.zoneN appended)")
+
+func writeHeapProfile(tb testing.TB, path string) {
+	tb.Helper()
+	f, err := os.Create(path)
+	require.NoError(tb, err)
+	defer f.Close()
+	runtime.GC()
+	require.NoError(tb, pprof.Lookup("heap").WriteTo(f, 0))
+}
+
 // idleMembers is the number of members BenchmarkIdleMember runs at once.
 const idleMembers = 100
 
-// BenchmarkIdleMember runs idleMembers userspace members in one process,
-// waits until every member has completed a handshake with every peer (the
-// steady state: a keepalive staged for a handshake in progress holds a
-// 64 KiB buffer), and reports the growth of the heap in use, once settled,
-// divided by the number of members. The service's share per member (its
-// watch stream and connection) is included: it runs in the same process.
-// Sub-benchmarks: all members in one zone (a full mesh, each member has 99
-// peers), and 50 zones of 2 members (one peer each).
+// BenchmarkIdleMember runs idleMembers userspace members in one process
+// and reports the growth of the heap in use, once settled, divided by the
+// number of members. The service's share per member (its watch stream and
+// connection) is included: it runs in the same process. Sub-benchmarks:
+//
+//   - zone_size=100/trim=on: all members in one zone with idle peers
+//     trimmed (see mesh/trim.go), measured once every member has trimmed
+//     every peer: the steady state of an idle full mesh. A member gets
+//     there after DefaultPeerIdleTimeout plus the session age (about 5
+//     minutes); the benchmark shortens both (idle 2 s, any session age), so
+//     some pairs are trimmed before their first handshake.
+//   - zone_size=100/trim=off: the same zone (a full mesh, each member has
+//     99 peers) without trimming, measured once every member
+//     has completed a handshake with every peer (the steady state: a
+//     keepalive staged for a handshake in progress holds a 64 KiB buffer).
+//     The baseline, and what an idle full mesh costs in its first minutes.
+//   - zone_size=2: 50 zones of 2 members (one peer each), with handshakes.
 func BenchmarkIdleMember(b *testing.B) {
-	for _, zoneSize := range []int{idleMembers, 2} {
-		b.Run(fmt.Sprintf("zone_size=%d", zoneSize), func(b *testing.B) {
+	for _, v := range []struct {
+		name     string
+		zoneSize int
+		trim     bool
+	}{
+		{"zone_size=100/trim=on", idleMembers, true},
+		{"zone_size=100/trim=off", idleMembers, false},
+		{"zone_size=2", 2, false},
+	} {
+		b.Run(v.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				per, settle := idleHeap(b, zoneSize)
+				per, settle := idleHeap(b, v.zoneSize, v.trim)
 				b.ReportMetric(0, "ns/op")
 				b.ReportMetric(per, "MiB/member")
-				b.ReportMetric(settle.Seconds(), "full_mesh_s")
+				if v.trim {
+					b.ReportMetric(settle.Seconds(), "all_trimmed_s")
+				} else {
+					b.ReportMetric(settle.Seconds(), "full_mesh_s")
+				}
 			}
 		})
 	}
@@ -186,8 +225,9 @@ func BenchmarkIdleMember(b *testing.B) {
 
 // idleHeap measures idleMembers members in zones of zoneSize members; it
 // returns the heap growth per member in MiB and the time from the first
-// join until every zone was a full mesh with handshakes.
-func idleHeap(b *testing.B, zoneSize int) (float64, time.Duration) {
+// join until every zone was a full mesh with handshakes (trim: until every
+// member had trimmed every peer).
+func idleHeap(b *testing.B, zoneSize int, trim bool) (float64, time.Duration) {
 	s := meshtest.NewServer(b)
 	defer s.Stop()
 	tokens := map[string]string{}
@@ -196,25 +236,78 @@ func idleHeap(b *testing.B, zoneSize int) (float64, time.Duration) {
 		s.CreateZone(b, name)
 		tokens[name] = s.CreateToken(b, name)
 	}
+	opt := mesh.WithPeerIdleTimeout(0)
+	if trim {
+		defer mesh.SetTrimSessionAge(0)()
+		opt = mesh.WithPeerIdleTimeout(2 * time.Second)
+	}
 	base := nsbench.SettledHeap()
 	start := time.Now()
 	zones := make([][]*mesh.Node, idleMembers/zoneSize)
 	for j := 0; j < idleMembers; j++ {
 		z := j / zoneSize
 		name := fmt.Sprintf("idle-%d", z)
-		zones[z] = append(zones[z], meshtest.Join(b, s, mesh.WithToken(tokens[name]), mesh.WithZone(name)))
+		zones[z] = append(zones[z], joinPatiently(b, s, mesh.WithToken(tokens[name]), mesh.WithZone(name),
+			mesh.WithHostname(fmt.Sprintf("idle-%d-%d", z, j)), opt))
 	}
 	for _, nodes := range zones {
-		waitFullMesh(b, nodes, 2*time.Minute)
+		if trim {
+			waitAllTrimmed(b, nodes, 3*time.Minute)
+		} else {
+			waitFullMesh(b, nodes, 2*time.Minute)
+		}
 	}
 	settle := time.Since(start)
 	per := float64(nsbench.SettledHeap()-base) / idleMembers / (1 << 20)
+	if *idleHeapProfile != "" {
+		name := fmt.Sprintf("%s.zone%d", *idleHeapProfile, zoneSize)
+		if trim {
+			name += ".trim"
+		}
+		writeHeapProfile(b, name)
+	}
 	for _, nodes := range zones {
 		for _, n := range nodes {
 			require.NoError(b, n.Close())
 		}
 	}
 	return per, settle
+}
+
+// joinPatiently is meshtest.Join with a longer timeout: a hundred members
+// handshaking with each other on a loaded 2-core machine can keep the
+// service from answering a registration within meshtest.JoinTimeout.
+func joinPatiently(b *testing.B, s *meshtest.Server, opts ...mesh.Option) *mesh.Node {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	n, err := mesh.Join(ctx, s.URL, append([]mesh.Option{mesh.WithToken(s.Token)}, opts...)...)
+	require.NoError(b, err)
+	b.Cleanup(func() { n.Close() })
+	return n
+}
+
+// waitAllTrimmed waits until each node knows len(nodes)-1 peers and has
+// trimmed every one of them.
+func waitAllTrimmed(tb testing.TB, nodes []*mesh.Node, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, n := range nodes {
+		for {
+			st := n.Status()
+			done := len(st.Peers) == len(nodes)-1
+			for _, p := range st.Peers {
+				done = done && p.Trimmed
+			}
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("not every peer trimmed after %v: %s has %d peers", timeout, st.Self.Hostname, len(st.Peers))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
 
 // waitFullMesh waits until each node knows len(nodes)-1 peers and has

@@ -103,6 +103,9 @@ type planeConfig struct {
 	port uint16 // UDP listen port; reserved by Join, 0 = random
 	mtu  int
 	log  *slog.Logger // never nil
+	// trimIdle trims peers idle this long from the device (trim.go); 0
+	// never does.
+	trimIdle time.Duration
 	// addrs are the node's tunnel addresses with the lengths of the zone's
 	// pools (see tunnelPrefixes): IPv4, then IPv6 if any.
 	addrs []netip.Prefix

@@ -55,6 +55,7 @@ type wgDevice struct {
 
 	guard    *crossGuard          // between dev and its bind (see crossWindow)
 	restarts map[api.Key]*restart // replaced peers (see restartRetries)
+	trim     trimState            // idle peers trimmed from dev (trim.go)
 }
 
 // newBind returns the UDP transport of a node's WireGuard device: a
@@ -71,12 +72,19 @@ func newBind(batchSize int, cfg magicsock.Config) *magicsock.Conn {
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
 // error tdev is closed. The device sends through a crossGuard around bind
-// (see crossWindow).
-func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint16, logger *slog.Logger) (*wgDevice, error) {
+// (see crossWindow). Peers idle for idle are trimmed from the device (see
+// trim.go); 0 never trims.
+func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint16, idle time.Duration, logger *slog.Logger) (*wgDevice, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	guard := guardCrossing(bind, logger)
+	trim := trimState{acts: map[api.Key]*peerAct{}, quiet: map[api.Key]bool{}, asleep: map[api.Key]bool{}}
+	if idle > 0 {
+		trim.idle = max(idle, minPeerIdleTimeout)
+		trim.tun = &activityTUN{Device: tdev}
+		tdev = trim.tun
+	}
 	dev := device.NewDevice(tdev, guard, wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
@@ -98,6 +106,7 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		pending:  map[api.Key]time.Time{},
 		guard:    guard,
 		restarts: map[api.Key]*restart{},
+		trim:     trim,
 	}
 	st, err := d.stats()
 	if err != nil {
@@ -105,6 +114,13 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		return nil, err
 	}
 	d.port = st.listenPort
+	if d.trim.tun != nil {
+		d.trim.tun.wake = d.wakeKey
+		bind.SetWake(d.wakeKey)
+		d.mu.Lock() // onTrimTimer reads the timer under d.mu
+		d.trim.timer = time.AfterFunc(d.trimEvery(), d.onTrimTimer)
+		d.mu.Unlock()
+	}
 	return d, nil
 }
 
@@ -119,6 +135,9 @@ func (d *wgDevice) close() {
 	d.closed = true
 	if d.timer != nil {
 		d.timer.Stop()
+	}
+	if d.trim.timer != nil {
+		d.trim.timer.Stop()
 	}
 	d.mu.Unlock()
 	d.dev.Close()
@@ -135,11 +154,13 @@ func (d *wgDevice) applyPeers(want map[api.Key]wgPeer) error {
 	}
 	d.want = maps.Clone(want)
 	d.ms.SetPeers(magicPeers(want))
-	return d.syncLocked(time.Now())
+	now := time.Now()
+	d.setActsLocked(now)
+	return d.syncLocked(now)
 }
 
 // syncLocked writes d.want, minus what is held back from new peers (see
-// holdDelay), to the device, replacing peers that restarted (see
+// holdDelay) and the idle peers trimmed (see trim.go), to the device, replacing peers that restarted (see
 // restartRetries), and arms the timer for the next hold or restart due.
 func (d *wgDevice) syncLocked(now time.Time) error {
 	eff := make(map[api.Key]wgPeer, len(d.want))
@@ -147,9 +168,16 @@ func (d *wgDevice) syncLocked(now time.Time) error {
 	var next time.Time
 	var stats *devStats
 	for k, w := range d.want {
+		if _, trimmed := d.trim.asleep[k]; trimmed {
+			continue
+		}
+		if d.trim.quiet[k] {
+			w.Keepalive = 0
+		}
 		_, known := d.applied[k]
 		due, held := d.pending[k]
-		if !held && !known && w.Hold && w.Endpoint.IsValid() {
+		woken := d.trim.acts[k] != nil && d.trim.acts[k].wasTrimmed
+		if !held && !known && !woken && w.Hold && w.Endpoint.IsValid() {
 			due, held = now.Add(holdDelay), true
 			d.pending[k] = due
 		}
@@ -234,6 +262,7 @@ type peerStats struct {
 	lastHandshake time.Time
 	rxBytes       uint64
 	txBytes       uint64
+	asleep        bool // trimmed from the device (trim.go): the rest is as it was then
 }
 
 // peerStats returns the peers' runtime state; nil after close or when the
@@ -251,6 +280,15 @@ func (d *wgDevice) peerStats() map[api.Key]peerStats {
 		return nil
 	}
 	paths := d.ms.Paths()
+	d.mu.Lock()
+	for k, a := range d.trim.acts {
+		if d.trim.asleep[k] {
+			st.peers[k] = a.base
+		} else if ps, ok := st.peers[k]; ok && a.wasTrimmed {
+			st.peers[k] = a.base.plus(ps)
+		}
+	}
+	d.mu.Unlock()
 	for k, ps := range st.peers {
 		// WireGuard's endpoint is an address when the path is direct
 		// (chosen by probing, or learnt from the peer's packets).

@@ -31,7 +31,7 @@ func newTestDev(t *testing.T, i int) *testDev {
 	require.NoError(t, err)
 	v4 := netip.AddrFrom4([4]byte{100, 64, 0, byte(i)})
 	v6 := netip.MustParseAddr("fd00::" + string(rune('0'+i)))
-	d, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: priv})
+	d, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, 0, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: priv})
 	require.NoError(t, err)
 	t.Cleanup(d.close)
 	require.NotZero(t, d.port)

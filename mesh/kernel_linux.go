@@ -133,7 +133,7 @@ func startKernelPlane(c planeConfig) (_ *kernelPlane, err error) {
 		return nil, err
 	}
 	started = true // startDevice closes tdev on error
-	if k.dev, err = startDevice(tdev, newBind(tdev.BatchSize(), c.bind), c.priv, c.port, c.log); err != nil {
+	if k.dev, err = startDevice(tdev, newBind(tdev.BatchSize(), c.bind), c.priv, c.port, c.trimIdle, c.log); err != nil {
 		return nil, err
 	}
 	k.openUAPI()

@@ -314,6 +314,7 @@ func (n *Node) startPlane(port uint16) error {
 		priv:       n.keys().priv,
 		port:       port,
 		mtu:        n.cfg.mtu,
+		trimIdle:   n.cfg.peerIdle,
 		log:        n.log,
 		addrs:      tunnelPrefixes(n.self),
 		prefixes:   slices.Clone(n.self.prefixes),

@@ -61,6 +61,7 @@ type config struct {
 	fallbackURLs  []string // WithFallbackURLs
 	endpoints     []netip.AddrPort
 	mtu           int
+	peerIdle      time.Duration // WithPeerIdleTimeout; 0 = never trim
 	childPrefixes []netip.Prefix
 	handlers      []prefixRoute // WithPrefixHandler
 	ifname        string        // kernel mode: the TUN device
@@ -75,6 +76,7 @@ type config struct {
 func newConfig(opts []Option) (*config, error) {
 	c := &config{
 		mtu:        DefaultMTU,
+		peerIdle:   DefaultPeerIdleTimeout,
 		ifname:     DefaultInterfaceName,
 		backoffMin: 500 * time.Millisecond,
 		backoffMax: 30 * time.Second,
@@ -186,6 +188,26 @@ func WithMTU(mtu int) Option {
 			return
 		}
 		c.mtu = mtu
+	}
+}
+
+// WithPeerIdleTimeout sets how long a peer may go without traffic (no IP
+// packet to or from it through the tunnel) before it is trimmed from the
+// node's WireGuard device, which then holds state only for the peers in
+// use: an idle member of a large zone costs far less memory. The node
+// keeps knowing, routing and probing a trimmed peer; the first packet to or
+// from it configures it again, at the cost of one handshake (one round
+// trip). A peer is trimmed only once the session it may still hold with
+// this node has expired (about 3 minutes after the last handshake), so
+// the actual time is at least that. Default DefaultPeerIdleTimeout;
+// 0 never trims; values between 0 and 1s mean 1s. Works in both modes.
+func WithPeerIdleTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errs = append(c.errs, fmt.Errorf("WithPeerIdleTimeout(%v): want >= 0", d))
+			return
+		}
+		c.peerIdle = d
 	}
 }
 

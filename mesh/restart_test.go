@@ -20,7 +20,7 @@ import (
 func restartDev(t *testing.T, d *testDev) *testDev {
 	t.Helper()
 	d.close()
-	nd, tnet, err := newNetstackDevice(d.priv, []netip.Addr{d.v4, d.v6}, d.port, DefaultMTU, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: d.priv})
+	nd, tnet, err := newNetstackDevice(d.priv, []netip.Addr{d.v4, d.v6}, d.port, DefaultMTU, 0, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: d.priv})
 	require.NoError(t, err)
 	t.Cleanup(nd.close)
 	return &testDev{wgDevice: nd, tnet: tnet, priv: d.priv, pub: d.pub, v4: d.v4, v6: d.v6}
@@ -92,7 +92,7 @@ func TestRestartedPeerThatInitiatesIsNotReplaced(t *testing.T) {
 	priv, err := newPrivateKey()
 	require.NoError(t, err)
 	v4, v6 := netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd00::1")
-	ad, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, slog.New(inits), magicsock.Config{PrivateKey: priv})
+	ad, tnet, err := newNetstackDevice(priv, []netip.Addr{v4, v6}, 0, DefaultMTU, 0, slog.New(inits), magicsock.Config{PrivateKey: priv})
 	require.NoError(t, err)
 	t.Cleanup(ad.close)
 	a := &testDev{wgDevice: ad, tnet: tnet, priv: priv, pub: api.PublicKey(priv), v4: v4, v6: v6}

@@ -116,6 +116,11 @@ type PeerStatus struct {
 	LastHandshake time.Time
 	RxBytes       uint64
 	TxBytes       uint64
+	// Trimmed reports that the peer was idle and is not in the WireGuard
+	// device now (see WithPeerIdleTimeout): the first packet to or from it
+	// configures it again. LastHandshake and the byte counts are as they
+	// were when it was trimmed.
+	Trimmed bool
 }
 
 // Status returns the node's state: itself, and each peer with the
@@ -159,6 +164,7 @@ func (n *Node) Status() Status {
 			pst.Endpoint, pst.Path = s.endpoint, s.path
 			pst.LastHandshake = s.lastHandshake
 			pst.RxBytes, pst.TxBytes = s.rxBytes, s.txBytes
+			pst.Trimmed = s.asleep
 		}
 		st.Peers = append(st.Peers, pst)
 	}

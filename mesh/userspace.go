@@ -48,7 +48,7 @@ var _ dataPlane = (*userspacePlane)(nil)
 // the device up and turns forwarding of c.prefixes on.
 func newUserspacePlane(c planeConfig) (*userspacePlane, error) {
 	addrs := prefixAddrs(c.addrs)
-	dev, tnet, err := newNetstackDevice(c.priv, addrs, c.port, c.mtu, c.log, c.bind)
+	dev, tnet, err := newNetstackDevice(c.priv, addrs, c.port, c.mtu, c.trimIdle, c.log, c.bind)
 	if err != nil {
 		return nil, err
 	}
@@ -65,13 +65,13 @@ func newUserspacePlane(c planeConfig) (*userspacePlane, error) {
 
 // newNetstackDevice creates a netstack owning addrs and a WireGuard device
 // over it with the private key and a bind configured by bind, up on UDP
-// port (0 = random). Closing the device closes the netstack.
-func newNetstackDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, log *slog.Logger, bind magicsock.Config) (*wgDevice, *netstack.Net, error) {
+// port (0 = random), trimming peers idle for idle (0: never). Closing the device closes the netstack.
+func newNetstackDevice(priv api.Key, addrs []netip.Addr, port uint16, mtu int, idle time.Duration, log *slog.Logger, bind magicsock.Config) (*wgDevice, *netstack.Net, error) {
 	tnet, err := netstack.New(netstack.Config{Addrs: addrs, MTU: mtu, Logger: log})
 	if err != nil {
 		return nil, nil, fmt.Errorf("netstack: %w", err)
 	}
-	d, err := startDevice(tnet, newBind(tnet.BatchSize(), bind), priv, port, log)
+	d, err := startDevice(tnet, newBind(tnet.BatchSize(), bind), priv, port, idle, log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -183,9 +183,9 @@ func TestStatusJSON(t *testing.T) {
   "peers": [
     {"hostname": "node2", "public_key": "`+key.String()+`", "addresses": ["100.64.0.2"], "prefixes": ["172.28.0.0/24"],
      "path": "direct", "endpoint": "192.0.2.12:51820", "last_handshake": "2026-01-02T03:04:05Z", "online": true, "last_seen": "2026-01-02T03:04:05Z",
-     "rx_bytes": 1536, "tx_bytes": 10},
+     "rx_bytes": 1536, "tx_bytes": 10, "trimmed": false},
     {"hostname": "spoke", "public_key": "`+key.String()+`", "addresses": ["100.64.0.3"], "prefixes": [],
-     "path": null, "endpoint": null, "last_handshake": null, "online": false, "last_seen": null, "rx_bytes": 0, "tx_bytes": 0}
+     "path": null, "endpoint": null, "last_handshake": null, "online": false, "last_seen": null, "rx_bytes": 0, "tx_bytes": 0, "trimmed": false}
   ],
   "control_connected": true, "revision": 7, "events_dropped": 0, "skipped_routes": [], "filter": null
 }`, string(b))

@@ -215,6 +215,8 @@ func printStatus(w io.Writer, st mesh.Status, now time.Time) error {
 		ep, path := "-", p.Path
 		if p.Endpoint.IsValid() {
 			ep = p.Endpoint.String()
+		} else if p.Trimmed {
+			ep = "(idle, trimmed)"
 		}
 		if path == "" {
 			path = "-"

@@ -73,6 +73,7 @@ type peerJSON struct {
 	LastSeen      *time.Time     `json:"last_seen"`
 	RxBytes       uint64         `json:"rx_bytes"`
 	TxBytes       uint64         `json:"tx_bytes"`
+	Trimmed       bool           `json:"trimmed"`
 }
 
 type skippedRouteJSON struct {
@@ -121,6 +122,7 @@ func statusJSONOf(st mesh.Status) statusJSON {
 			Online:    p.Online,
 			RxBytes:   p.RxBytes,
 			TxBytes:   p.TxBytes,
+			Trimmed:   p.Trimmed,
 		}
 		if !p.LastSeen.IsZero() {
 			t := p.LastSeen.UTC()

@@ -99,6 +99,9 @@ type Conn struct {
 	pongs pongLimiter  // see probe.go
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
+
+	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
+	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 }
 
 // session is what one Open starts and the next Close stops.
@@ -125,7 +128,7 @@ func New(cfg Config) *Conn {
 		peers:   map[api.Key]*peer{},
 		stunCfg: cfg.STUN,
 	}
-	c.key.Store(&keyPair{priv: cfg.PrivateKey, pub: api.PublicKey(cfg.PrivateKey)})
+	c.key.Store(newKeyPair(cfg.PrivateKey))
 	empty := map[netip.AddrPort]*peer{}
 	c.byAddr.Store(&empty)
 	c.self.notify = make(chan struct{}, 1)
@@ -265,6 +268,13 @@ func (c *Conn) SetPeers(ps []PeerInfo) {
 		next[pi.Key] = p
 	}
 	c.peers = next
+	var asleep int32
+	for _, p := range next {
+		if p.asleep.Load() {
+			asleep++
+		}
+	}
+	c.asleepN.Store(asleep)
 	c.rebuildAddrsLocked()
 	c.peersMu.Unlock()
 	c.wakeLoop()
@@ -425,7 +435,23 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					lastUE, gen = ue, g
 					lastP = (*c.byAddr.Load())[ue.AddrPort()]
 				}
+				if lastP == nil && t == wgInitiation && c.asleepN.Load() > 0 {
+					// From an address no peer is known by: only the
+					// initiation itself says who sent it.
+					if p := c.asleepInitiator(b); p != nil {
+						// Delivered from where it came: wireguard-go
+						// learns the address once the initiation proves
+						// to be the peer's (the key read from it does
+						// not prove that yet).
+						c.wake(p, b, ue)
+						continue
+					}
+				}
 				if lastP != nil {
+					if lastP.asleep.Load() {
+						c.wake(lastP, b, nil)
+						continue
+					}
 					if t == wgInitiation && c.withhold(lastP, b) {
 						continue
 					}
@@ -555,7 +581,17 @@ func (c *Conn) Paths() map[api.Key]PathInfo {
 }
 
 // keyPair is the device's key.
-type keyPair struct{ priv, pub api.Key }
+// keyPair is the device's key and what is derived from it alone; a
+// rotation (SetPrivateKey) replaces it whole.
+type keyPair struct {
+	priv, pub api.Key
+	ik        *initiatorKeys // reads the sender of an initiation (noise.go)
+}
+
+func newKeyPair(priv api.Key) *keyPair {
+	pub := api.PublicKey(priv)
+	return &keyPair{priv: priv, pub: pub, ik: newInitiatorKeys(priv, pub)}
+}
 
 // keys returns the device's current key.
 func (c *Conn) keys() keyPair { return *c.key.Load() }
@@ -569,7 +605,7 @@ func (c *Conn) keys() keyPair { return *c.key.Load() }
 func (c *Conn) SetPrivateKey(k api.Key) {
 	now := time.Now()
 	c.peersMu.Lock()
-	c.key.Store(&keyPair{priv: k, pub: api.PublicKey(k)})
+	c.key.Store(newKeyPair(k))
 	for _, p := range c.peers {
 		mac, _ := discoKey(k, p.key)
 		p.mu.Lock()

@@ -99,6 +99,8 @@ type peer struct {
 	cur  atomic.Pointer[path]
 	init atomic.Int64 // unix nanos of our last unanswered initiation, 0 if none
 	resp atomic.Int64 // unix nanos of our last handshake response, 0 if none
+	// asleep: the device holds no state for the peer (see Conn.SetAsleep).
+	asleep atomic.Bool
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -120,6 +122,8 @@ type peer struct {
 	lastStaleLog time.Time
 	heldInit     []byte // the peer's initiation withheld (see Conn.withhold)
 	heldTimer    *time.Timer
+	wakeQ        []wakeMsg // messages waiting for the peer to wake (see Conn.wake)
+	waking       bool      // a goroutine is waking the peer
 }
 
 // Endpoint is the conn.Endpoint of a peer: wireguard-go stores it as the

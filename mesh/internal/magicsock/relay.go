@@ -53,8 +53,9 @@ type relayClient struct {
 
 type relayIn struct {
 	p        *peer
-	buf      *[]byte // from msgPool; the message, key included
-	released bool    // a withheld initiation (see Conn.withhold)
+	buf      *[]byte       // from msgPool; the message, key included
+	released bool          // a withheld initiation (see Conn.withhold), or a message that woke p (see Conn.wake)
+	ep       conn.Endpoint // the endpoint to deliver with; nil: p's
 }
 
 var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -295,6 +296,7 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 		held     *[]byte // the message rest points into
 		rest     []byte
 		released bool
+		ep       conn.Endpoint
 	)
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		if len(rest) == 0 {
@@ -304,7 +306,10 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 			}
 			select {
 			case m := <-r.in:
-				cur, held, rest, released = m.p, m.buf, (*m.buf)[32:], m.released
+				cur, held, rest, released, ep = m.p, m.buf, (*m.buf)[32:], m.released, m.ep
+				if ep == nil {
+					ep = cur.ep
+				}
 			case <-ctx.Done():
 				return 0, net.ErrClosed
 			}
@@ -318,6 +323,10 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 			}
 			d := rest[2 : 2+n]
 			rest = rest[2+n:]
+			if !released && cur.asleep.Load() {
+				r.c.wake(cur, d, nil)
+				continue
+			}
 			switch wgType(d) {
 			case wgInitiation:
 				if !released && r.c.withhold(cur, d) {
@@ -327,7 +336,7 @@ func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes
 				r.c.answered(cur)
 			}
 			sizes[k] = copy(bufs[k], d)
-			eps[k] = cur.ep
+			eps[k] = ep
 			k++
 		}
 		return k, nil

@@ -1,0 +1,123 @@
+package magicsock
+
+import (
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/wiremesh/wiremesh/control/api"
+)
+
+// wakeMsg is a message waiting for its peer to wake.
+type wakeMsg struct {
+	buf *[]byte       // from msgPool, as a relay message (key, datagram)
+	ep  conn.Endpoint // to deliver with; nil: the peer's
+}
+
+// Peers asleep.
+//
+// A node may keep idle peers out of its WireGuard device (the mesh trims
+// them: wireguard-go's state per peer is most of an idle member's memory)
+// while the Conn still knows them, their candidates and paths, and keeps
+// probing them. The device drops every message from a peer it does not
+// know, so the Conn catches the first message of a sleeping peer before
+// wireguard-go sees it, asks the wake function (SetWake) to configure the
+// peer and then
+// delivers the message, as if it had just arrived: a handshake initiation
+// from a trimmed peer is answered at once instead of after the peer's
+// retry 5 s later. The sender is known by the address the message came
+// from (a candidate of the peer), by the relay (which names it), or, for
+// an initiation from an address no peer is known by, by the initiation
+// itself (initiatorKey).
+
+// SetWake sets the function that wakes a peer: it must configure the peer
+// in the device and mark it awake (SetAsleep); the Conn then hands the
+// message that woke it (and any that came meanwhile, up to maxWakeQueue)
+// to wireguard-go. It is called from a goroutine of its own, never from a
+// receive function, so it may wait for locks held around device
+// reconfiguration (which waits for the receive functions). Without it no
+// peer sleeps.
+func (c *Conn) SetWake(fn func(k api.Key)) { c.wakeFn.Store(&fn) }
+
+// maxWakeQueue bounds the messages kept per peer while it wakes; more are
+// dropped (WireGuard retries).
+const maxWakeQueue = 16
+
+// SetAsleep marks k as asleep (its WireGuard state is not in the device:
+// messages from it wake it through the function given to SetWake) or
+// awake. Unknown keys are
+// ignored.
+func (c *Conn) SetAsleep(k api.Key, asleep bool) {
+	p := c.peer(k, false)
+	if p == nil || c.wakeFn.Load() == nil && asleep {
+		return
+	}
+	if p.asleep.Swap(asleep) != asleep {
+		if asleep {
+			c.asleepN.Add(1)
+		} else {
+			c.asleepN.Add(-1)
+		}
+	}
+}
+
+// asleepInitiator returns the sleeping peer that sent the initiation b, or
+// nil.
+func (c *Conn) asleepInitiator(b []byte) *peer {
+	k, ok := c.keys().ik.initiatorKey(b)
+	if !ok {
+		return nil
+	}
+	if p := c.peer(k, false); p != nil && p.asleep.Load() {
+		return p
+	}
+	return nil
+}
+
+// wake keeps a copy of b, a message from the sleeping peer p, and makes
+// sure a goroutine wakes p and then delivers it with ep (nil: p's
+// Endpoint; see wakePeer). It runs on a receive function's goroutine and
+// never blocks.
+func (c *Conn) wake(p *peer, b []byte, ep conn.Endpoint) {
+	bp := msgPool.Get().(*[]byte)
+	msg := append((*bp)[:0], p.key[:]...)
+	msg, err := api.AppendRelayDatagram(msg, b)
+	*bp = msg
+	p.mu.Lock()
+	if err != nil || len(p.wakeQ) >= maxWakeQueue {
+		p.mu.Unlock()
+		msgPool.Put(bp)
+		return
+	}
+	p.wakeQ = append(p.wakeQ, wakeMsg{bp, ep})
+	start := !p.waking
+	p.waking = true
+	p.mu.Unlock()
+	if start {
+		go c.wakePeer(p)
+	}
+}
+
+// wakePeer asks the wake function to configure p and then delivers the messages
+// that came for it through the relay's receive function (which carries
+// datagrams of any origin with the peer's Endpoint). If p is still asleep
+// afterwards (the device is closing), they are dropped.
+func (c *Conn) wakePeer(p *peer) {
+	if fn := c.wakeFn.Load(); fn != nil && p.asleep.Load() {
+		(*fn)(p.key)
+	}
+	p.mu.Lock()
+	q := p.wakeQ
+	p.wakeQ, p.waking = nil, false
+	p.mu.Unlock()
+	deliver := !p.asleep.Load() && c.session() != nil
+	for _, m := range q {
+		if !deliver {
+			msgPool.Put(m.buf)
+			continue
+		}
+		select {
+		case c.relay.in <- relayIn{p: p, buf: m.buf, released: true, ep: m.ep}:
+		default:
+			msgPool.Put(m.buf)
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package magicsock
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
+)
+
+// TestAsleepPeerWokenByFirstMessage: b's device does not have a (a sleeps
+// in b's Conn); a sends one packet to b. b's Conn must catch a's
+// handshake initiation, have a configured (the wake function) and then
+// deliver the initiation, so that the one packet arrives: without the
+// wake, b's device drops the initiation and every retry of it, and the
+// packet never arrives. Once with a known by its address, once with a
+// known to b's Conn without any candidate (b learns a's address from a's
+// probes, or, if the initiation comes first, reads a's key from it: see
+// TestWakeByInitiationFromUnknownAddress).
+func TestAsleepPeerWokenByFirstMessage(t *testing.T) {
+	for _, known := range []bool{true, false} {
+		t.Run(fmt.Sprintf("known_address=%v", known), func(t *testing.T) {
+			a, b := newNode(t, 1, Config{}), newNode(t, 2, Config{})
+			a.addPeer(t, b, b.local())
+			var cands []api.Candidate
+			if known {
+				cands = a.local()
+			}
+			b.setPeer(a, cands)
+			var mu sync.Mutex
+			var woken []api.Key
+			b.conn.SetWake(func(k api.Key) {
+				mu.Lock()
+				woken = append(woken, k)
+				mu.Unlock()
+				cfg := fmt.Sprintf("public_key=%s\nendpoint=%s\nallowed_ip=%s/32\n", hex.EncodeToString(a.pub[:]), EndpointString(a.pub), a.addr)
+				require.NoError(t, b.dev.IpcSet(cfg))
+				b.conn.SetAsleep(k, false)
+			})
+			b.conn.SetAsleep(a.pub, true)
+			require.EqualValues(t, 1, b.conn.asleepN.Load())
+
+			pkt := tuntest.Ping(b.addr, a.addr)
+			a.tun.Outbound <- pkt // once: WireGuard queues it while it handshakes
+			select {
+			case got := <-b.tun.Inbound:
+				require.Equal(t, pkt, got)
+			case <-time.After(20 * time.Second):
+				t.Fatal("the packet to a peer asleep never arrived")
+			}
+			mu.Lock()
+			require.NotEmpty(t, woken)
+			for _, k := range woken {
+				require.Equal(t, a.pub, k)
+			}
+			mu.Unlock()
+			require.EqualValues(t, 0, b.conn.asleepN.Load())
+		})
+	}
+}
+
+// TestWakeByInitiationFromUnknownAddress: an initiation from an address
+// no peer is known by is read (initiatorKey), wakes the sleeping peer it
+// names, and is delivered with the endpoint it came from; other messages
+// from unknown addresses pass through untouched.
+func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	aPriv, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	fns, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	woke := make(chan api.Key, 4)
+	c.SetWake(func(k api.Key) {
+		woke <- k
+		c.SetAsleep(k, false)
+	})
+	c.SetAsleep(aPub, true)
+
+	init := wgInitiationFrom(t, aPriv, bPub)
+	from := udpbind.NewEndpoint(netip.MustParseAddrPort("192.0.2.1:4242"))
+	data := make([]byte, 32)
+	data[0] = 4 // a transport message
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		sizes[0], eps[0] = copy(bufs[0], init), from
+		sizes[1], eps[1] = copy(bufs[1], data), from
+		return 2, nil
+	}
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 2), make([]conn.Endpoint, 2)
+	n, err := c.wrapReceive(fn)(bufs, sizes, eps)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the initiation is taken out of the batch")
+	require.Equal(t, data, bufs[0][:sizes[0]])
+	select {
+	case k := <-woke:
+		require.Equal(t, aPub, k)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the peer was not woken")
+	}
+
+	// Delivered through the relay's receive function, from where it came.
+	relayFn := fns[len(fns)-1]
+	got := make(chan error, 1)
+	go func() {
+		n, err := relayFn(bufs, sizes, eps)
+		if err == nil && (n != 1 || !bytes.Equal(bufs[0][:sizes[0]], init) || eps[0] != conn.Endpoint(from)) {
+			err = fmt.Errorf("delivered %d messages, first %d bytes from %v", n, sizes[0], eps[0])
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the initiation was not delivered")
+	}
+}
