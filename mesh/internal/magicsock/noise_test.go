@@ -88,3 +88,22 @@ func TestInitiatorKey(t *testing.T) {
 		t.Error("a message of type 2 was read")
 	}
 }
+
+// TestInitiatorKeyAfterRotation: after SetPrivateKey the Conn reads
+// initiations made for its new key, not for the old one.
+func TestInitiatorKeyAfterRotation(t *testing.T) {
+	oldPriv, oldPub := newTestKeys()
+	newPriv, newPub := newTestKeys()
+	initPriv, initPub := newTestKeys()
+	c := New(Config{PrivateKey: oldPriv})
+	if got, ok := c.keys().ik.initiatorKey(wgInitiationFrom(t, initPriv, oldPub)); !ok || got != initPub {
+		t.Fatalf("before rotation: initiatorKey = %x, %v; want %x", got, ok, initPub)
+	}
+	c.SetPrivateKey(newPriv)
+	if got, ok := c.keys().ik.initiatorKey(wgInitiationFrom(t, initPriv, newPub)); !ok || got != initPub {
+		t.Fatalf("after rotation: initiatorKey = %x, %v; want %x", got, ok, initPub)
+	}
+	if _, ok := c.keys().ik.initiatorKey(wgInitiationFrom(t, initPriv, oldPub)); ok {
+		t.Error("after rotation an initiation for the old key was read")
+	}
+}
