@@ -154,6 +154,15 @@ func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 }
 
 func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+	var full bool
+	switch v := r.URL.Query().Get(api.StatsQuery); v {
+	case "", api.StatsSummary:
+	case api.StatsFull:
+		full = true
+	default:
+		writeError(w, apiErr(api.CodeBadRequest, "%s=%q: want %q or %q", api.StatsQuery, v, api.StatsSummary, api.StatsFull))
+		return
+	}
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -167,7 +176,7 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	for _, d := range ds {
 		out = append(out, withPresence(d))
 	}
-	if out, err = s.withStats(r.Context(), zone, out, ds); err != nil {
+	if out, err = s.withStats(r.Context(), zone, out, ds, full); err != nil {
 		writeError(w, s.storeErr(r.Context(), "list devices", err))
 		return
 	}
@@ -185,16 +194,12 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	zone, err := s.cfg.Store.Devices(r.Context(), d.Zone)
-	var out []api.Device
-	if err == nil {
-		out, err = s.withStats(r.Context(), d.Zone, []api.Device{withPresence(d)}, zone)
-	}
-	if err != nil {
+	out := withPresence(d)
+	if out.Stats, err = s.deviceStats(r.Context(), d); err != nil {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, out[0])
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {

@@ -58,9 +58,34 @@ type PeerStats struct {
 }
 
 // DeviceStats (admin API only, in Device.Stats) is a device's latest
-// stats report.
+// stats report: a summary of its peers, computed by the service, and in
+// the answers that ask for it each peer. Peers that are not (or no longer)
+// devices of the reporter's zone are left out of both.
 type DeviceStats struct {
 	// ReportedAt is when the service received the report.
-	ReportedAt time.Time   `json:"reported_at"`
-	Peers      []PeerStats `json:"peers"`
+	ReportedAt time.Time `json:"reported_at"`
+	// Direct, Relay and NoPath count the reported peers by path.
+	Direct int `json:"direct"`
+	Relay  int `json:"relay"`
+	NoPath int `json:"no_path"`
+	// LastHandshake is the most recent handshake with any peer; absent
+	// when none completed.
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	// RxBytes and TxBytes are the sums over the peers (at most 2^64-1).
+	RxBytes uint64 `json:"rx_bytes"`
+	TxBytes uint64 `json:"tx_bytes"`
+	// Peers is each peer, ordered as reported (most recent handshake
+	// first): in GET /v1/devices/{id}, and in GET /v1/devices only with
+	// ?stats=full (StatsFull). Absent otherwise: the list stays linear in
+	// the number of devices, where the peers of every device grow with
+	// its square.
+	Peers []PeerStats `json:"peers,omitzero"`
 }
+
+// StatsQuery is the query parameter of GET /v1/devices that chooses what
+// Device.Stats holds: StatsSummary (the default) or StatsFull.
+const (
+	StatsQuery   = "stats"
+	StatsSummary = "summary"
+	StatsFull    = "full"
+)
