@@ -153,14 +153,25 @@ func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 	return z, true
 }
 
-func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
-	var full bool
+// statsQuery reads ?stats= (api.StatsQuery): whether Device.Stats lists
+// each peer (full) or only sums them up; def when absent.
+func statsQuery(r *http.Request, def bool) (full bool, aerr *api.Error) {
 	switch v := r.URL.Query().Get(api.StatsQuery); v {
-	case "", api.StatsSummary:
+	case "":
+		return def, nil
+	case api.StatsSummary:
+		return false, nil
 	case api.StatsFull:
-		full = true
+		return true, nil
 	default:
-		writeError(w, apiErr(api.CodeBadRequest, "%s=%q: want %q or %q", api.StatsQuery, v, api.StatsSummary, api.StatsFull))
+		return false, apiErr(api.CodeBadRequest, "%s=%q: want %q or %q", api.StatsQuery, v, api.StatsSummary, api.StatsFull)
+	}
+}
+
+func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+	full, aerr := statsQuery(r, false)
+	if aerr != nil {
+		writeError(w, aerr)
 		return
 	}
 	zone, ok := s.zoneQuery(w, r)
@@ -184,6 +195,11 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+	full, aerr := statsQuery(r, true)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -195,7 +211,7 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := withPresence(d)
-	if out.Stats, err = s.deviceStats(r.Context(), d); err != nil {
+	if out.Stats, err = s.deviceStats(r.Context(), d, full); err != nil {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}

@@ -166,10 +166,11 @@ func (s *server) withStats(ctx context.Context, zone string, devices []api.Devic
 	return devices, nil
 }
 
-// deviceStats is one device's report for GET /v1/devices/{id}: summary
-// and peers, of which only those still devices of its zone (nil if it
-// never reported). It reads that report and resolves its peers' ids only.
-func (s *server) deviceStats(ctx context.Context, d store.Device) (*api.DeviceStats, error) {
+// deviceStats is one device's report for GET /v1/devices/{id}: summary,
+// and peers when full, counting only peers still devices of its zone (nil
+// if it never reported). It reads that report and resolves its peers' ids
+// only.
+func (s *server) deviceStats(ctx context.Context, d store.Device, full bool) (*api.DeviceStats, error) {
 	r, err := s.cfg.Store.DeviceStats(ctx, d.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
@@ -180,7 +181,7 @@ func (s *server) deviceStats(ctx context.Context, d store.Device) (*api.DeviceSt
 	if r.Peers, err = s.zonePeers(ctx, d.Zone, r.Peers); err != nil {
 		return nil, err
 	}
-	return toAPIStats(r, true, func(string) bool { return true }), nil
+	return toAPIStats(r, full, func(string) bool { return true }), nil
 }
 
 // toAPIStats summarizes a report over the peers keep accepts, listing

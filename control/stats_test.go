@@ -26,6 +26,10 @@ func (e *env) adminStats(id string) api.Device {
 	code, ae := e.call("GET", "/v1/devices/"+id, e.admin, nil, &one)
 	require.Nil(e.t, ae)
 	require.Equal(e.t, http.StatusOK, code)
+	var summary api.Device
+	code, ae = e.call("GET", "/v1/devices/"+id+"?stats=summary", e.admin, nil, &summary)
+	require.Nil(e.t, ae)
+	require.Equal(e.t, http.StatusOK, code)
 	for _, q := range []string{"", "?stats=summary", "?stats=full"} {
 		var list []api.Device
 		code, ae := e.call("GET", "/v1/devices"+q, e.admin, nil, &list)
@@ -40,6 +44,9 @@ func (e *env) adminStats(id string) api.Device {
 			want.Stats = &summary
 		}
 		require.Equal(e.t, want, list[i], "GET /v1/devices%s", q)
+		if q == "?stats=summary" {
+			require.Equal(e.t, want, summary, "GET /v1/devices/{id}?stats=summary")
+		}
 	}
 	return one
 }
@@ -135,9 +142,11 @@ func TestStatsReport(t *testing.T) {
 	require.Equal(t, uint64(1<<40), st.RxBytes)
 	require.Equal(t, []string{b.DeviceID}, statsPeerIDs(st.Peers))
 
-	code, ae = e.call("GET", "/v1/devices?stats=peers", e.admin, nil, nil)
-	require.Equal(t, http.StatusBadRequest, code)
-	require.Equal(t, api.CodeBadRequest, ae.Code)
+	for _, path := range []string{"/v1/devices?stats=peers", "/v1/devices/" + a.DeviceID + "?stats=1"} {
+		code, ae = e.call("GET", path, e.admin, nil, nil)
+		require.Equal(t, http.StatusBadRequest, code, path)
+		require.Equal(t, api.CodeBadRequest, ae.Code)
+	}
 
 	// A report goes with its device.
 	code, _ = e.do("DELETE", "/v1/devices/"+a.DeviceID, e.admin, nil)

@@ -75,15 +75,16 @@ type DeviceStats struct {
 	RxBytes uint64 `json:"rx_bytes"`
 	TxBytes uint64 `json:"tx_bytes"`
 	// Peers is each peer, ordered as reported (most recent handshake
-	// first): in GET /v1/devices/{id}, and in GET /v1/devices only with
-	// ?stats=full (StatsFull). Absent otherwise: the list stays linear in
-	// the number of devices, where the peers of every device grow with
-	// its square.
+	// first): in GET /v1/devices/{id} (unless ?stats=summary), and in
+	// GET /v1/devices only with ?stats=full (StatsFull). Absent
+	// otherwise: the list stays linear in the number of devices, where
+	// the peers of every device grow with its square.
 	Peers []PeerStats `json:"peers,omitzero"`
 }
 
-// StatsQuery is the query parameter of GET /v1/devices that chooses what
-// Device.Stats holds: StatsSummary (the default) or StatsFull.
+// StatsQuery is the query parameter of GET /v1/devices and
+// GET /v1/devices/{id} that chooses what Device.Stats holds: StatsSummary
+// (the lists' default) or StatsFull (one device's default).
 const (
 	StatsQuery   = "stats"
 	StatsSummary = "summary"
