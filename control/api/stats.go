@@ -37,8 +37,8 @@ type StatsReport struct {
 // PeerStats is one peer as the reporting member sees it.
 type PeerStats struct {
 	// DeviceID is the peer's device id (Peer.ID). Ids that are not
-	// devices of the reporter's zone (a peer deleted meanwhile) are kept
-	// but left out of the admin API's answers.
+	// devices of the reporter's zone (a peer deleted meanwhile, or made
+	// up) are dropped when the report is stored, not refused.
 	DeviceID string `json:"device_id"`
 	// Path is PathDirect, PathRelay, or "" while no path is known.
 	Path string `json:"path,omitempty"`
