@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -321,4 +322,40 @@ func (d *vanishingStore) PutStats(ctx context.Context, st store.DeviceStats) err
 		return err
 	}
 	return d.Store.PutStats(ctx, st)
+}
+
+// TestStatsEventNamesDevice: the dashboard's stats event names the zone
+// and the device that reported, so that the page refreshes that one
+// device; a refused report sends none.
+func TestStatsEventNamesDevice(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	_, a := e.mustRegister(tok, "a")
+	_, b := e.mustRegister(tok, "b")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	evs, err := e.srv.dashboardEvents(ctx)
+	require.NoError(t, err)
+
+	code, _ := e.do("POST", api.StatsPath, b.DeviceToken, `{"peers":[{"device_id":"bad/id"}]}`)
+	require.Equal(t, http.StatusBadRequest, code)
+	code, ae := e.call("POST", api.StatsPath, a.DeviceToken, api.StatsReport{}, nil)
+	require.Nil(t, ae)
+	require.Equal(t, http.StatusNoContent, code)
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-evs:
+			require.True(t, ok, "stream ended")
+			if ev.Type != "stats" {
+				continue
+			}
+			var got statsEvent
+			require.NoError(t, json.Unmarshal(ev.Data, &got), "%s", ev.Data)
+			require.Equal(t, statsEvent{Zone: api.DefaultZone, DeviceID: a.DeviceID}, got, "a's; none for b's refused report")
+			return
+		case <-timeout:
+			t.Fatal("no stats event within 10s")
+		}
+	}
 }
