@@ -243,6 +243,7 @@ func TestStatsListIsLinear(t *testing.T) {
 		}
 		perDevice[n] = listSize("") / n
 		full := listSize("?stats=full") / n
+		t.Logf("%d devices, each reporting the others: %d bytes per listed device, %d with ?stats=full", n, perDevice[n], full)
 		require.Greater(t, full, perDevice[n]+(n-1)*80, "with ?stats=full, every peer of every device")
 		var list []api.Device
 		_, ae := e.call("GET", "/v1/devices", e.admin, nil, &list)
