@@ -56,9 +56,11 @@ async function load() {
   if (loading) { again = true; return loading; }
   loading = (async () => {
     try {
-      const [info, zones, devices, prefixes, tokens] = await Promise.all([
+      const asked = performance.now();
+      let [info, zones, devices, prefixes, tokens] = await Promise.all([
         call("GET", "/v1/info"), call("GET", "/v1/zones"), call("GET", "/v1/devices"),
         call("GET", "/v1/prefixes"), call("GET", "/v1/tokens")]);
+      devices = devices.map(d => newer(d, asked));
       Object.assign(state, { info, zones, devices, prefixes, tokens });
       await loadPeers();
       showError(null);
@@ -81,6 +83,16 @@ async function loadPeers() {
   for (const d of full) state.peers[d.id] = d.stats ? d.stats.peers : null;
 }
 
+// newer returns d, fetched from a request sent at asked, unless the page
+// holds that member from a later request (a single-member refresh and a
+// list load can cross): then what it holds.
+const askedAt = {};
+function newer(d, asked) {
+  if ((askedAt[d.id] || 0) > asked) return state.devices.find(x => x.id === d.id) || d;
+  askedAt[d.id] = asked;
+  return d;
+}
+
 let timer = null;
 function soon() { clearTimeout(timer); timer = setTimeout(load, 80); }
 
@@ -100,6 +112,7 @@ async function refreshReported() {
   if (ids.length > MAX_REFRESH) return load();
   const zone = state.zone;
   const drawn = state.devices.filter(d => d.zone === zone).length <= MAX_DRAWN;
+  const asked = performance.now();
   try {
     const got = await Promise.all(ids.map(id => {
       const d = state.devices.find(d => d.id === id);
@@ -110,7 +123,7 @@ async function refreshReported() {
     for (const d of got) {
       if (!d) continue;
       const i = state.devices.findIndex(x => x.id === d.id);
-      if (i < 0) continue;
+      if (i < 0 || newer(d, asked) !== d) continue;
       if (d.stats && d.stats.peers) state.peers[d.id] = d.stats.peers;
       state.devices[i] = d;
     }
