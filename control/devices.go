@@ -153,7 +153,27 @@ func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 	return z, true
 }
 
+// statsQuery reads ?stats= (api.StatsQuery): whether Device.Stats lists
+// each peer (full) or only sums them up; def when absent.
+func statsQuery(r *http.Request, def bool) (full bool, aerr *api.Error) {
+	switch v := r.URL.Query().Get(api.StatsQuery); v {
+	case "":
+		return def, nil
+	case api.StatsSummary:
+		return false, nil
+	case api.StatsFull:
+		return true, nil
+	default:
+		return false, apiErr(api.CodeBadRequest, "%s=%q: want %q or %q", api.StatsQuery, v, api.StatsSummary, api.StatsFull)
+	}
+}
+
 func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
+	full, aerr := statsQuery(r, false)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	zone, ok := s.zoneQuery(w, r)
 	if !ok {
 		return
@@ -167,7 +187,7 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	for _, d := range ds {
 		out = append(out, withPresence(d))
 	}
-	if out, err = s.withStats(r.Context(), zone, out, ds); err != nil {
+	if out, err = s.withStats(r.Context(), zone, out, ds, full); err != nil {
 		writeError(w, s.storeErr(r.Context(), "list devices", err))
 		return
 	}
@@ -175,6 +195,11 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+	full, aerr := statsQuery(r, true)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	id := r.PathValue("id")
 	d, err := s.cfg.Store.Device(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -185,16 +210,12 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	zone, err := s.cfg.Store.Devices(r.Context(), d.Zone)
-	var out []api.Device
-	if err == nil {
-		out, err = s.withStats(r.Context(), d.Zone, []api.Device{withPresence(d)}, zone)
-	}
-	if err != nil {
+	out := withPresence(d)
+	if out.Stats, err = s.deviceStats(r.Context(), d, full); err != nil {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, out[0])
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {

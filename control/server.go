@@ -242,7 +242,7 @@ func (s *server) routes(dash http.Handler) http.Handler {
 	h(dashboard.Path, dash.ServeHTTP)
 
 	h("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, apiErr(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+		writeError(w, apiErr(api.CodeNotFound, api.NoSuchEndpoint+": %s %s", r.Method, r.URL.Path))
 	})
 	return mux
 }

@@ -2,7 +2,10 @@ package control
 
 import (
 	"context"
+	"errors"
+	"math"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,12 +26,8 @@ const maxStatsID = 64
 const maxHandshakeAge = 10 * 365 * 24 * 3600
 
 func (s *server) handleStats(w http.ResponseWriter, r *http.Request, d store.Device) {
-	if !s.cfg.limits.noRateLimits {
-		if ok, wait := s.statsLimit.take(d.ID); !ok {
-			writeRateLimited(w, wait, "too many stats reports from this device")
-			return
-		}
-	}
+	// A refused report changes nothing, not even the device's budget:
+	// check it whole before taking a token.
 	body, aerr := readBodyMax(w, r, api.MaxStatsBodyBytes)
 	if aerr != nil {
 		writeError(w, aerr)
@@ -45,7 +44,24 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request, d store.Dev
 		writeError(w, aerr)
 		return
 	}
-	err := s.cfg.Store.PutStats(r.Context(), store.DeviceStats{DeviceID: d.ID, ReportedAt: now, Peers: peers})
+	if !s.cfg.limits.noRateLimits {
+		if ok, wait := s.statsLimit.take(d.ID); !ok {
+			writeRateLimited(w, wait, "too many stats reports from this device")
+			return
+		}
+	}
+	// Only the zone's devices are kept: a member cannot fill the store
+	// with made-up peers.
+	peers, err := s.zonePeers(r.Context(), d.Zone, peers)
+	if err == nil {
+		err = s.cfg.Store.PutStats(r.Context(), store.DeviceStats{DeviceID: d.ID, ReportedAt: now, Peers: peers})
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		// Deleted since it authenticated: a not_found other than the
+		// unknown route's of an older service (see mesh's statsLoop).
+		writeError(w, apiErr(api.CodeNotFound, "stats report: device %q was deleted", d.ID))
+		return
+	}
 	if err != nil {
 		writeError(w, s.storeErr(r.Context(), "stats report", err))
 		return
@@ -54,11 +70,31 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request, d store.Dev
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// zonePeers keeps the peers that are devices of zone, looking up only
+// their ids.
+func (s *server) zonePeers(ctx context.Context, zone string, peers []store.PeerStats) ([]store.PeerStats, error) {
+	if len(peers) == 0 {
+		return peers, nil
+	}
+	ids := make([]string, len(peers))
+	for i, p := range peers {
+		ids[i] = p.DeviceID
+	}
+	known, err := s.cfg.Store.ZoneDeviceIDs(ctx, zone, ids)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(peers, func(p store.PeerStats) bool {
+		_, ok := slices.BinarySearch(known, p.DeviceID)
+		return !ok
+	}), nil
+}
+
 // checkStats validates a report from device self and turns it into the
 // stored form (handshake ages become times on the service's clock).
-// Peer ids are checked for form only: an id that is no device of the zone
-// (a peer deleted since the member last heard) is kept, and left out when
-// reports are shown.
+// Peer ids are checked for form only here; the handler then drops those
+// that are no device of the zone (a peer deleted since the member last
+// heard, or made up), and reports are shown without peers deleted since.
 func checkStats(rep api.StatsReport, self string, now time.Time) ([]store.PeerStats, *api.Error) {
 	if len(rep.Peers) > api.MaxStatsPeers {
 		return nil, apiErr(api.CodeBadRequest, "too many peers in the report: %d (max %d)", len(rep.Peers), api.MaxStatsPeers)
@@ -101,9 +137,10 @@ func idChars(s string) bool {
 }
 
 // withStats attaches the zone's latest reports to devices (the admin
-// API's answer; zone "" means every zone), keeping only peers that are
-// devices of the reporter's zone among all.
-func (s *server) withStats(ctx context.Context, zone string, devices []api.Device, all []store.Device) ([]api.Device, error) {
+// API's list; zone "" means every zone) as summaries, with each peer too
+// when full, counting only peers that are devices of the reporter's zone
+// among all.
+func (s *server) withStats(ctx context.Context, zone string, devices []api.Device, all []store.Device, full bool) ([]api.Device, error) {
 	reports, err := s.cfg.Store.Stats(ctx, zone)
 	if err != nil || len(reports) == 0 {
 		return devices, err
@@ -121,17 +158,71 @@ func (s *server) withStats(ctx context.Context, zone string, devices []api.Devic
 		if !ok {
 			continue
 		}
-		st := &api.DeviceStats{ReportedAt: r.ReportedAt.Truncate(time.Second), Peers: []api.PeerStats{}}
-		for _, p := range r.Peers {
-			if z, ok := zoneOf[p.DeviceID]; !ok || z != devices[i].Zone {
-				continue
-			}
-			st.Peers = append(st.Peers, api.PeerStats{DeviceID: p.DeviceID, Path: p.Path,
-				LastHandshake: p.LastHandshake.Truncate(time.Second), RxBytes: p.RxBytes, TxBytes: p.TxBytes})
-		}
-		devices[i].Stats = st
+		devices[i].Stats = toAPIStats(r, full, func(id string) bool {
+			z, ok := zoneOf[id]
+			return ok && z == devices[i].Zone
+		})
 	}
 	return devices, nil
+}
+
+// deviceStats is one device's report for GET /v1/devices/{id}: summary,
+// and peers when full, counting only peers still devices of its zone (nil
+// if it never reported). It reads that report and resolves its peers' ids
+// only.
+func (s *server) deviceStats(ctx context.Context, d store.Device, full bool) (*api.DeviceStats, error) {
+	r, err := s.cfg.Store.DeviceStats(ctx, d.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if r.Peers, err = s.zonePeers(ctx, d.Zone, r.Peers); err != nil {
+		return nil, err
+	}
+	return toAPIStats(r, full, func(string) bool { return true }), nil
+}
+
+// toAPIStats summarizes a report over the peers keep accepts, listing
+// them too when full (then [] for none).
+func toAPIStats(r store.DeviceStats, full bool, keep func(id string) bool) *api.DeviceStats {
+	st := &api.DeviceStats{ReportedAt: r.ReportedAt.Truncate(time.Second)}
+	if full {
+		st.Peers = []api.PeerStats{}
+	}
+	for _, p := range r.Peers {
+		if !keep(p.DeviceID) {
+			continue
+		}
+		switch p.Path {
+		case api.PathDirect:
+			st.Direct++
+		case api.PathRelay:
+			st.Relay++
+		default:
+			st.NoPath++
+		}
+		hs := p.LastHandshake.Truncate(time.Second)
+		if hs.After(st.LastHandshake) {
+			st.LastHandshake = hs
+		}
+		st.RxBytes = addSat(st.RxBytes, p.RxBytes)
+		st.TxBytes = addSat(st.TxBytes, p.TxBytes)
+		if full {
+			st.Peers = append(st.Peers, api.PeerStats{DeviceID: p.DeviceID, Path: p.Path,
+				LastHandshake: hs, RxBytes: p.RxBytes, TxBytes: p.TxBytes})
+		}
+	}
+	return st
+}
+
+// addSat adds without wrapping around.
+func addSat(a, b uint64) uint64 {
+	if a+b < a {
+		return math.MaxUint64
+	}
+	return a + b
 }
 
 // statsEvent tells this replica's dashboards that a device reported.

@@ -51,3 +51,11 @@ func (t *timedStore) PutStats(ctx context.Context, s store.DeviceStats) error {
 func (t *timedStore) Stats(ctx context.Context, zone string) ([]store.DeviceStats, error) {
 	return timed(t, "stats", func() ([]store.DeviceStats, error) { return t.st.Stats(ctx, zone) })
 }
+
+func (t *timedStore) DeviceStats(ctx context.Context, id string) (store.DeviceStats, error) {
+	return timed(t, "device_stats", func() (store.DeviceStats, error) { return t.st.DeviceStats(ctx, id) })
+}
+
+func (t *timedStore) ZoneDeviceIDs(ctx context.Context, zone string, ids []string) ([]string, error) {
+	return timed(t, "zone_device_ids", func() ([]string, error) { return t.st.ZoneDeviceIDs(ctx, zone, ids) })
+}

@@ -68,4 +68,6 @@ func WithStatsInterval(interval, check time.Duration) Option {
 var (
 	StatsReport = statsReport
 	StatsDue    = statsDue
+
+	StatsUnsupported = statsUnsupported
 )

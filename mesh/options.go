@@ -70,6 +70,7 @@ type config struct {
 	backoffMax    time.Duration
 	statsInterval time.Duration // peer reports to the service, at least this often
 	statsCheck    time.Duration // how often changed paths are looked for
+	noStats       bool          // WithoutStatsReports
 	errs          []error
 }
 
@@ -265,6 +266,14 @@ func WithInterfaceName(name string) Option {
 // routers always forward with the host's own sockets and ignore it.
 func WithMasquerade() Option {
 	return func(c *config) { c.masquerade = true }
+}
+
+// WithoutStatsReports keeps the node from reporting its peers (path, last
+// handshake, bytes per peer) to the service, which otherwise it does every
+// 30 s and when a path changes, for the admin API and the dashboard. The
+// node works the same; the service shows no report for it.
+func WithoutStatsReports() Option {
+	return func(c *config) { c.noStats = true }
 }
 
 // WithReconnectBackoff bounds the exponential backoff (with jitter) between

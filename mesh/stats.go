@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"time"
@@ -13,7 +12,7 @@ import (
 // The node reports a summary of its peers (path, handshake age, bytes) to
 // the service (POST /v1/devices/self/stats) for the admin API and the
 // dashboard: every api.StatsInterval, and within statsCheck of a peer's
-// path changing.
+// path changing; never with WithoutStatsReports.
 
 const (
 	// defaultStatsCheck is how often the node looks for changed paths.
@@ -23,9 +22,14 @@ const (
 )
 
 // statsLoop reports until the node closes. A service without the endpoint
-// (404) ends it; other failures are retried with backoff.
+// (an older version: api.IsNoSuchEndpoint) ends it; other failures are
+// retried with backoff, a device not found among them (deleted meanwhile:
+// the node registers again and reports as its new device).
 func (n *Node) statsLoop() {
 	defer n.wg.Done()
+	if n.cfg.noStats {
+		return
+	}
 	var (
 		sent   map[string]string // peer id → path state last reported
 		sentAt time.Time
@@ -44,13 +48,12 @@ func (n *Node) statsLoop() {
 		ctx, cancel := context.WithTimeout(n.ctx, statsTimeout)
 		err := n.client.ReportStats(ctx, rep)
 		cancel()
-		var ae *api.Error
 		switch {
 		case err == nil:
 			sent, sentAt, fails = paths, now, 0
 		case n.ctx.Err() != nil:
 			return
-		case errors.As(err, &ae) && ae.Code == api.CodeNotFound:
+		case statsUnsupported(err):
 			n.log.Info("mesh: the service takes no peer reports (an older version); not reporting", "err", err)
 			return
 		default:
@@ -60,6 +63,11 @@ func (n *Node) statsLoop() {
 		}
 	}
 }
+
+// statsUnsupported reports whether err says the service has no stats
+// endpoint (an older version), rather than that the report failed: only
+// the answer to an unknown route, not a device not found.
+func statsUnsupported(err error) bool { return api.IsNoSuchEndpoint(err) }
 
 // statsDue reports whether a report is due: none was sent yet, interval
 // passed since the last, or a peer's path state (see statsReport) changed.

@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -112,4 +113,56 @@ func TestStatsDue(t *testing.T) {
 			require.Equal(t, tc.want, mesh.StatsDue(tc.sent, tc.now, tc.sentAt, t0.Add(tc.elapsed), 30*time.Second))
 		})
 	}
+}
+
+// TestStatsUnsupported: only the service's answer to an unknown route (an
+// older version) stops a member's reports for good; a device not found
+// (deleted between its authentication and the write) or any other failure
+// is retried.
+func TestStatsUnsupported(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"unknown route", &api.Error{Code: api.CodeNotFound, Message: "no such endpoint: POST /v1/devices/self/stats", Status: 404}, true},
+		{"unknown route, wrapped", fmt.Errorf("controlclient: stats: %w", &api.Error{Code: api.CodeNotFound, Message: "no such endpoint: POST /v1/devices/self/stats"}), true},
+		{"device deleted meanwhile", &api.Error{Code: api.CodeNotFound, Message: `stats report: device "dev_0123456789abcdef" was deleted`, Status: 404}, false},
+		{"store not found", &api.Error{Code: api.CodeNotFound, Message: "stats report: not found", Status: 404}, false},
+		{"unavailable", &api.Error{Code: api.CodeUnavailable, Message: "no such endpoint", Status: 503}, false},
+		{"network", errors.New("connection refused"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, mesh.StatsUnsupported(tc.err))
+		})
+	}
+}
+
+// TestStatsWithoutReports: a member started WithoutStatsReports never
+// reports, while one beside it reports for seconds.
+func TestStatsWithoutReports(t *testing.T) {
+	s := meshtest.NewServer(t)
+	fast := mesh.WithStatsInterval(100*time.Millisecond, 20*time.Millisecond)
+	quiet := meshtest.Join(t, s, mesh.WithHostname("quiet"), fast, mesh.WithoutStatsReports())
+	b := meshtest.Join(t, s, mesh.WithHostname("b"), fast)
+	meshtest.WaitPeers(t, quiet, 1)
+	meshtest.WaitPeers(t, b, 1)
+
+	admin := s.AdminClient(t)
+	idQ, idB := quiet.Status().Self.DeviceID, b.Status().Self.DeviceID
+	var first time.Time
+	meshtest.WaitFor(t, "b's reports over two seconds", func() bool {
+		d, err := admin.Device(ctxT(t), idB)
+		require.NoError(t, err)
+		if d.Stats == nil {
+			return false
+		}
+		if first.IsZero() {
+			first = d.Stats.ReportedAt
+		}
+		return d.Stats.ReportedAt.Sub(first) >= 2*time.Second
+	})
+	d, err := admin.Device(ctxT(t), idQ)
+	require.NoError(t, err)
+	require.Nil(t, d.Stats, "quiet, as fast as b and there first, never reported")
 }

@@ -48,7 +48,7 @@ type agentFlags struct {
 	token, stateDir, zone, hostname, ifname, socket string
 	listenPort                                      uint
 	userspace, insecureHTTP, masquerade, verbose    bool
-	ephemeral, ifaceSet                             bool
+	ephemeral, ifaceSet, noStats                    bool
 	childPrefixes                                   stringList
 	docker                                          dockerFlag
 	services                                        serviceFlags
@@ -68,6 +68,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.socket, "socket", "", "status socket for 'wiremesh status' (default "+defaultSocketPath("IFACE")+")")
 	fs.BoolVar(&a.insecureHTTP, "insecure-http", false, "allow a plain http:// service URL on a non-loopback host")
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
+	fs.BoolVar(&a.noStats, "no-stats", false, "do not report peers' paths, handshakes and bytes to the service (shown in the admin API and the dashboard)")
 	fs.Var(&a.docker, "docker", "kernel-mode router: let mesh traffic to the child prefixes through Docker's DOCKER-USER chain (default: when a child prefix is a Docker bridge's subnet; --docker=false: never)")
 	fs.Var(&a.childPrefixes, "child-prefix", "a network behind this machine that members route here (CIDR, repeatable)")
 	a.services.register(fs)
@@ -229,6 +230,9 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	}
 	if a.insecureHTTP {
 		opts = append(opts, mesh.WithInsecureHTTP())
+	}
+	if a.noStats {
+		opts = append(opts, mesh.WithoutStatsReports())
 	}
 	level := slog.LevelInfo
 	if a.verbose {

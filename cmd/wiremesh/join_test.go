@@ -210,3 +210,26 @@ func TestPrintFilter(t *testing.T) {
 	require.Regexp(t, `1 +100\.64\.0\.3/32 +172\.24\.0\.0/24 +tcp +80,8000-8099 +3\n`, out)
 	require.Regexp(t, `- +\* +\* +\* +\* +dropped 7\n`, out)
 }
+
+// TestJoinNoStatsFlag: --no-stats (join and router) turns the member's
+// peer reports off (mesh.WithoutStatsReports) and is in the usage.
+func TestJoinNoStatsFlag(t *testing.T) {
+	for _, name := range []string{"join", "router"} {
+		var errOut bytes.Buffer
+		a, _, _, err := parseAgentArgs(name, joinUsage, agentArgs(t, "--userspace", "--no-stats", "https://127.0.0.1:1"), &errOut)
+		require.NoError(t, err)
+		require.True(t, a.noStats)
+		with, err := a.options(name, &errOut)
+		require.NoError(t, err)
+		a.noStats = false
+		without, err := a.options(name, &errOut)
+		require.NoError(t, err)
+		require.Len(t, with, len(without)+1, "one more option: mesh.WithoutStatsReports")
+
+		_, fs, _, err := parseAgentArgs(name, joinUsage, agentArgs(t, "--userspace", "https://127.0.0.1:1"), &errOut)
+		require.NoError(t, err)
+		require.NotNil(t, fs.Lookup("no-stats"))
+		fs.Usage()
+		require.Contains(t, errOut.String(), "-no-stats")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/curve25519"
@@ -43,6 +44,19 @@ const (
 	CodeInternal        = "internal"          // 500: the service failed; nothing was changed
 	CodeUnavailable     = "unavailable"       // 503: shutting down, or its database is unreachable; retry (Retry-After)
 )
+
+// NoSuchEndpoint starts the message of the service's answer to a route it
+// does not have (404 not_found; every version answers so). A client that
+// calls an endpoint newer than the service tells "not there" from a zone,
+// device or token not found by it: the one place a message is matched.
+const NoSuchEndpoint = "no such endpoint"
+
+// IsNoSuchEndpoint reports whether err is the service's answer to a route
+// it does not have (see NoSuchEndpoint).
+func IsNoSuchEndpoint(err error) bool {
+	var ae *Error
+	return errors.As(err, &ae) && ae.Code == CodeNotFound && strings.HasPrefix(ae.Message, NoSuchEndpoint)
+}
 
 // StatusForCode returns the HTTP status that goes with an error code.
 func StatusForCode(code string) int {
@@ -314,8 +328,9 @@ type Device struct {
 	// stream (renewed every few seconds while it does). Absent if never.
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	// Stats (admin API only) is the device's latest report of its peers
-	// (POST /v1/devices/self/stats): path, last handshake and bytes per
-	// peer. Absent until it reports.
+	// (POST /v1/devices/self/stats): counts by path, the last handshake
+	// and the bytes, and (for one device, or with ?stats=full) each peer.
+	// Absent until it reports.
 	Stats *DeviceStats `json:"stats,omitempty"`
 }
 

@@ -37,8 +37,8 @@ type StatsReport struct {
 // PeerStats is one peer as the reporting member sees it.
 type PeerStats struct {
 	// DeviceID is the peer's device id (Peer.ID). Ids that are not
-	// devices of the reporter's zone (a peer deleted meanwhile) are kept
-	// but left out of the admin API's answers.
+	// devices of the reporter's zone (a peer deleted meanwhile, or made
+	// up) are dropped when the report is stored, not refused.
 	DeviceID string `json:"device_id"`
 	// Path is PathDirect, PathRelay, or "" while no path is known.
 	Path string `json:"path,omitempty"`
@@ -58,9 +58,35 @@ type PeerStats struct {
 }
 
 // DeviceStats (admin API only, in Device.Stats) is a device's latest
-// stats report.
+// stats report: a summary of its peers, computed by the service, and in
+// the answers that ask for it each peer. Peers that are not (or no longer)
+// devices of the reporter's zone are left out of both.
 type DeviceStats struct {
 	// ReportedAt is when the service received the report.
-	ReportedAt time.Time   `json:"reported_at"`
-	Peers      []PeerStats `json:"peers"`
+	ReportedAt time.Time `json:"reported_at"`
+	// Direct, Relay and NoPath count the reported peers by path.
+	Direct int `json:"direct"`
+	Relay  int `json:"relay"`
+	NoPath int `json:"no_path"`
+	// LastHandshake is the most recent handshake with any peer; absent
+	// when none completed.
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	// RxBytes and TxBytes are the sums over the peers (at most 2^64-1).
+	RxBytes uint64 `json:"rx_bytes"`
+	TxBytes uint64 `json:"tx_bytes"`
+	// Peers is each peer, ordered as reported (most recent handshake
+	// first): in GET /v1/devices/{id} (unless ?stats=summary), and in
+	// GET /v1/devices only with ?stats=full (StatsFull). Absent
+	// otherwise: the list stays linear in the number of devices, where
+	// the peers of every device grow with its square.
+	Peers []PeerStats `json:"peers,omitzero"`
 }
+
+// StatsQuery is the query parameter of GET /v1/devices and
+// GET /v1/devices/{id} that chooses what Device.Stats holds: StatsSummary
+// (the lists' default) or StatsFull (one device's default).
+const (
+	StatsQuery   = "stats"
+	StatsSummary = "summary"
+	StatsFull    = "full"
+)

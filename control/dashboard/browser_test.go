@@ -155,6 +155,19 @@ func TestDashboardInBrowser(t *testing.T) {
 				/^[0-9]+ direct$/.test(c.querySelector(".path.direct").textContent) && c.querySelector(".handshake").textContent.startsWith("handshake ") &&
 				/↓ [0-9.]+ (B|KiB)/.test(c.querySelector(".traffic").textContent) && c.title.includes("`+peer+`: direct, handshake "); })()`)
 	}
+	// A member whose peers the page does not hold yet (a zone too large
+	// to draw) gets its tooltip from GET /v1/devices/{id} on first hover.
+	lazy, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => {
+		delete state.peers[state.devices.find(d => d.hostname === "alpha").id];
+		render();
+		const c = document.querySelector('#members tr[data-host="alpha"] td.stats');
+		c.dispatchEvent(new MouseEvent("mouseenter"));
+		return c.title;
+	})()`))
+	require.NoError(t, err)
+	require.NotContains(t, lazy, "bravo:", "no peers before the hover")
+	waitJS(t, ctx, "alpha's tooltip, fetched on hover",
+		`document.querySelector('#members tr[data-host="alpha"] td.stats').title.includes("bravo: direct, handshake ")`)
 	waitJS(t, ctx, "the alpha-bravo link drawn direct", `!!document.querySelector('#mesh line[data-pair="alpha bravo"][data-path="direct"]')`)
 	waitJS(t, ctx, "every member's report", `document.querySelectorAll('#members td.stats[data-stats="report"]').length === 4`)
 

@@ -202,6 +202,11 @@ func TestAPIForwarding(t *testing.T) {
 	require.Equal(t, "Bearer "+testToken, r.Header.Get("Authorization"))
 	require.Empty(t, r.Header.Get("Cookie"), "the session cookie is not forwarded")
 
+	resp = e.do("GET", "/ui/api/v1/devices/dev_0123456789abcdef?stats=summary", nil, nil, c)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "/v1/devices/dev_0123456789abcdef", e.api.last().URL.Path, "one member, for its peers")
+	require.Equal(t, "stats=summary", e.api.last().URL.RawQuery)
+
 	same := map[string]string{"Origin": e.ts.URL, "Sec-Fetch-Site": "same-origin", CSRFHeader: "1", "Content-Type": "application/json"}
 	resp = e.do("POST", "/ui/api/v1/tokens", strings.NewReader(`{"zone":"default"}`), same, c)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -220,6 +225,7 @@ func TestAPIForwarding(t *testing.T) {
 		{"cross-site", "POST", "/ui/api/v1/tokens", map[string]string{"Sec-Fetch-Site": "cross-site", CSRFHeader: "1"}, http.StatusForbidden},
 		{"foreign origin", "DELETE", "/ui/api/v1/tokens/jt_x", map[string]string{"Origin": "https://evil.example", CSRFHeader: "1"}, http.StatusForbidden},
 		{"not offered: delete device", "DELETE", "/ui/api/v1/devices/dev_1", same, http.StatusNotFound},
+		{"not offered: a device's own routes", "GET", "/ui/api/v1/devices/self", nil, http.StatusNotFound},
 		{"not offered: metrics", "GET", "/ui/api/metrics", nil, http.StatusNotFound},
 		{"not offered: create zone", "POST", "/ui/api/v1/zones", same, http.StatusNotFound},
 		{"not offered: encoded traversal", "DELETE", "/ui/api/v1/tokens/a%2F..%2F..%2Fdevices%2Fx", same, http.StatusNotFound},

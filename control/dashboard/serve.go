@@ -59,6 +59,7 @@ type apiRoute struct {
 // apiRoutes is the allow-list of forwarded admin calls.
 var apiRoutes = []apiRoute{
 	{"GET", regexp.MustCompile(`^/v1/(info|zones|devices|prefixes|tokens)$`)},
+	{"GET", regexp.MustCompile(`^/v1/devices/dev_[A-Za-z0-9_-]{1,60}$`)}, // one member, with each peer of its report
 	{"POST", regexp.MustCompile(`^/v1/tokens$`)},
 	{"DELETE", regexp.MustCompile(`^/v1/tokens/[A-Za-z0-9_-]{1,64}$`)},
 }

@@ -3,7 +3,10 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -59,5 +62,60 @@ func (s *SQLite) Stats(ctx context.Context, zone string) ([]DeviceStats, error) 
 		}
 		return rows.Err()
 	})
+	return out, err
+}
+
+// DeviceStats returns one device's report (see StatsStore).
+func (s *SQLite) DeviceStats(ctx context.Context, id string) (DeviceStats, error) {
+	var st DeviceStats
+	err := s.read(ctx, "device stats", func(tx *sql.Tx) error {
+		var at int64
+		var peers string
+		err := tx.QueryRowContext(ctx, `SELECT device_id, reported_at, peers FROM device_stats WHERE device_id = ?`, id).
+			Scan(&st.DeviceID, &at, &peers)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("stats of device %q: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		st.ReportedAt = time.Unix(0, at).UTC()
+		st.Peers, err = DecodeStatsPeers(peers)
+		return err
+	})
+	return st, err
+}
+
+// ZoneDeviceIDs returns which of ids are devices of zone (see StatsStore).
+func (s *SQLite) ZoneDeviceIDs(ctx context.Context, zone string, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if len(ids) > MaxZoneDeviceIDs {
+		return nil, fmt.Errorf("zone device ids: %d ids (max %d)", len(ids), MaxZoneDeviceIDs)
+	}
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return nil, fmt.Errorf("zone device ids: %w", err)
+	}
+	var out []string
+	err = s.read(ctx, "zone device ids", func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `
+			SELECT id FROM devices WHERE zone = ? AND id IN (SELECT value FROM json_each(?)) `, zone, string(list))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			out = append(out, id)
+		}
+		return rows.Err()
+	})
+	slices.Sort(out)
 	return out, err
 }

@@ -7,13 +7,18 @@ import (
 	"time"
 )
 
+// MaxZoneDeviceIDs bounds the ids of one ZoneDeviceIDs call (a report's
+// peers are at most 1024).
+const MaxZoneDeviceIDs = 4096
+
 // StatsStore keeps each device's latest report of its peers (path, last
 // handshake, bytes), outside the change log: a report changes nothing
 // members see, so it appends no Change and moves no revision. Every
 // replica on one database reads the same reports.
 type StatsStore interface {
 	// PutStats replaces the device's report with s (s.DeviceID). It
-	// keeps s.Peers as given (the service bounds and checks them). A
+	// keeps s.Peers as given (the service bounds and checks them, and
+	// keeps only peers that are devices of the reporter's zone). A
 	// report is deleted with its device. ErrNotFound if the device does
 	// not exist.
 	PutStats(ctx context.Context, s DeviceStats) error
@@ -21,6 +26,14 @@ type StatsStore interface {
 	// zones), ordered by device id. Devices that never reported are
 	// absent.
 	Stats(ctx context.Context, zone string) ([]DeviceStats, error)
+	// DeviceStats returns one device's latest report, reading no other
+	// device's. ErrNotFound if there is none (the device never reported,
+	// or does not exist).
+	DeviceStats(ctx context.Context, id string) (DeviceStats, error)
+	// ZoneDeviceIDs returns those of ids that are devices of zone, sorted,
+	// each once; ids that are no device, or another zone's, are left out.
+	// It reads only the ids asked about (a report's peers), not the zone.
+	ZoneDeviceIDs(ctx context.Context, zone string, ids []string) ([]string, error)
 }
 
 // DeviceStats is a device's latest report of its peers.

@@ -3,7 +3,13 @@
 // refreshed when /ui/events reports a change.
 "use strict";
 
-const state = { info: null, zones: [], devices: [], prefixes: [], tokens: [], zone: null, newToken: null };
+const state = { info: null, zones: [], devices: [], prefixes: [], tokens: [], zone: null, newToken: null, peers: {} };
+// state.devices carry a summary of each member's report (GET /v1/devices);
+// state.peers keeps the per-peer detail by device id, fetched for the
+// picture of a small zone, for members that report, and for a tooltip.
+
+// The picture joins every pair of members up to this many.
+const MAX_DRAWN = 40;
 const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, ...kids) {
@@ -50,10 +56,13 @@ async function load() {
   if (loading) { again = true; return loading; }
   loading = (async () => {
     try {
-      const [info, zones, devices, prefixes, tokens] = await Promise.all([
+      const asked = performance.now();
+      let [info, zones, devices, prefixes, tokens] = await Promise.all([
         call("GET", "/v1/info"), call("GET", "/v1/zones"), call("GET", "/v1/devices"),
         call("GET", "/v1/prefixes"), call("GET", "/v1/tokens")]);
+      devices = devices.map(d => newer(d, asked));
       Object.assign(state, { info, zones, devices, prefixes, tokens });
+      await loadPeers();
       showError(null);
       render();
     } catch (e) {
@@ -65,12 +74,62 @@ async function load() {
   if (again) { again = false; return load(); }
 }
 
+// loadPeers fetches the per-peer detail of the shown zone's members when
+// the picture draws their links (a small zone: at most MAX_DRAWN² peers).
+async function loadPeers() {
+  const zone = pickZone();
+  if (!zone || state.devices.filter(d => d.zone === zone).length > MAX_DRAWN) return;
+  const full = await call("GET", "/v1/devices?stats=full&zone=" + encodeURIComponent(zone));
+  for (const d of full) state.peers[d.id] = d.stats ? d.stats.peers : null;
+}
+
+// newer returns d, fetched from a request sent at asked, unless the page
+// holds that member from a later request (a single-member refresh and a
+// list load can cross): then what it holds.
+const askedAt = {};
+function newer(d, asked) {
+  if ((askedAt[d.id] || 0) > asked) return state.devices.find(x => x.id === d.id) || d;
+  askedAt[d.id] = asked;
+  return d;
+}
+
 let timer = null;
 function soon() { clearTimeout(timer); timer = setTimeout(load, 80); }
-// Stats reports arrive every 30 s from every member: reload at most once a
-// second for them.
-let statsTimer = null;
-function soonStats() { if (!statsTimer) statsTimer = setTimeout(() => { statsTimer = null; load(); }, 1000); }
+
+// Stats reports arrive every 30 s from every member, each event naming
+// one: refresh just those (with their peers when the picture needs them),
+// at most once a second; many at once reload the list instead.
+const MAX_REFRESH = 20;
+let statsTimer = null, reported = new Set();
+function soonStats(id) {
+  reported.add(id);
+  if (!statsTimer) statsTimer = setTimeout(refreshReported, 1000);
+}
+async function refreshReported() {
+  const ids = [...reported];
+  reported = new Set();
+  statsTimer = null;
+  if (ids.length > MAX_REFRESH) return load();
+  const zone = state.zone;
+  const drawn = state.devices.filter(d => d.zone === zone).length <= MAX_DRAWN;
+  const asked = performance.now();
+  try {
+    const got = await Promise.all(ids.map(id => {
+      const d = state.devices.find(d => d.id === id);
+      if (!d) return null; // a member the list does not have yet: a change event reloads it
+      const full = (drawn && d.zone === zone) || id in state.peers;
+      return call("GET", "/v1/devices/" + encodeURIComponent(id) + (full ? "" : "?stats=summary")).catch(() => null);
+    }));
+    for (const d of got) {
+      if (!d) continue;
+      const i = state.devices.findIndex(x => x.id === d.id);
+      if (i < 0 || newer(d, asked) !== d) continue;
+      if (d.stats && d.stats.peers) state.peers[d.id] = d.stats.peers;
+      state.devices[i] = d;
+    }
+    render();
+  } catch (e) { showError(e); }
+}
 
 function pickZone() {
   const m = /zone=([a-z0-9-]+)/.exec(location.hash);
@@ -159,32 +218,44 @@ function render() {
   drawMesh(devices);
 }
 
-// statsCell summarizes what a member last reported of its peers: how many
-// it reaches directly or through the relay, its most recent handshake and
-// the bytes in and out through the tunnel; each peer in the tooltip.
+// statsCell shows what a member last reported of its peers, summed up by
+// the service: how many it reaches directly or through the relay, its
+// most recent handshake and the bytes in and out through the tunnel; each
+// peer in the tooltip, fetched on first hover when not known yet.
 function statsCell(d, hostById) {
   const st = d.stats;
   if (!st) return el("td", { class: "stats small muted", "data-stats": "none" }, "no report yet");
-  const n = { direct: 0, relay: 0, none: 0 };
-  let hs = null, rx = 0, tx = 0;
-  for (const p of st.peers) {
-    n[p.path || "none"]++;
-    if (p.last_handshake && (!hs || Date.parse(p.last_handshake) > Date.parse(hs))) hs = p.last_handshake;
-    rx += p.rx_bytes; tx += p.tx_bytes;
-  }
   const paths = [];
-  if (n.direct) paths.push(el("span", { class: "path direct" }, n.direct + " direct"));
-  if (n.relay) paths.push(el("span", { class: "path relay" }, n.relay + " relay"));
-  if (n.none) paths.push(el("span", { class: "path none" }, n.none + " no path"));
-  if (!st.peers.length) paths.push(el("span", { class: "muted" }, "no peers"));
-  const title = st.peers.map(p => `${hostById[p.device_id] || p.device_id}: ${p.path || "no path"}, ` +
-    `handshake ${p.last_handshake ? ago(p.last_handshake) : "never"}, in ${bytes(p.rx_bytes)}, out ${bytes(p.tx_bytes)}`).join("\n") +
-    `\n(reported ${ago(st.reported_at)})`;
-  return el("td", { class: "stats small", title, "data-stats": "report", "data-direct": n.direct, "data-relay": n.relay,
-      "data-handshake": hs || "", "data-rx": rx, "data-tx": tx },
+  if (st.direct) paths.push(el("span", { class: "path direct" }, st.direct + " direct"));
+  if (st.relay) paths.push(el("span", { class: "path relay" }, st.relay + " relay"));
+  if (st.no_path) paths.push(el("span", { class: "path none" }, st.no_path + " no path"));
+  if (!st.direct && !st.relay && !st.no_path) paths.push(el("span", { class: "muted" }, "no peers"));
+  const hs = st.last_handshake || "";
+  const td = el("td", { class: "stats small", "data-stats": "report", "data-direct": st.direct, "data-relay": st.relay,
+      "data-handshake": hs, "data-rx": st.rx_bytes, "data-tx": st.tx_bytes },
     el("div", { class: "paths" }, paths),
     el("div", { class: "muted handshake" }, hs ? "handshake " + ago(hs) : "no handshake"),
-    el("div", { class: "muted nowrap mono traffic" }, "↓ " + bytes(rx) + "  ↑ " + bytes(tx)));
+    el("div", { class: "muted nowrap mono traffic" }, "↓ " + bytes(st.rx_bytes) + "  ↑ " + bytes(st.tx_bytes)));
+  const tip = () => peersTitle(state.peers[d.id], st, hostById);
+  if (state.peers[d.id]) td.title = tip();
+  else {
+    td.title = `(reported ${ago(st.reported_at)})`;
+    td.addEventListener("mouseenter", async () => {
+      if (state.peers[d.id]) { td.title = tip(); return; }
+      try {
+        const one = await call("GET", "/v1/devices/" + encodeURIComponent(d.id));
+        if (one.stats) { state.peers[d.id] = one.stats.peers; td.title = tip(); }
+      } catch (e) { /* the summary stays */ }
+    }, { once: true });
+  }
+  return td;
+}
+
+// peersTitle is the tooltip of a report: one line per peer.
+function peersTitle(peers, st, hostById) {
+  return (peers || []).map(p => `${hostById[p.device_id] || p.device_id}: ${p.path || "no path"}, ` +
+    `handshake ${p.last_handshake ? ago(p.last_handshake) : "never"}, in ${bytes(p.rx_bytes)}, out ${bytes(p.tx_bytes)}`).join("\n") +
+    `\n(reported ${ago(st.reported_at)})`;
 }
 
 function bytes(n) {
@@ -198,7 +269,7 @@ function bytes(n) {
 // pathBetween is how a and b reach each other, as either last reported
 // ("direct" wins over "relay"); "" when neither knows.
 function pathBetween(a, b) {
-  const of = (x, y) => { const p = x.stats && x.stats.peers.find(p => p.device_id === y.id); return (p && p.path) || ""; };
+  const of = (x, y) => { const p = (state.peers[x.id] || []).find(p => p.device_id === y.id); return (p && p.path) || ""; };
   const pa = of(a, b), pb = of(b, a);
   return pa === "direct" || pb === "direct" ? "direct" : pa || pb;
 }
@@ -230,7 +301,7 @@ function drawMesh(devices) {
     return { d, x: r * Math.cos(a), y: r * Math.sin(a), dx: Math.cos(a), dy: Math.sin(a) };
   });
   const links = svg("g", {});
-  if (n <= 40) {
+  if (n <= MAX_DRAWN) {
     for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++)
     {
       const path = pathBetween(pos[i].d, pos[j].d);
@@ -313,7 +384,12 @@ function live() {
   es.addEventListener("hello", () => { on(); load(); });
   es.addEventListener("change", () => { on(); soon(); });
   es.addEventListener("presence", () => { on(); soon(); });
-  es.addEventListener("stats", () => { on(); soonStats(); });
+  es.addEventListener("stats", ev => {
+    on();
+    let id = null;
+    try { id = JSON.parse(ev.data).device_id; } catch (e) { /* an older service: reload */ }
+    if (id) soonStats(id); else soon();
+  });
   es.onerror = () => {
     badge.className = "live off"; badge.textContent = "reconnecting";
     // A stream refused for an expired session: call() sends us to the login page.
@@ -323,7 +399,7 @@ function live() {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("token-form").addEventListener("submit", createToken);
-  window.addEventListener("hashchange", () => { state.newToken = null; render(); });
+  window.addEventListener("hashchange", () => { state.newToken = null; render(); load(); });
   // A safety net for updates lost while the event stream was slow or
   // reconnecting; it also refreshes the "last seen" times.
   setInterval(load, 30000);

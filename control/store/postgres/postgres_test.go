@@ -30,3 +30,11 @@ func open(t *testing.T, dsn string, opts ...postgres.Option) *postgres.Store {
 func TestPostgresConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store { return open(t, pgtest.DB(t)) })
 }
+
+// TestPostgresStatsGoWithDevice counts device_stats rows directly: the
+// store's reads join devices (or read one id), so only a count shows a
+// report a deleted or revoked device left behind.
+func TestPostgresStatsGoWithDevice(t *testing.T) {
+	s := open(t, pgtest.DB(t))
+	storetest.StatsRowsGoWithDevice(t, &storetest.Env{T: t, S: s, Ctx: t.Context()}, func() (int, error) { return postgres.StatsRows(s) })
+}

@@ -2,7 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,5 +62,55 @@ func (s *Store) Stats(ctx context.Context, zone string) ([]store.DeviceStats, er
 		}
 		return rows.Err()
 	})
+	return out, err
+}
+
+// DeviceStats implements store.StatsStore.DeviceStats.
+func (s *Store) DeviceStats(ctx context.Context, id string) (store.DeviceStats, error) {
+	var st store.DeviceStats
+	err := s.read(ctx, "device stats", func(tx pgx.Tx) error {
+		var at int64
+		var peers string
+		err := tx.QueryRow(ctx, `SELECT device_id, reported_at, peers FROM device_stats WHERE device_id = $1`, id).
+			Scan(&st.DeviceID, &at, &peers)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("stats of device %q: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		st.ReportedAt = time.Unix(0, at).UTC()
+		st.Peers, err = store.DecodeStatsPeers(peers)
+		return err
+	})
+	return st, err
+}
+
+// ZoneDeviceIDs implements store.StatsStore.ZoneDeviceIDs.
+func (s *Store) ZoneDeviceIDs(ctx context.Context, zone string, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if len(ids) > store.MaxZoneDeviceIDs {
+		return nil, fmt.Errorf("zone device ids: %d ids (max %d)", len(ids), store.MaxZoneDeviceIDs)
+	}
+	var out []string
+	err := s.read(ctx, "zone device ids", func(tx pgx.Tx) error {
+		out = nil
+		rows, err := tx.Query(ctx, `SELECT id FROM devices WHERE zone = $1 AND id = ANY($2::text[]) `, zone, ids)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			out = append(out, id)
+		}
+		return rows.Err()
+	})
+	slices.Sort(out)
 	return out, err
 }

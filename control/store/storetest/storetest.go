@@ -59,6 +59,7 @@ func Run(t *testing.T, open Open) {
 		{"Policy", testPolicy},
 		{"Tags", testTags},
 		{"Stats", testStats},
+		{"ZoneDeviceIDs", testZoneDeviceIDs},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}
