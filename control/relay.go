@@ -58,8 +58,9 @@ type relay struct {
 	// mu guards the fields below.
 	mu       sync.Mutex
 	closed   bool
-	byKey    map[relayKey]*relayConn // the newest connection of each member
+	byKey    map[relayKey]*relayConn // the newest open connection of each member
 	byDevice map[string]map[*relayConn]struct{}
+	seq      uint64 // numbers connections in the order they were reserved
 }
 
 // relayConfig is what the relay needs of the server.
@@ -79,6 +80,7 @@ type relayConfig struct {
 type relayConn struct {
 	rk       relayKey
 	deviceID string
+	seq      uint64          // order of reservation (newest: highest)
 	expires  time.Time       // of the device token it was opened with; zero: never
 	ws       *websocket.Conn // set by activate, under relay.mu
 	revoked  string          // why it must end ("": it may go on), under relay.mu
@@ -192,6 +194,8 @@ func (rl *relay) reserve(c *relayConn) *api.Error {
 		rl.byDevice[c.deviceID] = set
 	}
 	set[c] = struct{}{}
+	rl.seq++
+	c.seq = rl.seq
 	// Messages for the member queue up from now on, so that once its
 	// WebSocket handshake is done nothing sent to it is lost.
 	rl.byKey[c.rk] = c
@@ -247,15 +251,29 @@ func (rl *relay) revoke(c *relayConn, why string) {
 	}
 }
 
+// remove forgets c. If c was the member's connection for datagrams sent
+// to it, the newest other connection of the device under the same key
+// that may go on takes its place: a second, shorter connection (a
+// reconnect overlapping the old one, a probe) must not cut the member off
+// while its older one is still open.
 func (rl *relay) remove(c *relayConn) {
 	rl.mu.Lock()
-	if rl.byKey[c.rk] == c {
-		delete(rl.byKey, c.rk)
+	set := rl.byDevice[c.deviceID]
+	delete(set, c)
+	if len(set) == 0 {
+		delete(rl.byDevice, c.deviceID)
 	}
-	if set := rl.byDevice[c.deviceID]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(rl.byDevice, c.deviceID)
+	if rl.byKey[c.rk] == c {
+		var next *relayConn
+		for o := range set {
+			if o.rk == c.rk && o.revoked == "" && (next == nil || o.seq > next.seq) {
+				next = o
+			}
+		}
+		if next != nil {
+			rl.byKey[c.rk] = next
+		} else {
+			delete(rl.byKey, c.rk)
 		}
 	}
 	if c.ws != nil {
