@@ -61,6 +61,10 @@ type relay struct {
 	byKey    map[relayKey]*relayConn // the newest open connection of each member
 	byDevice map[string]map[*relayConn]struct{}
 	seq      uint64 // numbers connections in the order they were reserved
+
+	// closeHook, when set (tests), runs before a WebSocket is closed by
+	// closeWS: it stands for a close that blocks on the network.
+	closeHook atomic.Pointer[func()]
 }
 
 // relayConfig is what the relay needs of the server.
@@ -86,7 +90,7 @@ type relayConn struct {
 	revoked  string          // why it must end ("": it may go on), under relay.mu
 	out      chan *[]byte    // from relayBufs
 	queued   atomic.Int64    // bytes in out
-	done     chan struct{}
+	done     chan struct{}   // closed (stop) to end c: its writer then closes ws
 	doneOnce sync.Once
 }
 
@@ -234,21 +238,32 @@ func (rl *relay) changed(c *relayConn, ch store.Change) {
 }
 
 // revoke ends c, now or, during its WebSocket handshake, as soon as it is
-// activated.
+// activated. It only marks c and signals its writer, which closes the
+// WebSocket: revoke runs on the hub's worker with a zone locked (see
+// follower), where a close that blocks on the network would stall the
+// fan-out of every zone.
 func (rl *relay) revoke(c *relayConn, why string) {
 	rl.mu.Lock()
 	first := c.revoked == ""
 	if first {
 		c.revoked = why
 	}
-	ws := c.ws
+	active := c.ws != nil
 	rl.mu.Unlock()
-	if first && ws != nil {
+	if first && active {
 		rl.log.Info("relay: closing a connection", "device", c.deviceID, "reason", why)
 	}
-	if ws != nil {
-		ws.CloseNow()
+	c.stop()
+}
+
+// closeWS closes ws at once. It may still block (a TLS close_notify is
+// written with a deadline of its own), so it is never called on the hub's
+// worker: only on the connection's own goroutines.
+func (rl *relay) closeWS(ws *websocket.Conn) {
+	if h := rl.closeHook.Load(); h != nil {
+		(*h)()
 	}
+	ws.CloseNow()
 }
 
 // remove forgets c. If c was the member's connection for datagrams sent
@@ -386,10 +401,11 @@ func (rl *relay) forward(from *relayConn, dst relayKey, bp *[]byte) {
 	}
 }
 
-// writeLoop writes c's queue until c stops, a write fails or the device
-// token c was opened with expires.
+// writeLoop writes c's queue until c stops (its reader ended, or revoke),
+// a write fails or the device token c was opened with expires; then it
+// closes c's WebSocket, which ends the read loop.
 func (rl *relay) writeLoop(c *relayConn) {
-	defer c.ws.CloseNow() // a failed write ends the read loop too
+	defer rl.closeWS(c.ws) // a failed write, or revoke, ends the read loop too
 	var expired <-chan time.Time
 	if !c.expires.IsZero() {
 		t := time.NewTimer(c.expires.Sub(rl.cfg.now()))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,4 +130,52 @@ func TestRelayRevokedDuringHandshake(t *testing.T) {
 	why := rl.activate(c, nil)
 	rl.remove(c) // before asserting: rl.close waits for it
 	require.Equal(t, "deleted", why)
+}
+
+// TestRelayRevokeDoesNotStallFanOut: ending a relay connection for a
+// change read from the change log never blocks the hub's worker on the
+// network (closing a WebSocket writes to it): here the close blocks, and
+// the next change still reaches the zone's watchers.
+func TestRelayRevokeDoesNotStallFanOut(t *testing.T) {
+	e := newEnv(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func() {
+		once.Do(func() { close(entered) })
+		<-release
+	}
+	e.srv.relay.closeHook.Store(&hook)
+	tok := e.joinToken(api.DefaultZone, true)
+	_, ra := e.mustRegister(tok, "a")
+	e.mustDialRelay(ra.DeviceToken)
+	sub, err := e.srv.hub.observe(t.Context(), api.DefaultZone)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.srv.hub.unsubscribe(sub) })
+	t.Cleanup(func() { close(release) }) // first: the rest may wait for it
+
+	// Deleted behind the server's back, as by another replica: the relay
+	// learns it from the change log, on the hub's worker.
+	require.NoError(t, e.st.DeleteDevice(t.Context(), ra.DeviceID))
+	e.srv.hub.update(api.DefaultZone)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay connection was not closed")
+	}
+	_, rc := e.mustRegister(tok, "c")
+	deadline := time.After(10 * time.Second)
+	for {
+		evs, ok := sub.take()
+		require.True(t, ok)
+		for _, ev := range evs {
+			if strings.Contains(string(ev.line), rc.DeviceID) {
+				return
+			}
+		}
+		select {
+		case <-sub.wake:
+		case <-deadline:
+			t.Fatal("a blocked relay close stalled the watch fan-out")
+		}
+	}
 }
