@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,9 @@ func (s *deletingStore) DeviceByToken(ctx context.Context, h [32]byte) (store.De
 	return d, err
 }
 
+// TestRelayRefusesDeviceDeletedDuringAuthentication: a device deleted
+// after its token was checked but before the relay follows the zone is
+// refused by the check that follows: 401, no WebSocket.
 func TestRelayRefusesDeviceDeletedDuringAuthentication(t *testing.T) {
 	var ds *deletingStore
 	e := newEnv(t, func(c *serverConfig) {
@@ -111,11 +115,9 @@ func TestRelayRefusesDeviceDeletedDuringAuthentication(t *testing.T) {
 	})
 	_, ra := e.mustRegister(e.joinToken(api.DefaultZone, true), "a")
 	ds.armed.Store(true)
-	ws, resp, err := e.dialRelay(t.Context(), ra.DeviceToken)
-	if err == nil {
-		requireRelayEnds(t, ws, "the device was deleted while it connected")
-		return
-	}
+	_, resp, err := e.dialRelay(t.Context(), ra.DeviceToken)
+	require.Error(t, err, "the check after follow sees the deletion")
+	require.NotNil(t, resp)
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 }
 
@@ -178,4 +180,52 @@ func TestRelayRevokeDoesNotStallFanOut(t *testing.T) {
 			t.Fatal("a blocked relay close stalled the watch fan-out")
 		}
 	}
+}
+
+// TestRelayEndsWhenHistoryCompacted: when changes of the zone the relay
+// was owed are compacted away before the hub reads them (here: a store
+// keeping one change, a device re-keyed several times behind the
+// server's back), the relay cannot know whom they concerned, so every
+// connection in the zone ends; members reconnect and relaying works (the
+// re-keyed device under its new key), and the reconnected connections
+// again end for changes read afterwards.
+func TestRelayEndsWhenHistoryCompacted(t *testing.T) {
+	var st *store.SQLite
+	e := newEnv(t, func(c *serverConfig) {
+		var err error
+		st, err = store.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), DBFile), store.WithChangeRetention(1))
+		require.NoError(t, err)
+		t.Cleanup(func() { st.Close() })
+		c.Store = st
+	})
+	tok := e.joinToken(api.DefaultZone, true)
+	a, ra := e.mustRegister(tok, "a")
+	b, rb := e.mustRegister(tok, "b")
+	_, rc := e.mustRegister(tok, "c")
+	wa, wb, wc := e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken), e.mustDialRelay(rc.DeviceToken)
+	requireRelayWorks(t, wa, wb, b.pub, "before")
+	e.srv.hub.updateNow(api.DefaultZone) // the relay has read everything so far
+
+	var cKey api.Key
+	for range 3 {
+		cKey = newDevice().pub
+		_, err := st.RotateKey(t.Context(), rc.DeviceID, store.Key(cKey), time.Now())
+		require.NoError(t, err)
+	}
+	_, _, err := st.Changes(t.Context(), api.DefaultZone, 0)
+	require.ErrorIs(t, err, store.ErrCompacted, "the test needs the history compacted")
+	e.srv.hub.update(api.DefaultZone)
+	for name, ws := range map[string]*websocket.Conn{"a": wa, "b": wb, "c": wc} {
+		requireRelayEnds(t, ws, name+": the zone's history was compacted")
+	}
+
+	wa, wb = e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken)
+	requireRelayWorks(t, wa, wb, b.pub, "after reconnecting")
+	requireRelayWorks(t, wb, wa, a.pub, "and back")
+	wc = e.mustDialRelay(rc.DeviceToken) // its token stays, under the new key
+	requireRelayWorks(t, wa, wc, cKey, "to c's new key")
+
+	require.NoError(t, st.DeleteDevice(t.Context(), rb.DeviceID))
+	e.srv.hub.update(api.DefaultZone)
+	requireRelayEnds(t, wb, "b deleted after the compaction")
 }
