@@ -85,6 +85,7 @@ type relayConn struct {
 	rk       relayKey
 	deviceID string
 	seq      uint64          // order of reservation (newest: highest)
+	probe    bool            // opened with api.RelayProbeQuery: never receives
 	expires  time.Time       // of the device token it was opened with; zero: never
 	ws       *websocket.Conn // set by activate, under relay.mu
 	revoked  string          // why it must end ("": it may go on), under relay.mu
@@ -124,7 +125,8 @@ func newRelay(log *slog.Logger, reg *prometheus.Registry, cfg relayConfig) *rela
 // handle serves one member's relay connection until it ends.
 func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
 	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID, expires: d.TokenExpires,
-		out: make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
+		probe: r.URL.Query().Get("probe") == "1", // api.RelayProbeQuery
+		out:   make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
 	if aerr := rl.reserve(c); aerr != nil {
 		writeError(w, aerr)
 		return
@@ -181,8 +183,8 @@ func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) 
 	ws.CloseNow()
 }
 
-// reserve counts c against its device's connection limit and makes it the
-// member's connection for datagrams sent to it.
+// reserve counts c against its device's connection limit and, unless it
+// is a probe, makes it the member's connection for datagrams sent to it.
 func (rl *relay) reserve(c *relayConn) *api.Error {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
@@ -202,7 +204,9 @@ func (rl *relay) reserve(c *relayConn) *api.Error {
 	c.seq = rl.seq
 	// Messages for the member queue up from now on, so that once its
 	// WebSocket handshake is done nothing sent to it is lost.
-	rl.byKey[c.rk] = c
+	if !c.probe {
+		rl.byKey[c.rk] = c
+	}
 	rl.wg.Add(1)
 	return nil
 }
@@ -281,7 +285,7 @@ func (rl *relay) remove(c *relayConn) {
 	if rl.byKey[c.rk] == c {
 		var next *relayConn
 		for o := range set {
-			if o.rk == c.rk && o.revoked == "" && (next == nil || o.seq > next.seq) {
+			if o.rk == c.rk && !o.probe && o.revoked == "" && (next == nil || o.seq > next.seq) {
 				next = o
 			}
 		}

@@ -268,3 +268,27 @@ func TestRelaySecondConnectionLeavesMemberReachable(t *testing.T) {
 		requireRelayWorks(t, wb, wa, a.pub, "after "+string(rune('1'+i)))
 	}
 }
+
+// TestRelayProbeConnectionNeverReceives: a connection opened with
+// api.RelayProbeQuery authenticates and may send, but what is relayed to
+// the member keeps going to the member's own connection, also while the
+// probe is open.
+func TestRelayProbeConnectionNeverReceives(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	a, ra := e.mustRegister(tok, "a")
+	b, rb := e.mustRegister(tok, "b")
+	wa, wb := e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken)
+
+	h := http.Header{"Authorization": {"Bearer " + ra.DeviceToken}}
+	probe, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(e.ts.URL, "http")+api.RelayPath+"?"+api.RelayProbeQuery,
+		&websocket.DialOptions{HTTPHeader: h})
+	require.NoError(t, err)
+	t.Cleanup(func() { probe.CloseNow() })
+	require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 2 }, 10*time.Second, 5*time.Millisecond)
+	requireRelayWorks(t, wb, wa, a.pub, "to the member's own connection")
+	requireRelayWorks(t, probe, wb, b.pub, "a probe may send")
+	require.NoError(t, probe.Close(websocket.StatusNormalClosure, "probe"))
+	require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 1 }, 10*time.Second, 5*time.Millisecond)
+	requireRelayWorks(t, wb, wa, a.pub, "after the probe")
+}
