@@ -106,8 +106,9 @@ type hubZone struct {
 type follower struct {
 	zone *hubZone
 	// changed is called with each change, in order, on the hub's worker
-	// with the zone's lock held: it must be quick and must not call the
-	// hub.
+	// with the zone's lock held: it must be quick, must not block (no
+	// network I/O: the one worker serves every zone) and must not call
+	// the hub.
 	changed func(store.Change)
 	// lost is called, as changed is, when changes the follower was owed
 	// are gone from the log (compacted): it cannot know what it missed.

@@ -58,8 +58,13 @@ type relay struct {
 	// mu guards the fields below.
 	mu       sync.Mutex
 	closed   bool
-	byKey    map[relayKey]*relayConn // the newest connection of each member
+	byKey    map[relayKey]*relayConn // the newest open connection of each member
 	byDevice map[string]map[*relayConn]struct{}
+	seq      uint64 // numbers connections in the order they were reserved
+
+	// closeHook, when set (tests), runs before a WebSocket is closed by
+	// closeWS: it stands for a close that blocks on the network.
+	closeHook atomic.Pointer[func()]
 }
 
 // relayConfig is what the relay needs of the server.
@@ -79,12 +84,14 @@ type relayConfig struct {
 type relayConn struct {
 	rk       relayKey
 	deviceID string
+	seq      uint64          // order of reservation (newest: highest)
+	probe    bool            // opened with api.RelayProbeQuery: never receives
 	expires  time.Time       // of the device token it was opened with; zero: never
 	ws       *websocket.Conn // set by activate, under relay.mu
 	revoked  string          // why it must end ("": it may go on), under relay.mu
 	out      chan *[]byte    // from relayBufs
 	queued   atomic.Int64    // bytes in out
-	done     chan struct{}
+	done     chan struct{}   // closed (stop) to end c: its writer then closes ws
 	doneOnce sync.Once
 }
 
@@ -118,7 +125,8 @@ func newRelay(log *slog.Logger, reg *prometheus.Registry, cfg relayConfig) *rela
 // handle serves one member's relay connection until it ends.
 func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
 	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID, expires: d.TokenExpires,
-		out: make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
+		probe: r.URL.Query().Get("probe") == "1", // api.RelayProbeQuery
+		out:   make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
 	if aerr := rl.reserve(c); aerr != nil {
 		writeError(w, aerr)
 		return
@@ -175,8 +183,8 @@ func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) 
 	ws.CloseNow()
 }
 
-// reserve counts c against its device's connection limit and makes it the
-// member's connection for datagrams sent to it.
+// reserve counts c against its device's connection limit and, unless it
+// is a probe, makes it the member's connection for datagrams sent to it.
 func (rl *relay) reserve(c *relayConn) *api.Error {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
@@ -192,9 +200,13 @@ func (rl *relay) reserve(c *relayConn) *api.Error {
 		rl.byDevice[c.deviceID] = set
 	}
 	set[c] = struct{}{}
+	rl.seq++
+	c.seq = rl.seq
 	// Messages for the member queue up from now on, so that once its
 	// WebSocket handshake is done nothing sent to it is lost.
-	rl.byKey[c.rk] = c
+	if !c.probe {
+		rl.byKey[c.rk] = c
+	}
 	rl.wg.Add(1)
 	return nil
 }
@@ -230,32 +242,57 @@ func (rl *relay) changed(c *relayConn, ch store.Change) {
 }
 
 // revoke ends c, now or, during its WebSocket handshake, as soon as it is
-// activated.
+// activated. It only marks c and signals its writer, which closes the
+// WebSocket: revoke runs on the hub's worker with a zone locked (see
+// follower), where a close that blocks on the network would stall the
+// fan-out of every zone.
 func (rl *relay) revoke(c *relayConn, why string) {
 	rl.mu.Lock()
 	first := c.revoked == ""
 	if first {
 		c.revoked = why
 	}
-	ws := c.ws
+	active := c.ws != nil
 	rl.mu.Unlock()
-	if first && ws != nil {
+	if first && active {
 		rl.log.Info("relay: closing a connection", "device", c.deviceID, "reason", why)
 	}
-	if ws != nil {
-		ws.CloseNow()
-	}
+	c.stop()
 }
 
+// closeWS closes ws at once. It may still block (a TLS close_notify is
+// written with a deadline of its own), so it is never called on the hub's
+// worker: only on the connection's own goroutines.
+func (rl *relay) closeWS(ws *websocket.Conn) {
+	if h := rl.closeHook.Load(); h != nil {
+		(*h)()
+	}
+	ws.CloseNow()
+}
+
+// remove forgets c. If c was the member's connection for datagrams sent
+// to it, the newest other connection of the device under the same key
+// that may go on takes its place: a second, shorter connection (a
+// reconnect overlapping the old one, a probe) must not cut the member off
+// while its older one is still open.
 func (rl *relay) remove(c *relayConn) {
 	rl.mu.Lock()
-	if rl.byKey[c.rk] == c {
-		delete(rl.byKey, c.rk)
+	set := rl.byDevice[c.deviceID]
+	delete(set, c)
+	if len(set) == 0 {
+		delete(rl.byDevice, c.deviceID)
 	}
-	if set := rl.byDevice[c.deviceID]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(rl.byDevice, c.deviceID)
+	if rl.byKey[c.rk] == c {
+		var next *relayConn
+		for o := range set {
+			if o.rk == c.rk && !o.probe && o.revoked == "" && (next == nil || o.seq > next.seq) {
+				next = o
+			}
+		}
+		if next != nil {
+			rl.byKey[c.rk] = next
+		} else {
+			delete(rl.byKey, c.rk)
 		}
 	}
 	if c.ws != nil {
@@ -368,10 +405,11 @@ func (rl *relay) forward(from *relayConn, dst relayKey, bp *[]byte) {
 	}
 }
 
-// writeLoop writes c's queue until c stops, a write fails or the device
-// token c was opened with expires.
+// writeLoop writes c's queue until c stops (its reader ended, or revoke),
+// a write fails or the device token c was opened with expires; then it
+// closes c's WebSocket, which ends the read loop.
 func (rl *relay) writeLoop(c *relayConn) {
-	defer c.ws.CloseNow() // a failed write ends the read loop too
+	defer rl.closeWS(c.ws) // a failed write, or revoke, ends the read loop too
 	var expired <-chan time.Time
 	if !c.expires.IsZero() {
 		t := time.NewTimer(c.expires.Sub(rl.cfg.now()))

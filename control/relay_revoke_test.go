@@ -4,6 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,6 +104,9 @@ func (s *deletingStore) DeviceByToken(ctx context.Context, h [32]byte) (store.De
 	return d, err
 }
 
+// TestRelayRefusesDeviceDeletedDuringAuthentication: a device deleted
+// after its token was checked but before the relay follows the zone is
+// refused by the check that follows: 401, no WebSocket.
 func TestRelayRefusesDeviceDeletedDuringAuthentication(t *testing.T) {
 	var ds *deletingStore
 	e := newEnv(t, func(c *serverConfig) {
@@ -109,11 +115,9 @@ func TestRelayRefusesDeviceDeletedDuringAuthentication(t *testing.T) {
 	})
 	_, ra := e.mustRegister(e.joinToken(api.DefaultZone, true), "a")
 	ds.armed.Store(true)
-	ws, resp, err := e.dialRelay(t.Context(), ra.DeviceToken)
-	if err == nil {
-		requireRelayEnds(t, ws, "the device was deleted while it connected")
-		return
-	}
+	_, resp, err := e.dialRelay(t.Context(), ra.DeviceToken)
+	require.Error(t, err, "the check after follow sees the deletion")
+	require.NotNil(t, resp)
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 }
 
@@ -128,4 +132,100 @@ func TestRelayRevokedDuringHandshake(t *testing.T) {
 	why := rl.activate(c, nil)
 	rl.remove(c) // before asserting: rl.close waits for it
 	require.Equal(t, "deleted", why)
+}
+
+// TestRelayRevokeDoesNotStallFanOut: ending a relay connection for a
+// change read from the change log never blocks the hub's worker on the
+// network (closing a WebSocket writes to it): here the close blocks, and
+// the next change still reaches the zone's watchers.
+func TestRelayRevokeDoesNotStallFanOut(t *testing.T) {
+	e := newEnv(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func() {
+		once.Do(func() { close(entered) })
+		<-release
+	}
+	e.srv.relay.closeHook.Store(&hook)
+	tok := e.joinToken(api.DefaultZone, true)
+	_, ra := e.mustRegister(tok, "a")
+	e.mustDialRelay(ra.DeviceToken)
+	sub, err := e.srv.hub.observe(t.Context(), api.DefaultZone)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.srv.hub.unsubscribe(sub) })
+	t.Cleanup(func() { close(release) }) // first: the rest may wait for it
+
+	// Deleted behind the server's back, as by another replica: the relay
+	// learns it from the change log, on the hub's worker.
+	require.NoError(t, e.st.DeleteDevice(t.Context(), ra.DeviceID))
+	e.srv.hub.update(api.DefaultZone)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay connection was not closed")
+	}
+	_, rc := e.mustRegister(tok, "c")
+	deadline := time.After(10 * time.Second)
+	for {
+		evs, ok := sub.take()
+		require.True(t, ok)
+		for _, ev := range evs {
+			if strings.Contains(string(ev.line), rc.DeviceID) {
+				return
+			}
+		}
+		select {
+		case <-sub.wake:
+		case <-deadline:
+			t.Fatal("a blocked relay close stalled the watch fan-out")
+		}
+	}
+}
+
+// TestRelayEndsWhenHistoryCompacted: when changes of the zone the relay
+// was owed are compacted away before the hub reads them (here: a store
+// keeping one change, a device re-keyed several times behind the
+// server's back), the relay cannot know whom they concerned, so every
+// connection in the zone ends; members reconnect and relaying works (the
+// re-keyed device under its new key), and the reconnected connections
+// again end for changes read afterwards.
+func TestRelayEndsWhenHistoryCompacted(t *testing.T) {
+	var st *store.SQLite
+	e := newEnv(t, func(c *serverConfig) {
+		var err error
+		st, err = store.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), DBFile), store.WithChangeRetention(1))
+		require.NoError(t, err)
+		t.Cleanup(func() { st.Close() })
+		c.Store = st
+	})
+	tok := e.joinToken(api.DefaultZone, true)
+	a, ra := e.mustRegister(tok, "a")
+	b, rb := e.mustRegister(tok, "b")
+	_, rc := e.mustRegister(tok, "c")
+	wa, wb, wc := e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken), e.mustDialRelay(rc.DeviceToken)
+	requireRelayWorks(t, wa, wb, b.pub, "before")
+	e.srv.hub.updateNow(api.DefaultZone) // the relay has read everything so far
+
+	var cKey api.Key
+	for range 3 {
+		cKey = newDevice().pub
+		_, err := st.RotateKey(t.Context(), rc.DeviceID, store.Key(cKey), time.Now())
+		require.NoError(t, err)
+	}
+	_, _, err := st.Changes(t.Context(), api.DefaultZone, 0)
+	require.ErrorIs(t, err, store.ErrCompacted, "the test needs the history compacted")
+	e.srv.hub.update(api.DefaultZone)
+	for name, ws := range map[string]*websocket.Conn{"a": wa, "b": wb, "c": wc} {
+		requireRelayEnds(t, ws, name+": the zone's history was compacted")
+	}
+
+	wa, wb = e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken)
+	requireRelayWorks(t, wa, wb, b.pub, "after reconnecting")
+	requireRelayWorks(t, wb, wa, a.pub, "and back")
+	wc = e.mustDialRelay(rc.DeviceToken) // its token stays, under the new key
+	requireRelayWorks(t, wa, wc, cKey, "to c's new key")
+
+	require.NoError(t, st.DeleteDevice(t.Context(), rb.DeviceID))
+	e.srv.hub.update(api.DefaultZone)
+	requireRelayEnds(t, wb, "b deleted after the compaction")
 }

@@ -237,3 +237,58 @@ func TestRelayQueueBoundCountsCapacity(t *testing.T) {
 		})
 	}
 }
+
+// relayConns is how many relay connections device id holds.
+func relayConns(rl *relay, id string) int {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	return len(rl.byDevice[id])
+}
+
+// TestRelaySecondConnectionLeavesMemberReachable: a second, shorter
+// connection with a member's device token (a probe such as wiremesh
+// netcheck, or a reconnect overlapping the old connection) does not cut
+// the member off: once it closes, datagrams for the member reach its
+// older connection again, and the newest connection gets them while both
+// are open.
+func TestRelaySecondConnectionLeavesMemberReachable(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	a, ra := e.mustRegister(tok, "a")
+	_, rb := e.mustRegister(tok, "b")
+	wa, wb := e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken)
+	requireRelayWorks(t, wb, wa, a.pub, "before")
+
+	for i := range 3 {
+		second := e.mustDialRelay(ra.DeviceToken)
+		require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 2 }, 10*time.Second, 5*time.Millisecond)
+		requireRelayWorks(t, wb, second, a.pub, "to the newest")
+		require.NoError(t, second.Close(websocket.StatusNormalClosure, "probe"))
+		require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 1 }, 10*time.Second, 5*time.Millisecond)
+		requireRelayWorks(t, wb, wa, a.pub, "after "+string(rune('1'+i)))
+	}
+}
+
+// TestRelayProbeConnectionNeverReceives: a connection opened with
+// api.RelayProbeQuery authenticates and may send, but what is relayed to
+// the member keeps going to the member's own connection, also while the
+// probe is open.
+func TestRelayProbeConnectionNeverReceives(t *testing.T) {
+	e := newEnv(t)
+	tok := e.joinToken(api.DefaultZone, true)
+	a, ra := e.mustRegister(tok, "a")
+	b, rb := e.mustRegister(tok, "b")
+	wa, wb := e.mustDialRelay(ra.DeviceToken), e.mustDialRelay(rb.DeviceToken)
+
+	h := http.Header{"Authorization": {"Bearer " + ra.DeviceToken}}
+	probe, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(e.ts.URL, "http")+api.RelayPath+"?"+api.RelayProbeQuery,
+		&websocket.DialOptions{HTTPHeader: h})
+	require.NoError(t, err)
+	t.Cleanup(func() { probe.CloseNow() })
+	require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 2 }, 10*time.Second, 5*time.Millisecond)
+	requireRelayWorks(t, wb, wa, a.pub, "to the member's own connection")
+	requireRelayWorks(t, probe, wb, b.pub, "a probe may send")
+	require.NoError(t, probe.Close(websocket.StatusNormalClosure, "probe"))
+	require.Eventually(t, func() bool { return relayConns(e.srv.relay, ra.DeviceID) == 1 }, 10*time.Second, 5*time.Millisecond)
+	requireRelayWorks(t, wb, wa, a.pub, "after the probe")
+}

@@ -386,7 +386,8 @@ func TestReplicaRelayEndsForChangesElsewhere(t *testing.T) {
 		return ws
 	}
 	gone := registerTLS(t, a, jt, signed(t, a.srv.PublicKey(), jt, "gone"))
-	stays := registerTLS(t, a, jt, signed(t, a.srv.PublicKey(), jt, "stays"))
+	staysReq := signed(t, a.srv.PublicKey(), jt, "stays")
+	stays := registerTLS(t, a, jt, staysReq)
 	wg, ws := dial(gone.DeviceToken), dial(stays.DeviceToken)
 
 	hc := httpClient(t, a)
@@ -396,7 +397,11 @@ func TestReplicaRelayEndsForChangesElsewhere(t *testing.T) {
 	requireRelayEnds(t, wg, "deleted through the other replica")
 
 	// The other member's connection is still there: a message to itself
-	// is dropped, not a reason to close; its read still waits.
+	// is dropped (counted), not a reason to close; its read still waits.
+	selfDrops := b.srv.relay.m.messages.WithLabelValues("unknown_destination")
+	before := counterValue(t, selfDrops)
+	require.NoError(t, ws.Write(t.Context(), websocket.MessageBinary, relayMsg(t, staysReq.PublicKey, "self")))
+	require.Eventually(t, func() bool { return counterValue(t, selfDrops) == before+1 }, 10*time.Second, 5*time.Millisecond)
 	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
 	defer cancel()
 	_, _, err = ws.Read(ctx)

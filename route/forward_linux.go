@@ -54,16 +54,18 @@ func EnableForwarding(v4, v6 bool, opts ...Option) (restore func() error, err er
 
 // turnOn writes "1" to each of paths (sysctls) in ns that is not "1" yet,
 // and logs each it changed. restore calls undo(path, old value) for each,
-// in ns, and is safe to call more than once. turnOn owns ns: restore
+// in ns, last changed first, and is safe to call more than once. turnOn owns ns: restore
 // closes it, and so does a failure, after undoing what it changed.
 func turnOn(ns netns.NsHandle, paths []string, o *options, undo func(path, old string) error) (restore func() error, err error) {
-	changed := map[string]string{} // path → old value
-	var order []string             // changed's keys in the order written
+	type change struct{ path, old string }
+	var changed []change // in the order written
+	// undoAll undoes in the reverse order of the changes: a sysctl
+	// written later may depend on one written earlier.
 	undoAll := func() error {
 		return inNetNS(ns, func() error {
 			var errs []error
-			for p, old := range changed {
-				errs = append(errs, undo(p, old))
+			for i := len(changed) - 1; i >= 0; i-- {
+				errs = append(errs, undo(changed[i].path, changed[i].old))
 			}
 			return errors.Join(errs...)
 		})
@@ -80,8 +82,7 @@ func turnOn(ns netns.NsHandle, paths []string, o *options, undo func(path, old s
 			if err := writeSysctl(p, "1"); err != nil {
 				return err
 			}
-			changed[p] = old
-			order = append(order, p)
+			changed = append(changed, change{p, old})
 		}
 		return nil
 	})
@@ -90,8 +91,8 @@ func turnOn(ns netns.NsHandle, paths []string, o *options, undo func(path, old s
 		ns.Close()
 		return nil, err
 	}
-	for _, p := range order {
-		o.log.Info("IP forwarding enabled", "sysctl", p)
+	for _, c := range changed {
+		o.log.Info("IP forwarding enabled", "sysctl", c.path)
 	}
 	var once sync.Once
 	var rerr error

@@ -91,9 +91,19 @@ func CandidateAddrs(cs []Candidate) []netip.AddrPort {
 // another key). The relay forwards only between members of one zone and
 // never looks inside the datagrams. A message longer than RelayMaxMessage
 // closes the connection.
+//
+// A member's newest connection receives what is relayed to it. A
+// connection opened with RelayProbeQuery (a reachability check such as
+// wiremesh netcheck) never does: it may only send, and leaves the member's
+// own connection in place. (Services without it treat a probe as a
+// connection and hand reception back to the member's older connection
+// when the probe closes.)
 const (
 	// RelayPath is the relay's HTTP path.
 	RelayPath = "/v1/relay"
+	// RelayProbeQuery is the query that opens a probe-only relay
+	// connection: RelayPath + "?" + RelayProbeQuery.
+	RelayProbeQuery = "probe=1"
 	// RelayMaxMessage is the largest relay message.
 	RelayMaxMessage = 256 << 10
 	// RelayMaxDatagram is the largest datagram in a relay message.

@@ -19,13 +19,18 @@ import (
 // with the device token, over the client's transport (so the pinned
 // certificate applies). The caller owns the connection.
 func (c *Client) DialRelay(ctx context.Context) (*websocket.Conn, error) {
+	return c.dialRelay(ctx, api.RelayPath)
+}
+
+// dialRelay is DialRelay to path (RelayPath, with or without a query).
+func (c *Client) dialRelay(ctx context.Context, path string) (*websocket.Conn, error) {
 	tok := c.DeviceToken()
 	if tok == "" {
 		return nil, errors.New("controlclient: relay: no device token (register first)")
 	}
 	h := http.Header{}
 	c.setHeaders(h, tok)
-	ws, resp, err := websocket.Dial(ctx, c.base+api.RelayPath, &websocket.DialOptions{HTTPClient: c.stream, HTTPHeader: h})
+	ws, resp, err := websocket.Dial(ctx, c.base+path, &websocket.DialOptions{HTTPClient: c.stream, HTTPHeader: h})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			return nil, fmt.Errorf("controlclient: relay: HTTP %d: %w", resp.StatusCode, err)
@@ -83,15 +88,16 @@ func (c *Client) STUNServers(ctx context.Context) ([]netip.AddrPort, error) {
 }
 
 // ProbeRelay checks that the service's relay can be reached. With a
-// device token it opens the relay's WebSocket and closes it again
-// (authenticated is true). Without one it sends the same upgrade request
+// device token it opens a probe-only relay connection
+// (api.RelayProbeQuery: the member's own connection keeps receiving) and
+// closes it again (authenticated is true). Without one it sends the same upgrade request
 // unauthenticated: a 401 with the service's error body proves the request
 // reached the relay's handler through every proxy on the way (the upgrade
 // itself is not tried); authenticated is false. Any other outcome is an
 // error.
 func (c *Client) ProbeRelay(ctx context.Context) (authenticated bool, err error) {
 	if c.DeviceToken() != "" {
-		ws, err := c.DialRelay(ctx)
+		ws, err := c.dialRelay(ctx, api.RelayPath+"?"+api.RelayProbeQuery)
 		if err != nil {
 			return false, err
 		}

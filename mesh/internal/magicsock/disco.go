@@ -36,10 +36,12 @@ import (
 // probe more than discoWindow away from the receiver's clock is dropped,
 // and a ping whose transaction id the receiver has seen from that peer is
 // dropped too (see pingGuard), so a captured ping cannot be replayed, from
-// anywhere, to draw pongs or plant an address. Version 2 of the format
+// anywhere, to draw pongs or plant an address (except once after the
+// receiver's guard for the peer is new: see pingGuard). Version 2 of the format
 // (discoKeyInfo) added the time: a v1 probe (65 bytes, another MAC key) is
 // dropped, so both members of a pair must run a version with v2 to find a
-// direct path (they still reach each other through the relay).
+// direct path (they still reach each other through the relay); the first
+// v1 probe from a peer is logged, so that a mixed-version mesh says why.
 const (
 	discoMagic   = "\xffWMP"
 	discoPing    = 1
@@ -52,6 +54,11 @@ const (
 	discoMACOff  = discoTxOff + discoTxLen
 	discoLen     = discoMACOff + discoMACLen
 	discoKeyInfo = "wiremesh disco v2"
+
+	// discoV1Len is the length of a v1 probe: magic, kind, sender key,
+	// transaction id, MAC; no time. One is dropped, and logged once per
+	// peer (Conn.olderProbe).
+	discoV1Len = len(discoMagic) + 1 + 32 + discoTxLen + discoMACLen
 )
 
 // discoWindow is how far a probe's time may be from the receiver's clock:
@@ -153,7 +160,12 @@ const maxSeenPings = 64
 // pingGuard refuses a ping seen before from one peer: it remembers the
 // last maxSeenPings accepted (transaction id and time) and, once it
 // forgets one, refuses every ping no newer than the newest forgotten.
-// Together with the time window, an accepted ping is never accepted again.
+// Together with the time window, an accepted ping is not accepted again
+// by the same guard. The guard is in memory, one per peer: after the
+// agent restarts, or the peer leaves the netmap and comes back (a new
+// guard), a ping captured within the last discoWindow can be accepted
+// once more. That costs one pong (rate-limited) and at most an address
+// to probe; it changes no path (only a pong to a ping of ours does).
 type pingGuard struct {
 	seen  map[txID]int64 // accepted, not forgotten: tx → time
 	order []txID         // seen in acceptance order, oldest first

@@ -120,6 +120,7 @@ type peer struct {
 	// lastStaleLog is when a probe of the peer outside the time window
 	// was last logged as a warning.
 	lastStaleLog time.Time
+	olderLogged  bool   // a v1 probe of the peer was logged (Conn.olderProbe)
 	heldInit     []byte // the peer's initiation withheld (see Conn.withhold)
 	heldTimer    *time.Timer
 	wakeQ        []wakeMsg // messages waiting for the peer to wake (see Conn.wake)

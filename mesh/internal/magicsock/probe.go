@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 )
 
@@ -15,6 +16,10 @@ import (
 // ours makes an address the path.
 func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	from = unmap(from)
+	if len(b) == discoV1Len {
+		c.olderProbe(b, from)
+		return
+	}
 	p := c.peer(discoSender(b), false)
 	if p == nil {
 		return // not a peer of ours: nobody we share a key with
@@ -302,6 +307,32 @@ func (c *Conn) staleProbe(p *peer, from netip.AddrPort, at int64, now time.Time)
 		return
 	}
 	c.log.Debug("magicsock: dropped a stale probe", "peer", name, "from", from, "age", skew)
+}
+
+// olderProbe drops a probe in format v1 (no time) and logs, once per
+// peer, that the peer runs an older wiremesh: the pair has no direct path
+// until it upgrades. The v1 MAC is not checked (it would cost a key
+// agreement per datagram to find out), so the log names the peer the
+// probe claims to come from; a forged one costs one line per peer at
+// most.
+func (c *Conn) olderProbe(b []byte, from netip.AddrPort) {
+	var k api.Key
+	copy(k[:], b[discoKeyOff:discoKeyOff+len(k)])
+	p := c.peer(k, false)
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	first := !p.olderLogged
+	p.olderLogged = true
+	name := p.name
+	p.mu.Unlock()
+	if first {
+		c.log.Info("mesh: peer "+name+" runs an older wiremesh (probe format v1): no direct path until it upgrades",
+			"peer", name, "from", from)
+		return
+	}
+	c.log.Debug("magicsock: dropped a v1 probe", "peer", name, "from", from)
 }
 
 // Pong rate limit per source address (address and port): a member's

@@ -1,8 +1,13 @@
 package magicsock
 
 import (
+	"bytes"
+	"crypto/rand"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,4 +154,61 @@ func TestPingDoesNotChangePath(t *testing.T) {
 	require.NotContains(t, a.candidatesOf(b.pub), sockAddr(otherSock))
 	require.Equal(t, pubOf(other.priv), (*a.conn.byAddr.Load())[sockAddr(otherSock)].key)
 	require.Equal(t, before.Endpoint, a.conn.PeerPath(b.pub).Endpoint)
+}
+
+// lockedBuffer is a log sink safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestOlderProbeFormatIsLoggedOncePerPeer: a probe in format v1 (no time,
+// 65 bytes) from a peer says in the log, once per peer, that the peer
+// runs an older wiremesh and gets no direct path until it upgrades; a v1
+// probe claiming a key that is no peer's logs nothing. The v1 probes are
+// still dropped: no pong.
+func TestOlderProbeFormatIsLoggedOncePerPeer(t *testing.T) {
+	var logs lockedBuffer
+	a := newNode(t, 1, Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	b := newFakePeer(t, a)
+	sock := udpSocket(t)
+	a.conn.SetPeers([]PeerInfo{{Key: pubOf(b.priv), Name: "old-b",
+		Candidates: []api.Candidate{{Addr: sockAddr(sock), Type: api.CandidateLocal}}}})
+	v1 := func(sender api.Key) []byte {
+		p := append([]byte(discoMagic), discoPing)
+		p = append(p, sender[:]...)
+		tail := make([]byte, discoTxLen+discoMACLen)
+		_, _ = rand.Read(tail)
+		return append(p, tail...)
+	}
+	require.Len(t, v1(pubOf(b.priv)), discoV1Len)
+
+	for range 3 {
+		_, err := sock.WriteToUDPAddrPort(v1(pubOf(b.priv)), a.udpAddr())
+		require.NoError(t, err)
+		_, err = sock.WriteToUDPAddrPort(v1(pubOf(newKey())), a.udpAddr())
+		require.NoError(t, err)
+	}
+	// A v2 ping sent after them is answered once they were all handled.
+	tx := newTxID()
+	_, err := sock.WriteToUDPAddrPort(b.ping(time.Now(), tx), a.udpAddr())
+	require.NoError(t, err)
+	require.True(t, b.pongFor(t, sock, tx, 10*time.Second), "v2 is answered; v1 is not")
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "probe format v1") }, 10*time.Second, 5*time.Millisecond)
+	out := logs.String()
+	require.Equal(t, 1, strings.Count(out, "probe format v1"), "once per peer:\n%s", out)
+	require.Contains(t, out, "peer=old-b")
+	require.Contains(t, out, "level=INFO")
 }
