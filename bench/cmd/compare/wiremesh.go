@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"github.com/wiremesh/wiremesh/bench/measure"
 	"github.com/wiremesh/wiremesh/control/adminclient"
+	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh"
 	"github.com/wiremesh/wiremesh/meshtest"
 )
@@ -48,7 +50,13 @@ func (s *wiremeshSystem) Leave(ctx context.Context, m measure.Member) error {
 	if err := n.Close(); err != nil {
 		return err
 	}
-	return s.admin.DeleteDevice(ctx, id)
+	// A member that leaves may already have removed its device (the
+	// service then answers not_found): the mesh is the same either way.
+	var ae *api.Error
+	if err := s.admin.DeleteDevice(ctx, id); err != nil && !(errors.As(err, &ae) && ae.Code == api.CodeNotFound) {
+		return err
+	}
+	return nil
 }
 
 func (s *wiremeshSystem) Close() {

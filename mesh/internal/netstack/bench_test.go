@@ -191,6 +191,7 @@ func BenchmarkTCPTuning(b *testing.B) {
 		{"gso16K", withTuning(func(t *tuning) { t.gsoMax = 16 << 10 }), memberBind},
 		{"gso24K", withTuning(func(t *tuning) { t.gsoMax = 24 << 10 }), memberBind},
 		{"gso48K", withTuning(func(t *tuning) { t.gsoMax = 48 << 10 }), memberBind},
+		{"twopass_csum", withTuning(func(t *tuning) { t.twoPassSum = true }), memberBind},
 		{"nomoderate", withTuning(func(t *tuning) { t.moderateRecv = false }), memberBind},
 		{"batch8", Config{BatchSize: 8}, func() conn.Bind { return udpbind.New(8) }},
 		{"batch32", Config{BatchSize: 32}, func() conn.Bind { return udpbind.New(32) }},

@@ -169,6 +169,7 @@ func New(cfg Config) (*Net, error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ep.noGSO, n.ep.noGRO, n.ep.gsoMax = tn.noGSO, tn.noGRO, tn.gsoMax
+	n.ep.rd.split.separateSum = tn.twoPassSum
 	n.ep.filter = n.filterInbound
 	n.ep.isLocal = n.isLocal
 	seen := map[netip.Addr]bool{}

@@ -20,6 +20,7 @@ type tuning struct {
 	noGSO        bool   // benchmarks only: no TCP segmentation offload
 	noGRO        bool   // benchmarks only: no GRO on inbound batches
 	gsoMax       uint32 // benchmarks only: GSO segment size limit (0 = 64 KiB)
+	twoPassSum   bool   // benchmarks only: splitter copies, then checksums (before copySum)
 }
 
 // defaultTuning is what New uses: reno congestion control, SACK, and
