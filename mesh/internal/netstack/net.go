@@ -111,6 +111,8 @@ type Net struct {
 	events    chan tun.Event
 	mtu       int
 	batchSize int
+	noPace    bool // benchmarks only: see tuning.noPace
+	noPaceRx  bool // benchmarks only: see tuning.noPaceRx
 	log       *slog.Logger
 	addrs     []netip.Addr
 	hasV4     bool
@@ -170,6 +172,7 @@ func New(cfg Config) (*Net, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ep.noGSO, n.ep.noGRO, n.ep.gsoMax = tn.noGSO, tn.noGRO, tn.gsoMax
 	n.ep.rd.split.separateSum = tn.twoPassSum
+	n.noPace, n.noPaceRx = tn.noPace, tn.noPaceRx
 	n.ep.filter = n.filterInbound
 	n.ep.isLocal = n.isLocal
 	seen := map[netip.Addr]bool{}

@@ -21,6 +21,8 @@ type tuning struct {
 	noGRO        bool   // benchmarks only: no GRO on inbound batches
 	gsoMax       uint32 // benchmarks only: GSO segment size limit (0 = 64 KiB)
 	twoPassSum   bool   // benchmarks only: splitter copies, then checksums (before copySum)
+	noPace       bool   // benchmarks only: PaceBind returns the bind as is (no pacing of tun Read)
+	noPaceRx     bool   // benchmarks only: PaceBind paces tun Read but not the receive functions
 }
 
 // defaultTuning is what New uses: reno congestion control, SACK, and
