@@ -255,6 +255,9 @@ func BenchmarkTCPTuningWarm(b *testing.B) {
 		cfg  Config
 	}{
 		{"nopace", withTuning(func(t *tuning) { t.noPace = true })},
+		{"pace_tx_only", withTuning(func(t *tuning) { t.noPaceRx = true })},
+		{"pace64", withTuning(func(t *tuning) { t.paceLimit = 64 })},
+		{"pace256", withTuning(func(t *tuning) { t.paceLimit = 256 })},
 		{"buf1M", withTuning(func(t *tuning) { t.sendBuf.Max, t.recvBuf.Max = 1<<20, 1<<20 })},
 		{"twopass_csum", withTuning(func(t *tuning) { t.twoPassSum = true })},
 	}

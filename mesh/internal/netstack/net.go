@@ -113,6 +113,7 @@ type Net struct {
 	batchSize int
 	noPace    bool // benchmarks only: see tuning.noPace
 	noPaceRx  bool // benchmarks only: see tuning.noPaceRx
+	paceLimit int  // benchmarks only: see tuning.paceLimit
 	log       *slog.Logger
 	addrs     []netip.Addr
 	hasV4     bool
@@ -172,7 +173,7 @@ func New(cfg Config) (*Net, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ep.noGSO, n.ep.noGRO, n.ep.gsoMax = tn.noGSO, tn.noGRO, tn.gsoMax
 	n.ep.rd.split.separateSum = tn.twoPassSum
-	n.noPace, n.noPaceRx = tn.noPace, tn.noPaceRx
+	n.noPace, n.noPaceRx, n.paceLimit = tn.noPace, tn.noPaceRx, tn.paceLimit
 	n.ep.filter = n.filterInbound
 	n.ep.isLocal = n.isLocal
 	seen := map[netip.Addr]bool{}

@@ -99,9 +99,13 @@ func (n *Net) PaceBind(b conn.Bind) conn.Bind {
 	if n.noPace {
 		return b
 	}
-	n.ep.pace.init(maxInFlight)
+	limit := maxInFlight
+	if n.paceLimit > 0 {
+		limit = n.paceLimit
+	}
+	n.ep.pace.init(limit)
 	if !n.noPaceRx {
-		n.ep.paceRx.init(maxInFlight)
+		n.ep.paceRx.init(limit)
 	}
 	return &pacedBind{Bind: b, p: &n.ep.pace, rx: &n.ep.paceRx, done: n.ep.done}
 }

@@ -23,6 +23,7 @@ type tuning struct {
 	twoPassSum   bool   // benchmarks only: splitter copies, then checksums (before copySum)
 	noPace       bool   // benchmarks only: PaceBind returns the bind as is (no pacing of tun Read)
 	noPaceRx     bool   // benchmarks only: PaceBind paces tun Read but not the receive functions
+	paceLimit    int    // benchmarks only: packets each way other than maxInFlight
 }
 
 // defaultTuning is what New uses: reno congestion control, SACK, and
