@@ -1,6 +1,8 @@
 package netstack
 
 import (
+	"encoding/binary"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,15 +36,17 @@ import (
 // This bounds only the queues inside this process, not what is in flight
 // on the network, so long paths keep their window.
 //
-// The counts only see packets enter and leave: packets that wireguard-go
-// drops in between (out: no peer for the address, a full staged queue
-// while handshaking, no endpoint; in: an unknown receiver index, a replay,
-// a failed decryption, a source outside the peer's allowed IPs) leave them
-// too high. So a wait lasts at most paceWait, after which the count is
-// forgotten: a busy machine that delays the pipeline that long only
-// loosens the bound, and dropped packets cost at most one paceWait per
-// maxInFlight of them (someone who can make wireguard-go drop 128 packets
-// every 5 ms, 26,000 per second, slows this member's receiving down).
+// The receive side counts only transport data for a session index this
+// device announced in a handshake message it sent (see indexes): datagrams
+// with any other index, which anyone can send to the port, are dropped by
+// wireguard-go at once and are not counted. The counts still only see
+// packets enter and leave: packets that wireguard-go drops in between (out:
+// no peer for the address, a full staged queue while handshaking, no
+// endpoint; in: a replay, a failed decryption, a source outside the peer's
+// allowed IPs) leave them too high. So a wait lasts at most paceWait, after
+// which the count is forgotten: a busy machine that delays the pipeline
+// that long only loosens the bound, and dropped packets cost at most one
+// paceWait per maxInFlight of them.
 const (
 	maxInFlight = 8 * DefaultBatchSize
 	paceWait    = 5 * time.Millisecond
@@ -115,6 +119,65 @@ type pacedBind struct {
 	p    *pacer
 	rx   *pacer
 	done chan struct{}
+	ours indexes
+}
+
+// indexes holds the session indexes this device announced in the handshake
+// messages it sent. A transport data message for this device carries one
+// of them as its receiver index; the receive side counts only those, so
+// that datagrams anyone can send to the port (an unknown index, dropped by
+// wireguard-go at once) do not fill the count and make it wait.
+type indexes struct {
+	mu     sync.Mutex
+	at     map[uint32]time.Time // index -> when a handshake message announced it
+	pruned time.Time
+}
+
+// indexTTL covers a session's life: wireguard-go rejects a keypair 180 s
+// after the handshake that made it.
+const indexTTL = 4 * time.Minute
+
+func (x *indexes) add(i uint32) {
+	now := time.Now()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.at == nil {
+		x.at = map[uint32]time.Time{}
+	}
+	x.at[i] = now
+	if now.Sub(x.pruned) > indexTTL {
+		for k, t := range x.at {
+			if now.Sub(t) > indexTTL {
+				delete(x.at, k)
+			}
+		}
+		x.pruned = now
+	}
+}
+
+// count returns how many of the received datagrams are transport data
+// (longer than a keepalive) for an index this device announced.
+func (x *indexes) count(bufs [][]byte, sizes []int) int {
+	k := 0
+	var now time.Time
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for i, b := range bufs {
+		if sizes[i] <= transportKeepaliveLen || b[0] != transportType {
+			continue
+		}
+		t, ok := x.at[binary.LittleEndian.Uint32(b[4:8])]
+		if !ok {
+			continue
+		}
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if now.Sub(t) <= indexTTL {
+			k++
+		}
+	}
+	return k
 }
 
 // Open wraps the receive functions so that they stop receiving while
@@ -153,13 +216,7 @@ func (b *pacedBind) pacedReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			t.Stop()
 		}
 		n, err := fn(bufs, sizes, eps)
-		k := 0
-		for i := range n {
-			if sizes[i] > transportKeepaliveLen && bufs[i][0] == transportType {
-				k++
-			}
-		}
-		b.rx.read(k)
+		b.rx.read(b.ours.count(bufs[:n], sizes))
 		return n, err
 	}
 }
@@ -169,8 +226,11 @@ func (b *pacedBind) pacedReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 func (b *pacedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	k := 0
 	for _, m := range bufs {
-		if len(m) > transportKeepaliveLen && m[0] == transportType {
+		switch {
+		case len(m) > transportKeepaliveLen && m[0] == transportType:
 			k++
+		case len(m) >= 8 && (m[0] == initiationType || m[0] == responseType):
+			b.ours.add(binary.LittleEndian.Uint32(m[4:8]))
 		}
 	}
 	err := b.Bind.Send(bufs, ep)
@@ -178,7 +238,10 @@ func (b *pacedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	return err
 }
 
+// WireGuard message types (the first byte of a little-endian uint32).
 const (
-	transportType         = 4  // WireGuard message type of transport data (little-endian uint32)
+	initiationType        = 1
+	responseType          = 2
+	transportType         = 4  // transport data
 	transportKeepaliveLen = 32 // header 16 + empty payload's tag 16
 )

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -14,14 +15,24 @@ import (
 // fakeBind is a conn.Bind whose receive function returns batches of data
 // messages on demand and whose Send records nothing.
 type fakeBind struct {
-	recv chan int // each value: a batch of that many data messages to receive
+	recv chan batch
+}
+
+// batch is what the fake receive function returns next: n data messages
+// for receiver index idx.
+type batch struct {
+	n   int
+	idx uint32
 }
 
 func (b *fakeBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return []conn.ReceiveFunc{func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		n := min(<-b.recv, len(bufs))
+		bt := <-b.recv
+		n := min(bt.n, len(bufs))
 		for i := range n {
-			sizes[i] = copy(bufs[i], wgMessage(transportType, 100))
+			m := wgMessage(transportType, 100)
+			binary.LittleEndian.PutUint32(m[4:8], bt.idx)
+			sizes[i] = copy(bufs[i], m)
 		}
 		return n, nil
 	}}, 1, nil
@@ -53,7 +64,7 @@ func pacedNet(t *testing.T, wait time.Duration, k int) (*Net, conn.Bind) {
 	n, err := New(Config{Addrs: []netip.Addr{testAddrA}})
 	require.NoError(t, err)
 	t.Cleanup(func() { n.Close() })
-	b := n.PaceBind(&fakeBind{recv: make(chan int, 100)})
+	b := n.PaceBind(&fakeBind{recv: make(chan batch, 100)})
 	n.ep.pace.wait, n.ep.paceRx.wait = wait, wait
 	for range k {
 		p := make([]byte, header.IPv4MinimumSize+100)
@@ -143,11 +154,16 @@ func TestPaceOutClose(t *testing.T) {
 }
 
 func TestPaceIn(t *testing.T) {
+	const ours = 0x01020304
 	for _, wait := range []time.Duration{time.Hour, 20 * time.Millisecond} {
 		n, b := pacedNet(t, wait, 0)
 		fns, _, err := b.Open(0)
 		require.NoError(t, err)
 		fb := b.(*pacedBind).Bind.(*fakeBind)
+		// The device announces its index in a handshake response.
+		resp := wgMessage(responseType, 92)
+		binary.LittleEndian.PutUint32(resp[4:8], ours)
+		require.NoError(t, b.Send([][]byte{resp}, nil))
 		recv := func() <-chan int {
 			got := make(chan int, 1)
 			go func() {
@@ -161,10 +177,14 @@ func TestPaceIn(t *testing.T) {
 			return got
 		}
 		for range maxInFlight / DefaultBatchSize {
-			fb.recv <- DefaultBatchSize
+			// Datagrams for other indexes (anyone can send them) do not count.
+			fb.recv <- batch{DefaultBatchSize, ours + 1}
+			require.Equal(t, DefaultBatchSize, <-recv())
+			fb.recv <- batch{DefaultBatchSize, ours}
 			require.Equal(t, DefaultBatchSize, <-recv())
 		}
-		fb.recv <- DefaultBatchSize
+		require.Equal(t, int64(maxInFlight), n.ep.paceRx.inFlight.Load())
+		fb.recv <- batch{DefaultBatchSize, ours}
 		got := recv()
 		start := time.Now()
 		if wait == time.Hour {
