@@ -258,6 +258,8 @@ func BenchmarkTCPTuningWarm(b *testing.B) {
 		{"pace_tx_only", withTuning(func(t *tuning) { t.noPaceRx = true })},
 		{"pace64", withTuning(func(t *tuning) { t.paceLimit = 64 })},
 		{"pace256", withTuning(func(t *tuning) { t.paceLimit = 256 })},
+		{"wait1ms", withTuning(func(t *tuning) { t.paceWait = time.Millisecond })},
+		{"wait20ms", withTuning(func(t *tuning) { t.paceWait = 20 * time.Millisecond })},
 		{"buf1M", withTuning(func(t *tuning) { t.sendBuf.Max, t.recvBuf.Max = 1<<20, 1<<20 })},
 		{"twopass_csum", withTuning(func(t *tuning) { t.twoPassSum = true })},
 	}

@@ -111,6 +111,9 @@ func (n *Net) PaceBind(b conn.Bind) conn.Bind {
 	if !n.noPaceRx {
 		n.ep.paceRx.init(limit)
 	}
+	if n.paceWait > 0 {
+		n.ep.pace.wait, n.ep.paceRx.wait = n.paceWait, n.paceWait
+	}
 	return &pacedBind{Bind: b, p: &n.ep.pace, rx: &n.ep.paceRx, done: n.ep.done}
 }
 

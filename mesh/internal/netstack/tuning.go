@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"fmt"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -15,15 +16,16 @@ type tuning struct {
 	recvBuf      tcpip.TCPReceiveBufferSizeRangeOption
 	moderateRecv bool
 	sack         bool
-	rack         bool   // RACK loss detection (gVisor's default) vs classic dupack
-	congestion   string // "reno" or "cubic"
-	noGSO        bool   // benchmarks only: no TCP segmentation offload
-	noGRO        bool   // benchmarks only: no GRO on inbound batches
-	gsoMax       uint32 // benchmarks only: GSO segment size limit (0 = 64 KiB)
-	twoPassSum   bool   // benchmarks only: splitter copies, then checksums (before copySum)
-	noPace       bool   // benchmarks only: PaceBind returns the bind as is (no pacing of tun Read)
-	noPaceRx     bool   // benchmarks only: PaceBind paces tun Read but not the receive functions
-	paceLimit    int    // benchmarks only: packets each way other than maxInFlight
+	rack         bool          // RACK loss detection (gVisor's default) vs classic dupack
+	congestion   string        // "reno" or "cubic"
+	noGSO        bool          // benchmarks only: no TCP segmentation offload
+	noGRO        bool          // benchmarks only: no GRO on inbound batches
+	gsoMax       uint32        // benchmarks only: GSO segment size limit (0 = 64 KiB)
+	twoPassSum   bool          // benchmarks only: splitter copies, then checksums (before copySum)
+	noPace       bool          // benchmarks only: PaceBind returns the bind as is (no pacing of tun Read)
+	noPaceRx     bool          // benchmarks only: PaceBind paces tun Read but not the receive functions
+	paceLimit    int           // benchmarks only: packets each way other than maxInFlight
+	paceWait     time.Duration // benchmarks only: longest wait other than paceWait
 }
 
 // defaultTuning is what New uses: reno congestion control, SACK, and
