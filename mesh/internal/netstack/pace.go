@@ -98,7 +98,7 @@ func (p *pacer) forget() { p.inFlight.Store(0) }
 // PaceBind returns b with its Send counting the WireGuard data packets it
 // sends, for the pacing of tun Read (see maxInFlight). The device that
 // reads this Net must send through the returned Bind; without it Read
-// does not pace.
+// does not pace. Call it once, before the device starts.
 func (n *Net) PaceBind(b conn.Bind) conn.Bind {
 	if n.noPace {
 		return b
