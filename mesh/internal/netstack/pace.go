@@ -30,8 +30,9 @@ import (
 //     TCP send buffer that holds them anyway.
 //   - In: the receive functions stop receiving while maxInFlight data
 //     packets they returned have not reached tun Write. The backlog waits
-//     in the socket's receive buffer (7 MiB), and beyond it the kernel
-//     drops, a loss TCP backs off from.
+//     in the socket's receive buffer (udpbind asks for 7 MiB; without
+//     CAP_NET_ADMIN the kernel's rmem_max caps it), and beyond it the
+//     kernel drops, a loss TCP backs off from.
 //
 // This bounds only the queues inside this process, not what is in flight
 // on the network, so long paths keep their window.
