@@ -118,21 +118,31 @@ func (s *server) handleListZones(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleGetZone(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("zone")
+	z, ok := s.lookupZone(w, r, r.PathValue("zone"), "get zone")
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, toAPIZone(z))
+}
+
+// lookupZone returns the zone called name. When there is none (or name
+// cannot be a zone's) it answers 404 not_found, when the store fails the
+// store's error for op, and returns false.
+func (s *server) lookupZone(w http.ResponseWriter, r *http.Request, name, op string) (store.Zone, bool) {
 	if !validZoneName(name) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
-		return
+		return store.Zone{}, false
 	}
 	z, err := s.cfg.Store.Zone(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
-		return
+		return store.Zone{}, false
 	}
 	if err != nil {
-		writeError(w, s.storeErr(r.Context(), "get zone", err))
-		return
+		writeError(w, s.storeErr(r.Context(), op, err))
+		return store.Zone{}, false
 	}
-	writeJSON(w, http.StatusOK, toAPIZone(z))
+	return z, true
 }
 
 // maxTokenTTL bounds expires_in_seconds (ten years).

@@ -147,12 +147,7 @@ func (s *server) zoneQuery(w http.ResponseWriter, r *http.Request) (string, bool
 		writeError(w, apiErr(api.CodeBadRequest, "zone %q is not a valid zone name", z))
 		return "", false
 	}
-	if _, err := s.cfg.Store.Zone(r.Context(), z); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", z))
-		} else {
-			writeError(w, s.storeErr(r.Context(), "look up zone", err))
-		}
+	if _, ok := s.lookupZone(w, r, z, "look up zone"); !ok {
 		return "", false
 	}
 	return z, true
@@ -164,7 +159,19 @@ func (s *server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ds, err := s.cfg.Store.Devices(r.Context(), zone)
-	writeList(s, w, r, "list devices", ds, err, withPresence)
+	if err != nil {
+		writeError(w, s.storeErr(r.Context(), "list devices", err))
+		return
+	}
+	out := make([]api.Device, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, withPresence(d))
+	}
+	if out, err = s.withStats(r.Context(), zone, out, ds); err != nil {
+		writeError(w, s.storeErr(r.Context(), "list devices", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -178,7 +185,16 @@ func (s *server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.storeErr(r.Context(), "get device", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, withPresence(d))
+	zone, err := s.cfg.Store.Devices(r.Context(), d.Zone)
+	var out []api.Device
+	if err == nil {
+		out, err = s.withStats(r.Context(), d.Zone, []api.Device{withPresence(d)}, zone)
+	}
+	if err != nil {
+		writeError(w, s.storeErr(r.Context(), "get device", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, out[0])
 }
 
 func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +221,7 @@ func (s *server) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.InfoContext(ctx, "device deleted", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname, "revoked", revoke)
-	s.relay.dropDevice(d.ID)
+	s.relay.dropDevice(d.ID, "the device was deleted or revoked")
 	s.hub.update(d.Zone)
 	w.WriteHeader(http.StatusNoContent)
 }

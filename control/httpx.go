@@ -61,11 +61,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) *api.Error {
 
 // readBody reads a request body of at most api.MaxBodyBytes.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *api.Error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
+	return readBodyMax(w, r, api.MaxBodyBytes)
+}
+
+// readBodyMax reads a request body of at most limit bytes (413 too_large
+// beyond).
+func readBodyMax(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *api.Error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, apiErr(api.CodeTooLarge, "request body over %d bytes", api.MaxBodyBytes)
+			return nil, apiErr(api.CodeTooLarge, "request body over %d bytes", limit)
 		}
 		return nil, apiErr(api.CodeBadRequest, "reading request body: %v", err)
 	}

@@ -93,7 +93,25 @@ type hubZone struct {
 	ready   bool  // lastRev is valid (there are subscribers)
 	lastRev int64 // every change <= lastRev was handed to all subscribers
 	subs    map[*subscriber]struct{}
-	view    zoneView // the zone at lastRev, valid when ready (hub_policy.go)
+	// followers see every change of the zone, as read (relay
+	// connections: see follow). The zone stays ready while it has
+	// subscribers or followers.
+	followers map[*follower]struct{}
+	view      zoneView // the zone at lastRev, valid when ready (hub_policy.go)
+}
+
+// follower is told of every change of a zone the hub reads from the
+// store's change log, whichever replica made it: the relay learns there
+// that a device it serves was removed or took a new key.
+type follower struct {
+	zone *hubZone
+	// changed is called with each change, in order, on the hub's worker
+	// with the zone's lock held: it must be quick and must not call the
+	// hub.
+	changed func(store.Change)
+	// lost is called, as changed is, when changes the follower was owed
+	// are gone from the log (compacted): it cannot know what it missed.
+	lost func()
 }
 
 // hub fans the store's change log out to watch streams. Its worker
@@ -222,7 +240,7 @@ func (h *hub) zone(name string) *hubZone {
 	defer h.mu.Unlock()
 	z := h.zones[name]
 	if z == nil {
-		z = &hubZone{name: name, subs: make(map[*subscriber]struct{})}
+		z = &hubZone{name: name, subs: make(map[*subscriber]struct{}), followers: make(map[*follower]struct{})}
 		h.zones[name] = z
 	}
 	return z
@@ -271,6 +289,46 @@ func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subsc
 	return sub, nil
 }
 
+// follow has changed called with every change of zone the hub reads
+// from now on, until unfollow. Every change with a revision above the
+// store's revision at the time follow returns is passed to changed (or,
+// if compacted away, lost is called), so a caller that reads the state
+// after follow returns misses nothing.
+func (h *hub) follow(ctx context.Context, zone string, changed func(store.Change), lost func()) (*follower, error) {
+	z := h.zone(zone)
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if h.closed.Load() {
+		return nil, errHubClosed
+	}
+	if !z.ready {
+		if err := h.loadView(ctx, z); err != nil {
+			return nil, err
+		}
+		z.ready = true
+	}
+	f := &follower{zone: z, changed: changed, lost: lost}
+	z.followers[f] = struct{}{}
+	return f, nil
+}
+
+// unfollow removes f.
+func (h *hub) unfollow(f *follower) {
+	z := f.zone
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	delete(z.followers, f)
+	h.idleLocked(z)
+}
+
+// idleLocked forgets the zone's view once nobody needs it. z.mu is held.
+func (h *hub) idleLocked(z *hubZone) {
+	if len(z.subs) == 0 && len(z.followers) == 0 {
+		z.ready = false // re-read the revision when someone subscribes again
+		z.view = zoneView{}
+	}
+}
+
 // unsubscribe removes sub; safe to call after the hub dropped it.
 func (h *hub) unsubscribe(sub *subscriber) {
 	z := sub.zone
@@ -294,10 +352,7 @@ func (h *hub) dropLocked(sub *subscriber) {
 	if sub.member {
 		h.metrics.watchers.Dec()
 	}
-	if len(z.subs) == 0 {
-		z.ready = false // re-read the revision when someone subscribes again
-		z.view = zoneView{}
-	}
+	h.idleLocked(z)
 }
 
 // update has the worker read the zone's new changes and fan them out
@@ -356,7 +411,7 @@ func (h *hub) updateNow(zone string) {
 // updateLocked is update with z.mu held.
 func (h *hub) updateLocked(z *hubZone) {
 	zone := z.name
-	if !z.ready || len(z.subs) == 0 || h.closed.Load() {
+	if !z.ready || (len(z.subs) == 0 && len(z.followers) == 0) || h.closed.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
@@ -368,6 +423,18 @@ func (h *hub) updateLocked(z *hubZone) {
 		h.log.Warn("watch history compacted; disconnecting watchers", "zone", zone, "since", z.lastRev)
 		for sub := range z.subs {
 			h.dropLocked(sub)
+		}
+		if len(z.followers) > 0 {
+			for f := range z.followers {
+				f.lost()
+			}
+			// Followers stay until they unfollow: start them afresh from
+			// the current state, or have the next follow do so.
+			if err := h.loadView(ctx, z); err != nil {
+				h.log.Error("re-reading a compacted zone failed", "zone", zone, "err", err)
+				z.ready = false
+				z.view = zoneView{}
+			}
 		}
 		return
 	}
@@ -387,7 +454,7 @@ func (h *hub) updateLocked(z *hubZone) {
 			h.log.Error("applying a change to the watch views failed", "zone", zone, "rev", c.Rev, "err", err)
 			return
 		}
-		if !handled {
+		if !handled && len(z.subs) > 0 {
 			ev := hubEvent{rev: c.Rev, line: h.encode(c), at: time.Now()}
 			switch c.Kind {
 			case store.ChangeRemove:
@@ -398,6 +465,9 @@ func (h *hub) updateLocked(z *hubZone) {
 			for sub := range z.subs {
 				h.send(sub, ev)
 			}
+		}
+		for f := range z.followers {
+			f.changed(c)
 		}
 		z.lastRev = c.Rev
 	}

@@ -167,7 +167,7 @@ func (h *hub) applyPolicy(ctx context.Context, z *hubZone, c store.Change) (bool
 		v.comp = policy.Compile(v.pol, v.members, v.comp)
 	}
 	f := fanout{h: h, v: v, c: c, dSlot: dSlot, relevant: relevant, cache: map[int][]byte{}}
-	if c.Kind != store.ChangePolicy {
+	if c.Kind != store.ChangePolicy && len(z.subs) > 0 {
 		f.dLine = h.encode(c)
 	}
 	for sub := range z.subs {

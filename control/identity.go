@@ -52,6 +52,7 @@ func (s *server) handleDeleteSelf(w http.ResponseWriter, r *http.Request, d stor
 		return
 	}
 	s.log.InfoContext(ctx, "device left", "zone", d.Zone, "id", d.ID, "hostname", d.Hostname, "ephemeral", d.Ephemeral)
+	s.relay.dropDevice(d.ID, "the device was deleted")
 	s.hub.update(d.Zone)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -118,7 +119,7 @@ func (s *server) handleRotateKey(w http.ResponseWriter, r *http.Request, d store
 		return
 	}
 	s.log.InfoContext(ctx, "device key rotated", "zone", d.Zone, "id", d.ID, "old", api.Key(d.PublicKey), "new", req.NewPublicKey)
-	s.relay.dropDevice(d.ID) // its relay connections speak for the old key
+	s.relay.dropDevice(d.ID, "the device took a new key") // its relay connections speak for the old key
 	s.hub.update(d.Zone)
 	writeJSON(w, http.StatusOK, toAPIDevice(nd))
 }

@@ -20,6 +20,11 @@ type limits struct {
 	// every authenticated route until it refills.
 	authFailRate  rate.Limit
 	authFailBurst int
+	// statsRate and statsBurst bound POST /v1/devices/self/stats per
+	// device (a member reports every 30 s, and sooner when a path
+	// changes).
+	statsRate  rate.Limit
+	statsBurst int
 	// maxClients bounds each per-client table (bounded memory).
 	maxClients int
 	// streamsPerDevice bounds the watch streams one device holds; a new
@@ -38,6 +43,8 @@ const (
 	defaultRegisterBurst     = 60
 	defaultAuthFailPerSecond = 0.5
 	defaultAuthFailBurst     = 30
+	defaultStatsPerSecond    = 0.2
+	defaultStatsBurst        = 12
 	defaultMaxClients        = 1 << 16
 	defaultStreamsPerDevice  = 4
 	defaultBodyTimeout       = 20 * time.Second
@@ -56,6 +63,12 @@ func (l limits) withDefaults() limits {
 	}
 	if l.authFailBurst <= 0 {
 		l.authFailBurst = defaultAuthFailBurst
+	}
+	if l.statsRate <= 0 {
+		l.statsRate = defaultStatsPerSecond
+	}
+	if l.statsBurst <= 0 {
+		l.statsBurst = defaultStatsBurst
 	}
 	if l.maxClients <= 0 {
 		l.maxClients = defaultMaxClients

@@ -40,16 +40,7 @@ func checkTags(tags []string) ([]string, *api.Error) {
 // policyZone reads the {zone} of a policy path and checks it exists.
 func (s *server) policyZone(w http.ResponseWriter, r *http.Request) (string, bool) {
 	name := r.PathValue("zone")
-	if !validZoneName(name) {
-		writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
-		return "", false
-	}
-	if _, err := s.cfg.Store.Zone(r.Context(), name); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, apiErr(api.CodeNotFound, "zone %q does not exist", name))
-		} else {
-			writeError(w, s.storeErr(r.Context(), "look up zone", err))
-		}
+	if _, ok := s.lookupZone(w, r, name, "look up zone"); !ok {
 		return "", false
 	}
 	return name, true

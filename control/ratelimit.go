@@ -14,20 +14,23 @@ import (
 	"github.com/wiremesh/wiremesh/control/api"
 )
 
-// clientLimiter is a token bucket per client address with a bounded
-// table. A bucket that has refilled completely is the same as a new one,
+// clientLimiter is a keyedLimiter per client address.
+type clientLimiter = keyedLimiter[netip.Addr]
+
+// keyedLimiter is a token bucket per key (a client address, a device id)
+// with a bounded table. A bucket that has refilled completely is the same as a new one,
 // so it is evicted when idle; when the table is full of busy buckets an
 // arbitrary one is evicted (that client starts afresh: memory stays
 // bounded, and an attacker who rotates addresses gains no more than one
 // fresh bucket per address, which is what a new address gets anyway).
-type clientLimiter struct {
+type keyedLimiter[K comparable] struct {
 	limit rate.Limit
 	burst int
 	max   int
 	now   func() time.Time
 
 	mu        sync.Mutex // guards clients, nextSweep
-	clients   map[netip.Addr]*rate.Limiter
+	clients   map[K]*rate.Limiter
 	nextSweep time.Time
 }
 
@@ -35,12 +38,16 @@ type clientLimiter struct {
 const limiterSweepEvery = time.Minute
 
 func newClientLimiter(limit rate.Limit, burst, max int) *clientLimiter {
-	return &clientLimiter{limit: limit, burst: burst, max: max, now: time.Now, clients: make(map[netip.Addr]*rate.Limiter)}
+	return newKeyedLimiter[netip.Addr](limit, burst, max)
+}
+
+func newKeyedLimiter[K comparable](limit rate.Limit, burst, max int) *keyedLimiter[K] {
+	return &keyedLimiter[K]{limit: limit, burst: burst, max: max, now: time.Now, clients: make(map[K]*rate.Limiter)}
 }
 
 // take spends one token of c's bucket. If there is none it spends nothing
 // and returns false with the wait until there is one.
-func (l *clientLimiter) take(c netip.Addr) (bool, time.Duration) {
+func (l *keyedLimiter[K]) take(c K) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -57,7 +64,7 @@ func (l *clientLimiter) take(c netip.Addr) (bool, time.Duration) {
 }
 
 // check reports whether c has a token left, without spending it.
-func (l *clientLimiter) check(c netip.Addr) (bool, time.Duration) {
+func (l *keyedLimiter[K]) check(c K) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -68,7 +75,7 @@ func (l *clientLimiter) check(c netip.Addr) (bool, time.Duration) {
 	return false, l.waitLocked(b, now)
 }
 
-func (l *clientLimiter) waitLocked(b *rate.Limiter, now time.Time) time.Duration {
+func (l *keyedLimiter[K]) waitLocked(b *rate.Limiter, now time.Time) time.Duration {
 	missing := 1 - b.TokensAt(now)
 	return time.Duration(missing / float64(l.limit) * float64(time.Second))
 }
@@ -76,7 +83,7 @@ func (l *clientLimiter) waitLocked(b *rate.Limiter, now time.Time) time.Duration
 // sweepLocked makes room for one more client: idle (full) buckets go
 // every limiterSweepEvery or when the table is full; if it is still full,
 // one arbitrary bucket goes.
-func (l *clientLimiter) sweepLocked(now time.Time) {
+func (l *keyedLimiter[K]) sweepLocked(now time.Time) {
 	if len(l.clients) < l.max && now.Before(l.nextSweep) {
 		return
 	}
@@ -94,7 +101,7 @@ func (l *clientLimiter) sweepLocked(now time.Time) {
 	}
 }
 
-func (l *clientLimiter) len() int {
+func (l *keyedLimiter[K]) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.clients)

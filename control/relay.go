@@ -2,11 +2,13 @@ package control
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,9 +40,16 @@ type relayKey struct {
 // WebSocket (GET /v1/relay, see api.RelayPath for the message format). It
 // never decrypts: it reads the destination key, writes the authenticated
 // sender's key in its place and queues the message for the destination.
+//
+// A connection lasts only as long as what authorised it: it ends when the
+// device is deleted or revoked or takes a new key, whichever replica
+// sharing the store made the change (the relay follows the zone's change
+// log through the hub), and when the device token it was opened with
+// expires.
 type relay struct {
 	log *slog.Logger
 	m   relayMetrics
+	cfg relayConfig
 
 	ctx    context.Context // cancelled by close
 	cancel context.CancelFunc
@@ -53,11 +62,26 @@ type relay struct {
 	byDevice map[string]map[*relayConn]struct{}
 }
 
+// relayConfig is what the relay needs of the server.
+type relayConfig struct {
+	// now is the clock (token expiry).
+	now func() time.Time
+	// follow calls changed with every change of zone read from the
+	// store's change log from now on, and lost when some were compacted
+	// away (hub.follow); the returned function stops it.
+	follow func(ctx context.Context, zone string, changed func(store.Change), lost func()) (stop func(), err error)
+	// check reads d again from the store once follow has started: an
+	// error if it was removed or took a new key since it authenticated.
+	check func(ctx context.Context, d store.Device) *api.Error
+}
+
 // relayConn is one member's WebSocket.
 type relayConn struct {
 	rk       relayKey
 	deviceID string
+	expires  time.Time       // of the device token it was opened with; zero: never
 	ws       *websocket.Conn // set by activate, under relay.mu
+	revoked  string          // why it must end ("": it may go on), under relay.mu
 	out      chan *[]byte    // from relayBufs
 	queued   atomic.Int64    // bytes in out
 	done     chan struct{}
@@ -70,7 +94,7 @@ type relayMetrics struct {
 	bytes    prometheus.Counter
 }
 
-func newRelay(log *slog.Logger, reg *prometheus.Registry) *relay {
+func newRelay(log *slog.Logger, reg *prometheus.Registry, cfg relayConfig) *relay {
 	m := relayMetrics{
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wiremesh_relay_connections_active",
@@ -87,27 +111,48 @@ func newRelay(log *slog.Logger, reg *prometheus.Registry) *relay {
 	}
 	reg.MustRegister(m.conns, m.messages, m.bytes)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &relay{log: log, m: m, ctx: ctx, cancel: cancel,
+	return &relay{log: log, m: m, cfg: cfg, ctx: ctx, cancel: cancel,
 		byKey: map[relayKey]*relayConn{}, byDevice: map[string]map[*relayConn]struct{}{}}
 }
 
 // handle serves one member's relay connection until it ends.
 func (rl *relay) handle(w http.ResponseWriter, r *http.Request, d store.Device) {
-	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID,
+	c := &relayConn{rk: relayKey{d.Zone, api.Key(d.PublicKey)}, deviceID: d.ID, expires: d.TokenExpires,
 		out: make(chan *[]byte, relayQueueMessages), done: make(chan struct{})}
 	if aerr := rl.reserve(c); aerr != nil {
 		writeError(w, aerr)
 		return
 	}
 	defer rl.remove(c)
+	// From here on every change of the zone reaches c, whichever replica
+	// made it; what happened between the authentication and now, the
+	// check below sees.
+	stop, err := rl.cfg.follow(r.Context(), d.Zone, func(ch store.Change) { rl.changed(c, ch) }, func() {
+		rl.revoke(c, "the zone's change history was compacted")
+	})
+	if errors.Is(err, errHubClosed) {
+		writeError(w, apiErr(api.CodeUnavailable, "the service is shutting down"))
+		return
+	}
+	if err != nil {
+		rl.log.Error("relay: reading the zone failed", "zone", d.Zone, "err", err)
+		writeError(w, apiErr(api.CodeUnavailable, "relay: reading zone %q failed; retry", d.Zone))
+		return
+	}
+	defer stop()
+	if aerr := rl.cfg.check(r.Context(), d); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	ws, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		rl.log.Debug("relay: upgrade failed", "device", d.ID, "err", err)
 		return
 	}
 	ws.SetReadLimit(api.RelayMaxMessage)
-	if !rl.activate(c, ws) {
-		ws.Close(websocket.StatusGoingAway, "shutting down")
+	if why := rl.activate(c, ws); why != "" {
+		rl.log.Info("relay: closed a connection at its start", "device", d.ID, "reason", why)
+		ws.CloseNow()
 		return
 	}
 	rl.log.Debug("relay: member connected", "zone", d.Zone, "device", d.ID, "hostname", d.Hostname)
@@ -154,16 +199,52 @@ func (rl *relay) reserve(c *relayConn) *api.Error {
 	return nil
 }
 
-// activate records the WebSocket of c.
-func (rl *relay) activate(c *relayConn, ws *websocket.Conn) bool {
+// activate records the WebSocket of c, or says why c must end instead:
+// the relay is closing, or c was revoked while its WebSocket handshake
+// was under way.
+func (rl *relay) activate(c *relayConn, ws *websocket.Conn) string {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if rl.closed {
-		return false
+		return "the service is shutting down"
+	}
+	if c.revoked != "" {
+		return c.revoked
 	}
 	c.ws = ws
 	rl.m.conns.Inc()
-	return true
+	return ""
+}
+
+// changed ends c when ch removes its device or gives it another key.
+func (rl *relay) changed(c *relayConn, ch store.Change) {
+	if ch.Device.ID != c.deviceID {
+		return
+	}
+	switch {
+	case ch.Kind == store.ChangeRemove:
+		rl.revoke(c, "the device was deleted or revoked")
+	case ch.Kind == store.ChangeUpsert && api.Key(ch.Device.PublicKey) != c.rk.key:
+		rl.revoke(c, "the device took a new key")
+	}
+}
+
+// revoke ends c, now or, during its WebSocket handshake, as soon as it is
+// activated.
+func (rl *relay) revoke(c *relayConn, why string) {
+	rl.mu.Lock()
+	first := c.revoked == ""
+	if first {
+		c.revoked = why
+	}
+	ws := c.ws
+	rl.mu.Unlock()
+	if first && ws != nil {
+		rl.log.Info("relay: closing a connection", "device", c.deviceID, "reason", why)
+	}
+	if ws != nil {
+		ws.CloseNow()
+	}
 }
 
 func (rl *relay) remove(c *relayConn) {
@@ -287,12 +368,22 @@ func (rl *relay) forward(from *relayConn, dst relayKey, bp *[]byte) {
 	}
 }
 
-// writeLoop writes c's queue until c stops or a write fails.
+// writeLoop writes c's queue until c stops, a write fails or the device
+// token c was opened with expires.
 func (rl *relay) writeLoop(c *relayConn) {
 	defer c.ws.CloseNow() // a failed write ends the read loop too
+	var expired <-chan time.Time
+	if !c.expires.IsZero() {
+		t := time.NewTimer(c.expires.Sub(rl.cfg.now()))
+		defer t.Stop()
+		expired = t.C
+	}
 	for {
 		select {
 		case <-c.done:
+			return
+		case <-expired:
+			rl.log.Info("relay: closing a connection", "device", c.deviceID, "reason", "its device token expired")
 			return
 		case bp := <-c.out:
 			c.queued.Add(-int64(cap(*bp)))
@@ -305,18 +396,18 @@ func (rl *relay) writeLoop(c *relayConn) {
 	}
 }
 
-// dropDevice closes the relay connections of a deleted device.
-func (rl *relay) dropDevice(id string) {
+// dropDevice ends the relay connections of a device deleted or re-keyed
+// through this replica at once (the change log brings the news a moment
+// later, and from other replicas).
+func (rl *relay) dropDevice(id, why string) {
 	rl.mu.Lock()
-	var wss []*websocket.Conn
+	cs := make([]*relayConn, 0, len(rl.byDevice[id]))
 	for c := range rl.byDevice[id] {
-		if c.ws != nil {
-			wss = append(wss, c.ws)
-		}
+		cs = append(cs, c)
 	}
 	rl.mu.Unlock()
-	for _, ws := range wss {
-		ws.CloseNow()
+	for _, c := range cs {
+		rl.revoke(c, why)
 	}
 }
 
@@ -327,4 +418,28 @@ func (rl *relay) close() {
 	rl.mu.Unlock()
 	rl.cancel()
 	rl.wg.Wait()
+}
+
+// followZone is relayConfig.follow over the hub.
+func (s *server) followZone(ctx context.Context, zone string, changed func(store.Change), lost func()) (func(), error) {
+	f, err := s.hub.follow(ctx, zone, changed, lost)
+	if err != nil {
+		return nil, err
+	}
+	return func() { s.hub.unfollow(f) }, nil
+}
+
+// checkRelayDevice is relayConfig.check: d, as authenticated, must still
+// be in the store under the same key.
+func (s *server) checkRelayDevice(ctx context.Context, d store.Device) *api.Error {
+	cur, err := s.cfg.Store.Device(ctx, d.ID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return apiErr(api.CodeUnauthorized, "device %s was deleted", d.ID)
+	case err != nil:
+		return s.storeErr(ctx, "relay", err)
+	case cur.PublicKey != d.PublicKey:
+		return apiErr(api.CodeUnauthorized, "device %s took a new key", d.ID)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -189,4 +190,50 @@ func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue()
+}
+
+// TestRelayQueueBoundCountsCapacity: what a receiver that does not read
+// can pin is bounded by relayQueueBytes in memory held (the capacity of
+// the queued buffers), not in message length. Small messages in pooled
+// buffers, or in a buffer an earlier large message grew, fill the queue
+// long before relayQueueMessages.
+func TestRelayQueueBoundCountsCapacity(t *testing.T) {
+	pooled := func(n int) *[]byte {
+		bp := relayBufs.Get().(*[]byte)
+		*bp = append((*bp)[:0], make([]byte, n)...)
+		return bp
+	}
+	grown := func(n int) *[]byte {
+		b := make([]byte, n, 256<<10)
+		return &b
+	}
+	for _, tt := range []struct {
+		name string
+		buf  func(n int) *[]byte
+		full bool // some messages do not fit
+	}{
+		{"pooled buffers", pooled, false},
+		{"grown buffers", grown, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rl := newRelay(slog.New(slog.DiscardHandler), prometheus.NewRegistry(), relayConfig{})
+			t.Cleanup(rl.close)
+			from := &relayConn{rk: relayKey{"z", newDevice().pub}}
+			to := &relayConn{rk: relayKey{"z", newDevice().pub}, out: make(chan *[]byte, relayQueueMessages)}
+			rl.byKey[to.rk] = to
+			for range relayQueueMessages {
+				rl.forward(from, to.rk, tt.buf(len(api.Key{})+40))
+			}
+			var held int64
+			for len(to.out) > 0 {
+				bp := <-to.out
+				held += int64(cap(*bp))
+			}
+			require.LessOrEqual(t, held, int64(relayQueueBytes), "memory pinned by the queue of a receiver that does not read")
+			require.Equal(t, held, to.queued.Load(), "the bound counts what the queue holds")
+			if tt.full {
+				require.Positive(t, counterValue(t, rl.m.messages.WithLabelValues("queue_full")))
+			}
+		})
+	}
 }

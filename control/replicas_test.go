@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -365,4 +366,39 @@ func waitLine(t *testing.T, lines <-chan string, substr string) {
 			t.Fatalf("no line with %q within 30s", substr)
 		}
 	}
+}
+
+// TestReplicaRelayEndsForChangesElsewhere: a device deleted through one
+// replica loses its relay connection at the other, which learns it from
+// the shared change log though nobody watches the zone there; another
+// member's connection stays.
+func TestReplicaRelayEndsForChangesElsewhere(t *testing.T) {
+	dsn := pgtest.DB(t)
+	a := startReplica(t, dsn, Options{InsecureHTTP: true})
+	b := startReplica(t, dsn, Options{InsecureHTTP: true})
+	jt, err := a.CreateJoinToken(t.Context(), api.DefaultZone, true, time.Hour)
+	require.NoError(t, err)
+	dial := func(tok string) *websocket.Conn {
+		ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(b.URL(), "http")+api.RelayPath,
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+		require.NoError(t, err)
+		t.Cleanup(func() { ws.CloseNow() })
+		return ws
+	}
+	gone := registerTLS(t, a, jt, signed(t, a.srv.PublicKey(), jt, "gone"))
+	stays := registerTLS(t, a, jt, signed(t, a.srv.PublicKey(), jt, "stays"))
+	wg, ws := dial(gone.DeviceToken), dial(stays.DeviceToken)
+
+	hc := httpClient(t, a)
+	code, ae := callURL(t, hc, "DELETE", a.URL()+"/v1/devices/"+gone.DeviceID, a.AdminToken(), nil, nil)
+	require.Nil(t, ae)
+	require.Equal(t, http.StatusNoContent, code)
+	requireRelayEnds(t, wg, "deleted through the other replica")
+
+	// The other member's connection is still there: a message to itself
+	// is dropped, not a reason to close; its read still waits.
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	_, _, err = ws.Read(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the other member's relay connection stays")
 }

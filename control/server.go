@@ -110,9 +110,11 @@ type server struct {
 	relay    *relay
 	handler  http.Handler
 
-	registerLimit *clientLimiter // registrations per client address
-	authFailLimit *clientLimiter // refused authentications per client address
-	streams       *streamSet     // watch streams per device
+	registerLimit *clientLimiter        // registrations per client address
+	authFailLimit *clientLimiter        // refused authentications per client address
+	statsLimit    *keyedLimiter[string] // stats reports per device id
+	statsEvents   *statsEvents          // stats reports received here, for dashboards
+	streams       *streamSet            // watch streams per device
 
 	closeOnce sync.Once
 }
@@ -160,10 +162,12 @@ func newServer(cfg serverConfig) (*server, error) {
 		replay:        newReplayCache(maxReplayEntries),
 		registerLimit: newClientLimiter(l.registerRate, l.registerBurst, l.maxClients),
 		authFailLimit: newClientLimiter(l.authFailRate, l.authFailBurst, l.maxClients),
+		statsLimit:    newKeyedLimiter[string](l.statsRate, l.statsBurst, l.maxClients),
+		statsEvents:   newStatsEvents(),
 		streams:       newStreamSet(l.streamsPerDevice),
 	}
 	s.hub = newHub(cfg.Store, log, s.metrics, hubPollInterval)
-	s.relay = newRelay(log, s.metrics.reg)
+	s.relay = newRelay(log, s.metrics.reg, relayConfig{now: cfg.Now, follow: s.followZone, check: s.checkRelayDevice})
 	s.presence = newPresence(presenceConfig{now: cfg.Now, store: cfg.Store, log: log, lease: cfg.presenceLease,
 		ephemeralTimeout: cfg.EphemeralTimeout, changed: s.hub.update})
 	dash, err := s.newDashboard()
@@ -209,6 +213,7 @@ func (s *server) routes(dash http.Handler) http.Handler {
 	h("DELETE /v1/devices/self", s.device(s.handleDeleteSelf))
 	h("POST /v1/devices/self/token", s.device(s.handleRotateToken))
 	h("POST /v1/devices/self/key", s.device(s.handleRotateKey))
+	h("POST "+api.StatsPath, s.device(s.handleStats))
 	h("GET /v1/zones/{zone}/watch", s.device(s.watchRules(s.handleWatch)))
 	h("GET "+api.RelayPath, s.device(s.relay.handle))
 

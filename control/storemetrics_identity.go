@@ -38,3 +38,16 @@ func (t *timedStore) UpdatePresence(ctx context.Context, p store.PresenceUpdate)
 func (t *timedStore) DeleteEphemeral(ctx context.Context, cutoff, now time.Time) ([]store.Device, error) {
 	return timed(t, "delete_ephemeral", func() ([]store.Device, error) { return t.st.DeleteEphemeral(ctx, cutoff, now) })
 }
+
+// The timed store.StatsStore methods.
+
+func (t *timedStore) PutStats(ctx context.Context, s store.DeviceStats) error {
+	start := time.Now()
+	err := t.st.PutStats(ctx, s)
+	t.done("put_stats", start, err)
+	return err
+}
+
+func (t *timedStore) Stats(ctx context.Context, zone string) ([]store.DeviceStats, error) {
+	return timed(t, "stats", func() ([]store.DeviceStats, error) { return t.st.Stats(ctx, zone) })
+}

@@ -46,17 +46,19 @@ func withPresence(d store.Device) api.Device {
 // that fell behind; the browser then reconnects and reloads.
 func (s *server) dashboardEvents(ctx context.Context) (<-chan dashboard.Event, error) {
 	o := &observer{s: s, out: make(chan dashboard.Event, 64), changes: make(chan dashboard.Event, 64),
-		presence: make(chan presenceEvent, 64), subs: make(map[string]*subscriber)}
+		presence: make(chan presenceEvent, 64), stats: make(chan statsEvent, 64), subs: make(map[string]*subscriber)}
 	o.ctx, o.cancel = context.WithCancel(ctx)
 	if err := o.addZones(); err != nil {
 		o.stop()
 		return nil, err
 	}
 	unsub := s.presence.subscribe(o.presence)
+	unsubStats := s.statsEvents.subscribe(o.stats)
 	go func() {
 		defer close(o.out)
 		defer o.stop()
 		defer unsub()
+		defer unsubStats()
 		o.run()
 	}()
 	return o.out, nil
@@ -70,6 +72,7 @@ type observer struct {
 	out      chan dashboard.Event
 	changes  chan dashboard.Event // from the per-zone forwarders
 	presence chan presenceEvent
+	stats    chan statsEvent // reports received by this replica
 	wg       sync.WaitGroup
 	subs     map[string]*subscriber // zone → observer subscription; owned by run
 }
@@ -86,6 +89,9 @@ func (o *observer) run() {
 		case p := <-o.presence:
 			b, _ := json.Marshal(p)
 			ev = dashboard.Event{Type: "presence", Data: b}
+		case st := <-o.stats:
+			b, _ := json.Marshal(st)
+			ev = dashboard.Event{Type: "stats", Data: b}
 		case <-t.C:
 			if err := o.addZones(); err != nil {
 				return

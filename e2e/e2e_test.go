@@ -143,31 +143,9 @@ func ourRoutes(t *testing.T, h *netlab.Host) string {
 // a bridge), a spoke behind a NAT without any inbound port, all in kernel
 // mode, and the service on the WAN.
 func TestSeedScenario(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
-	bin := netlab.BuildBinary(t, wiremeshPkg)
-	l := netlab.New(t)
-	wan := l.Switch("wan")
-	svc := startService(t, l, wan, bin)
-
-	node1 := l.Host("node1")
-	l.Connect(node1, wan, pfx("192.0.2.11/24"))
-	node1.AddAddr("lo", pfx("172.24.0.10/32"))
-	node1.Bridge("br0", pfx("172.24.0.1/24"))
-	container := l.Host("container")
-	l.AttachToBridge(container, node1, "br0", pfx("172.24.0.2/24"))
-	container.DefaultRoute(addr("172.24.0.1"))
-
-	node2 := l.Host("node2")
-	l.Connect(node2, wan, pfx("192.0.2.12/24"))
-	node2.AddAddr("lo", pfx("172.28.0.10/32"))
-
-	nat := l.Host("nat")
-	l.Connect(nat, wan, pfx("192.0.2.9/24"))
-	spoke := l.Host("spoke")
-	l.Wire(spoke, pfx("10.99.0.2/24"), nat, pfx("10.99.0.1/24"))
-	spoke.DefaultRoute(addr("10.99.0.1"))
-	nat.Masquerade("wan")
+	lab := newSeedLab(t)
+	bin, svc := lab.bin, lab.svc
+	node1, container, node2, spoke := lab.node1, lab.container, lab.node2, lab.spoke
 
 	targets := map[string]netip.AddrPort{
 		"node1":     node1.ServeTCP(t, netip.MustParseAddrPort("172.24.0.10:7000")),

@@ -107,12 +107,8 @@ func waitPath(t *testing.T, bin string, a, b *natMember, want string, within tim
 // Then the UDP block lifts and that member moves to direct paths, and a
 // NAT that forgets its mappings does not cut its member off.
 func TestNATTraversal(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
-	bin := netlab.BuildBinary(t, wiremeshPkg)
-	l := netlab.New(t)
-	wan := l.Switch("wan")
-	svc := startService(t, l, wan, bin, "--stun-listen=192.0.2.1:3478")
+	lab := newWANLab(t, "--stun-listen=192.0.2.1:3478")
+	l, wan, bin, svc := lab.Lab, lab.wan, lab.bin, lab.svc
 
 	specs := []struct {
 		name string

@@ -36,15 +36,11 @@ const joinsPerLeg = 12
 //
 //	go test -run '^$' -bench NATPaths -benchtime 1x -count 3 ./e2e/
 func BenchmarkNATPaths(b *testing.B) {
-	netlab.RequireRoot(b)
-	netlab.RequireTUN(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3: not found on PATH (Debian: apt-get install iperf3)")
 	}
-	bin := netlab.BuildBinary(b, wiremeshPkg)
-	l := netlab.New(b)
-	wan := l.Switch("wan")
-	svc := startService(b, l, wan, bin, "--stun-listen=192.0.2.1:3478")
+	lab := newWANLab(b, "--stun-listen=192.0.2.1:3478")
+	l, wan, bin, svc := lab.Lab, lab.wan, lab.bin, lab.svc
 
 	pubA, pubB := l.Host("pub-a"), l.Host("pub-b")
 	l.Connect(pubA, wan, pfx("192.0.2.51/24"))
@@ -134,18 +130,22 @@ func waitPathB(b *testing.B, bin string, a *agent, peer, want string) {
 	deadline := time.Now().Add(probeTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
+	var last string // the last status read, for the failure message
 	for {
 		out, err := a.host.Run(ctx, bin, "status", "--json", "--socket", a.socket)
-		var st mesh.Status
-		if err == nil && json.Unmarshal(out, &st) == nil {
-			for _, p := range st.Peers {
-				if p.Hostname == peer && p.Path == want {
-					return
+		var st natStatus // the documented format (docs/STATUS-JSON.md)
+		if err == nil {
+			last = string(out)
+			if json.Unmarshal(out, &st) == nil {
+				for _, p := range st.Peers {
+					if p.Hostname == peer && p.Path != nil && *p.Path == want {
+						return
+					}
 				}
 			}
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("%s: no %s path to %s:\n%s", a.name, want, peer, out)
+			b.Fatalf("%s: no %s path to %s:\n%s", a.name, want, peer, last)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

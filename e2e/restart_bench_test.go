@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
-	"github.com/wiremesh/wiremesh/internal/netlab"
 )
 
 // BenchmarkRouterRestart measures how long a spoke behind NAT waits for a
@@ -22,21 +20,10 @@ import (
 //
 //	go test -run '^$' -bench RouterRestart -benchtime 5x ./e2e/
 func BenchmarkRouterRestart(b *testing.B) {
-	netlab.RequireRoot(b)
-	netlab.RequireTUN(b)
-	bin := netlab.BuildBinary(b, wiremeshPkg)
-	l := netlab.New(b)
-	wan := l.Switch("wan")
-	svc := startService(b, l, wan, bin)
-	router := l.Host("router")
-	l.Connect(router, wan, pfx("192.0.2.11/24"))
-	router.AddAddr("lo", pfx("172.24.0.10/32"))
-	nat := l.Host("nat")
-	l.Connect(nat, wan, pfx("192.0.2.9/24"))
-	spoke := l.Host("spoke")
-	l.Wire(spoke, pfx("10.99.0.2/24"), nat, pfx("10.99.0.1/24"))
-	spoke.DefaultRoute(addr("10.99.0.1"))
-	nat.Masquerade("wan")
+	lab := newWANLab(b)
+	bin, svc := lab.bin, lab.svc
+	router := lab.router("router", "192.0.2.11/24", "172.24.0.10/32")
+	spoke, _ := lab.spokeBehindNAT()
 
 	state := b.TempDir()
 	ra := startAgent(b, bin, svc, router, state, "172.24.0.0/24")

@@ -7,21 +7,15 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/internal/netlab"
 	"github.com/wiremesh/wiremesh/mesh"
 	"github.com/wiremesh/wiremesh/meshtest"
 )
-
-// inNetNSEnv marks the copy of the test binary that runs inside the
-// namespace made by TestUserspaceRouterForwardsToHost.
-const inNetNSEnv = "WIREMESH_TEST_FORWARD_NETNS"
 
 // A userspace router forwards to a real address inside its prefix with
 // ordinary sockets, answers pings only for addresses the host reaches,
@@ -32,22 +26,11 @@ const inNetNSEnv = "WIREMESH_TEST_FORWARD_NETNS"
 // prefix exists) and runs itself again inside it, service, router and
 // spoke included, so no traffic leaves the namespace.
 func TestUserspaceRouterForwardsToHost(t *testing.T) {
-	if os.Getenv(inNetNSEnv) == "" {
-		netlab.RequireRoot(t)
-		lab := netlab.New(t)
-		h := lab.Host("router")
-		h.AddAddr("lo", netip.MustParsePrefix("198.18.77.1/32"))
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		out, err := h.Run(ctx, "env", inNetNSEnv+"=1", os.Args[0],
-			"-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=2m")
-		t.Logf("inside namespace %s:\n%s", h.NS(), out)
-		require.NoError(t, err)
-		require.Contains(t, string(out), "--- PASS: "+t.Name())
+	if !runInRouterNetNS(t) {
 		return
 	}
 
-	live := netip.MustParseAddr("198.18.77.1")
+	live := routerNetNSAddr
 	absent := netip.MustParseAddr("198.18.77.2")
 	l, err := net.Listen("tcp", netip.AddrPortFrom(live, 8080).String())
 	require.NoError(t, err)

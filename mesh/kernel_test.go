@@ -28,24 +28,8 @@ const kernelTestEnv = "WIREMESH_KERNEL_TEST_NETNS"
 // TestKernelMode runs TestKernelModeInNamespace in a fresh network
 // namespace (root, Linux, /dev/net/tun).
 func TestKernelMode(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
-	}
-	l := netlab.New(t)
-	h := l.Host("kernel")
-	t.Setenv(kernelTestEnv, "1")
-	args := []string{"-test.run=^TestKernelModeInNamespace$", "-test.v", "-test.count=1", "-test.timeout=3m"}
-	p := h.Start(t, os.Args[0], args...)
-	select {
-	case <-p.Done():
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("TestKernelModeInNamespace did not finish; output:\n%s", p.Output())
-	}
-	out := p.Output()
-	require.NoError(t, p.Stop(), out)
-	require.Contains(t, out, "--- PASS: TestKernelModeInNamespace", out)
+	requireKernelMode(t)
+	out := runTestInNetNS(t, netlab.New(t).Host("kernel"), "TestKernelModeInNamespace", kernelTestEnv, "1")
 	t.Logf("child output:\n%s", out)
 }
 

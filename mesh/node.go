@@ -169,9 +169,10 @@ func join(ctx context.Context, serviceURL string, opts []Option) (_ *Node, err e
 			return nil, err
 		}
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.run(needRegister)
 	go n.tokenLoop()
+	go n.statsLoop()
 	if !needRegister {
 		if err := n.waitFirstSync(ctx); err != nil {
 			return nil, err

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/wiremesh/wiremesh/control/api"
 )
 
 // Mode selects how a node carries packets.
@@ -65,6 +67,8 @@ type config struct {
 	masquerade    bool          // kernel mode router: masquerade into child prefixes
 	backoffMin    time.Duration
 	backoffMax    time.Duration
+	statsInterval time.Duration // peer reports to the service, at least this often
+	statsCheck    time.Duration // how often changed paths are looked for
 	errs          []error
 }
 
@@ -74,6 +78,9 @@ func newConfig(opts []Option) (*config, error) {
 		ifname:     DefaultInterfaceName,
 		backoffMin: 500 * time.Millisecond,
 		backoffMax: 30 * time.Second,
+
+		statsInterval: api.StatsInterval,
+		statsCheck:    defaultStatsCheck,
 	}
 	for _, o := range opts {
 		if o != nil {

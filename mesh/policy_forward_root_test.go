@@ -2,24 +2,17 @@ package mesh_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/wiremesh/wiremesh/internal/netlab"
 	"github.com/wiremesh/wiremesh/mesh"
 	"github.com/wiremesh/wiremesh/meshtest"
 )
-
-// inPolicyNetNSEnv marks the copy of the test binary that runs inside the
-// namespace made by TestPolicyUserspaceRouterForwardsToHost.
-const inPolicyNetNSEnv = "WIREMESH_TEST_POLICY_FORWARD_NETNS"
 
 // A userspace router without handlers forwards to real listeners on its
 // host under a policy: the spoke reaches 198.18.77.1 port 8080 only; port
@@ -28,22 +21,11 @@ const inPolicyNetNSEnv = "WIREMESH_TEST_POLICY_FORWARD_NETNS"
 // root and runs itself again inside a namespace whose lo carries
 // 198.18.77.1, so no traffic leaves the namespace.
 func TestPolicyUserspaceRouterForwardsToHost(t *testing.T) {
-	if os.Getenv(inPolicyNetNSEnv) == "" {
-		netlab.RequireRoot(t)
-		lab := netlab.New(t)
-		h := lab.Host("router")
-		h.AddAddr("lo", netip.MustParsePrefix("198.18.77.1/32"))
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		out, err := h.Run(ctx, "env", inPolicyNetNSEnv+"=1", os.Args[0],
-			"-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=2m")
-		t.Logf("inside namespace %s:\n%s", h.NS(), out)
-		require.NoError(t, err)
-		require.Contains(t, string(out), "--- PASS: "+t.Name())
+	if !runInRouterNetNS(t) {
 		return
 	}
 
-	live := netip.MustParseAddr("198.18.77.1")
+	live := routerNetNSAddr
 	for _, port := range []uint16{8080, 8081} {
 		hostGreeter(t, netip.AddrPortFrom(live, port))
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -106,9 +107,22 @@ func (d stateDir) commitKey(pending string) error {
 }
 
 // setPrivateKey gives the running device a new private key; sessions are
-// re-established with it as peers learn the new public key.
+// re-established with it as peers learn the new public key. The bind signs
+// its path probes with it too, and repairDrift keeps it (not the old one).
 func (d *wgDevice) setPrivateKey(k api.Key) error {
-	return d.dev.IpcSet("private_key=" + hex.EncodeToString(k[:]) + "\n")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return net.ErrClosed
+	}
+	if err := d.dev.IpcSet("private_key=" + hex.EncodeToString(k[:]) + "\n"); err != nil {
+		return err
+	}
+	d.priv, d.pub = k, api.PublicKey(k)
+	if d.ms != nil {
+		d.ms.SetPrivateKey(k)
+	}
+	return nil
 }
 
 // isSelf reports whether p is the node itself: its key, or its device id

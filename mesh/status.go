@@ -93,6 +93,8 @@ type SelfStatus struct {
 
 // PeerStatus is a peer with its WireGuard state.
 type PeerStatus struct {
+	// DeviceID is the peer's id at the service.
+	DeviceID  string
 	Hostname  string
 	PublicKey api.Key
 	Addrs     []netip.Addr
@@ -151,7 +153,7 @@ func (n *Node) Status() Status {
 	}
 	for _, k := range sortedPeerKeys(n.peers) {
 		p := publicPeer(n.peers[k])
-		pst := PeerStatus{Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes,
+		pst := PeerStatus{DeviceID: p.ID, Hostname: p.Hostname, PublicKey: k, Addrs: p.Addrs, Prefixes: p.Prefixes,
 			Online: p.Online, LastSeen: p.LastSeen}
 		if s, ok := ps.peers[k]; ok {
 			pst.Endpoint, pst.Path = s.endpoint, s.path

@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -31,27 +30,15 @@ const uapiTestEnv = "WIREMESH_UAPI_TEST_NETNS"
 // child a mount namespace of its own too, where it mounts a tmpfs on
 // /var/run/wireguard: the sockets of the test never appear on the host.
 func TestWGShow(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTUN(t)
+	requireKernelMode(t)
 	if _, err := exec.LookPath("wg"); err != nil {
 		t.Skip("needs wireguard-tools: `wg` not found on PATH (apt-get install wireguard-tools); skipping the wg show test")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nftables: `nft` not found on PATH; skipping kernel-mode test")
 	}
 	h := netlab.New(t).Host("wgshow")
 	mnt, err := os.Readlink("/proc/self/ns/mnt")
 	require.NoError(t, err)
-	t.Setenv(uapiTestEnv, mnt) // the child checks it has another one
-	p := h.Start(t, os.Args[0], "-test.run=^TestWGShowInNamespace$", "-test.v", "-test.count=1", "-test.timeout=3m")
-	select {
-	case <-p.Done():
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("TestWGShowInNamespace did not finish; output:\n%s", p.Output())
-	}
-	out := p.Output()
-	require.NoError(t, p.Stop(), out)
-	require.Contains(t, out, "--- PASS: TestWGShowInNamespace", out)
+	// The child checks it has another mount namespace.
+	runTestInNetNS(t, h, "TestWGShowInNamespace", uapiTestEnv, mnt)
 }
 
 // TestWGShowInNamespace: `wg show` lists a kernel-mode node's peer with

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 )
@@ -112,49 +111,11 @@ func EnableInterfaceForwarding(paths []string, opts ...Option) (restore func() e
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	changed := map[string]string{} // path → old value
-	undo := func() error {
-		return inNetNS(ns, func() error {
-			var errs []error
-			for p, old := range changed {
-				errs = append(errs, restoreSysctl(p, old, o))
-			}
-			return errors.Join(errs...)
-		})
-	}
-	err = inNetNS(ns, func() error {
-		for _, p := range paths {
-			old, err := readSysctl(p)
-			if err != nil {
-				return err
-			}
-			if old == "1" {
-				continue
-			}
-			if err := writeSysctl(p, "1"); err != nil {
-				return err
-			}
-			changed[p] = old
-			o.log.Info("IP forwarding enabled", "sysctl", p)
-		}
-		return nil
-	})
+	restore, err = turnOn(ns, paths, o, func(p, old string) error { return restoreSysctl(p, old, o) })
 	if err != nil {
-		err = errors.Join(err, undo())
-		ns.Close()
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	var once sync.Once
-	var rerr error
-	return func() error {
-		once.Do(func() {
-			defer ns.Close()
-			if rerr = undo(); rerr != nil {
-				rerr = fmt.Errorf("route: restore forwarding: %w", rerr)
-			}
-		})
-		return rerr
-	}, nil
+	return restore, nil
 }
 
 // RestoreForwardingSysctl puts old back into the forwarding sysctl path

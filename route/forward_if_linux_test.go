@@ -84,3 +84,17 @@ func TestInterfaceForwarding(t *testing.T) {
 	_, err = a.dial(t, "172.24.0.2:8080", atB)
 	require.NoError(t, err)
 }
+
+// A sysctl that cannot be read fails the call and undoes what it wrote
+// before.
+func TestInterfaceForwardingFailureChangesNothing(t *testing.T) {
+	r := newTestNS(t)
+	lo := "/proc/sys/net/ipv4/conf/lo/forwarding"
+	require.NoError(t, r.run(func() error {
+		return errors.Join(writeSysctl(sysctlIPv4Forward, "0"), writeSysctl(lo, "0"))
+	}))
+	restore, err := EnableInterfaceForwarding([]string{lo, "/proc/sys/net/ipv4/conf/nosuch0/forwarding"}, WithNetNS(r.ns))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	require.Nil(t, restore)
+	require.Equal(t, "0", r.sysctl(t, lo), "the first write is undone")
+}

@@ -45,7 +45,29 @@ func EnableForwarding(v4, v6 bool, opts ...Option) (restore func() error, err er
 	if v6 {
 		paths = append(paths, sysctlIPv6Forward)
 	}
+	restore, err = turnOn(ns, paths, o, writeSysctl)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	return restore, nil
+}
+
+// turnOn writes "1" to each of paths (sysctls) in ns that is not "1" yet,
+// and logs each it changed. restore calls undo(path, old value) for each,
+// in ns, and is safe to call more than once. turnOn owns ns: restore
+// closes it, and so does a failure, after undoing what it changed.
+func turnOn(ns netns.NsHandle, paths []string, o *options, undo func(path, old string) error) (restore func() error, err error) {
 	changed := map[string]string{} // path → old value
+	var order []string             // changed's keys in the order written
+	undoAll := func() error {
+		return inNetNS(ns, func() error {
+			var errs []error
+			for p, old := range changed {
+				errs = append(errs, undo(p, old))
+			}
+			return errors.Join(errs...)
+		})
+	}
 	err = inNetNS(ns, func() error {
 		for _, p := range paths {
 			old, err := readSysctl(p)
@@ -59,24 +81,16 @@ func EnableForwarding(v4, v6 bool, opts ...Option) (restore func() error, err er
 				return err
 			}
 			changed[p] = old
+			order = append(order, p)
 		}
 		return nil
 	})
-	restoreAll := func() error {
-		return inNetNS(ns, func() error {
-			var errs []error
-			for p, old := range changed {
-				errs = append(errs, writeSysctl(p, old))
-			}
-			return errors.Join(errs...)
-		})
-	}
 	if err != nil {
-		err = errors.Join(err, restoreAll())
+		err = errors.Join(err, undoAll())
 		ns.Close()
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, err
 	}
-	for p := range changed {
+	for _, p := range order {
 		o.log.Info("IP forwarding enabled", "sysctl", p)
 	}
 	var once sync.Once
@@ -84,7 +98,7 @@ func EnableForwarding(v4, v6 bool, opts ...Option) (restore func() error, err er
 	return func() error {
 		once.Do(func() {
 			defer ns.Close()
-			if rerr = restoreAll(); rerr != nil {
+			if rerr = undoAll(); rerr != nil {
 				rerr = fmt.Errorf("route: restore forwarding: %w", rerr)
 			}
 		})

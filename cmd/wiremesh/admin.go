@@ -126,6 +126,37 @@ func printJSONList[T any](w io.Writer, items []T) error {
 	return enc.Encode(items)
 }
 
+// adminList runs the list command name ("zone list"): with byZone it
+// takes --zone (empty: all zones), which fetch gets; it prints what fetch
+// returns as JSON (--json) or as a table with header and one row per item.
+func adminList[T any](ctx context.Context, name string, byZone bool, args []string, stdout, stderr io.Writer,
+	fetch func(c *adminclient.Client, ctx context.Context, zone string) ([]T, error), header string, row func(io.Writer, T)) error {
+	var zone string
+	var asJSON bool
+	c, _, err := adminCmd(name, name+" [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
+		if byZone {
+			fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
+		}
+		jsonFlag(fs, &asJSON)
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	items, err := fetch(c.Client, ctx, zone)
+	if err != nil {
+		return c.fail(name, err)
+	}
+	if asJSON {
+		return printJSONList(stdout, items)
+	}
+	tw := newTable(stdout, header)
+	for _, it := range items {
+		row(tw, it)
+	}
+	return tw.Flush()
+}
+
 func newTable(w io.Writer, header string) *tabwriter.Writer {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, header)
@@ -180,25 +211,14 @@ func runZoneCreate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
+// runZoneList lists zones.
 func runZoneList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var asJSON bool
-	c, _, err := adminCmd("zone list", "zone list [flags]", stderr, args, 0, func(fs *flag.FlagSet) { jsonFlag(fs, &asJSON) })
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	zs, err := c.Zones(ctx)
-	if err != nil {
-		return c.fail("zone list", err)
-	}
-	if asJSON {
-		return printJSONList(stdout, zs)
-	}
-	tw := newTable(stdout, "NAME\tIPV4 POOL\tIPV6 POOL\tEXIT NODES\tCREATED")
-	for _, z := range zs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", z.Name, z.IPv4Pool, z.IPv6Pool, z.AllowExitNodes, fmtTime(z.CreatedAt))
-	}
-	return tw.Flush()
+	return adminList(ctx, "zone list", false, args, stdout, stderr,
+		func(c *adminclient.Client, ctx context.Context, _ string) ([]api.Zone, error) { return c.Zones(ctx) },
+		"NAME\tIPV4 POOL\tIPV6 POOL\tEXIT NODES\tCREATED",
+		func(w io.Writer, z api.Zone) {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\n", z.Name, z.IPv4Pool, z.IPv6Pool, z.AllowExitNodes, fmtTime(z.CreatedAt))
+		})
 }
 
 func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -227,29 +247,14 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
+// runTokenList lists join tokens.
 func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var zone string
-	var asJSON bool
-	c, _, err := adminCmd("token list", "token list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
-		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
-		jsonFlag(fs, &asJSON)
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ts, err := c.Tokens(ctx, zone)
-	if err != nil {
-		return c.fail("token list", err)
-	}
-	if asJSON {
-		return printJSONList(stdout, ts)
-	}
-	tw := newTable(stdout, "ID\tZONE\tREUSABLE\tTAGS\tEXPIRES\tUSED\tCREATED")
-	for _, t := range ts {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", t.ID, t.Zone, t.Reusable, tagList(t.Tags), fmtTime(t.ExpiresAt), fmtTime(t.UsedAt), fmtTime(t.CreatedAt))
-	}
-	return tw.Flush()
+	return adminList(ctx, "token list", true, args, stdout, stderr,
+		(*adminclient.Client).Tokens,
+		"ID\tZONE\tREUSABLE\tTAGS\tEXPIRES\tUSED\tCREATED",
+		func(w io.Writer, t api.JoinToken) {
+			fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", t.ID, t.Zone, t.Reusable, tagList(t.Tags), fmtTime(t.ExpiresAt), fmtTime(t.UsedAt), fmtTime(t.CreatedAt))
+		})
 }
 
 func runTokenDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -265,34 +270,19 @@ func runTokenDelete(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
+// runDeviceList lists devices.
 func runDeviceList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var zone string
-	var asJSON bool
-	c, _, err := adminCmd("device list", "device list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
-		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
-		jsonFlag(fs, &asJSON)
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ds, err := c.Devices(ctx, zone)
-	if err != nil {
-		return c.fail("device list", err)
-	}
-	if asJSON {
-		return printJSONList(stdout, ds)
-	}
-	tw := newTable(stdout, "ID\tZONE\tHOSTNAME\tIPV4\tIPV6\tPREFIXES\tENDPOINTS\tONLINE\tLAST SEEN\tUPDATED")
-	for _, d := range ds {
-		online := "-"
-		if d.Online != nil {
-			online = map[bool]string{true: "yes", false: "no"}[*d.Online]
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Zone, d.Hostname, d.IPv4, d.IPv6,
-			joinStrings(d.ChildPrefixes), joinStrings(d.Endpoints), online, fmtTime(d.LastSeen), fmtTime(d.UpdatedAt))
-	}
-	return tw.Flush()
+	return adminList(ctx, "device list", true, args, stdout, stderr,
+		(*adminclient.Client).Devices,
+		"ID\tZONE\tHOSTNAME\tIPV4\tIPV6\tPREFIXES\tENDPOINTS\tONLINE\tLAST SEEN\tUPDATED",
+		func(w io.Writer, d api.Device) {
+			online := "-"
+			if d.Online != nil {
+				online = map[bool]string{true: "yes", false: "no"}[*d.Online]
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Zone, d.Hostname, d.IPv4, d.IPv6,
+				joinStrings(d.ChildPrefixes), joinStrings(d.Endpoints), online, fmtTime(d.LastSeen), fmtTime(d.UpdatedAt))
+		})
 }
 
 func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -318,27 +308,12 @@ func runDeviceDelete(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
+// runPrefixList lists allocated child prefixes.
 func runPrefixList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var zone string
-	var asJSON bool
-	c, _, err := adminCmd("prefix list", "prefix list [flags]", stderr, args, 0, func(fs *flag.FlagSet) {
-		fs.StringVar(&zone, "zone", "", "only this zone (default: all)")
-		jsonFlag(fs, &asJSON)
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ps, err := c.Prefixes(ctx, zone)
-	if err != nil {
-		return c.fail("prefix list", err)
-	}
-	if asJSON {
-		return printJSONList(stdout, ps)
-	}
-	tw := newTable(stdout, "ZONE\tPREFIX\tDEVICE\tHOSTNAME")
-	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Zone, p.Prefix, p.DeviceID, p.Hostname)
-	}
-	return tw.Flush()
+	return adminList(ctx, "prefix list", true, args, stdout, stderr,
+		(*adminclient.Client).Prefixes,
+		"ZONE\tPREFIX\tDEVICE\tHOSTNAME",
+		func(w io.Writer, p api.PrefixEntry) {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Zone, p.Prefix, p.DeviceID, p.Hostname)
+		})
 }

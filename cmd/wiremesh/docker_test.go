@@ -35,7 +35,7 @@ func TestDockerFlag(t *testing.T) {
 		a.register(fs)
 		// The flag is boolean: a following word is a positional argument,
 		// not its value.
-		pos, err := parseInterleaved(fs, append(append([]string(nil), tc.args...), "https://example.test:8443"))
+		pos, err := parseFlags(fs, append(append([]string(nil), tc.args...), "https://example.test:8443"))
 		if tc.wantErr != "" {
 			require.ErrorContains(t, err, tc.wantErr, "%q", tc.args)
 			continue

@@ -168,12 +168,9 @@ func parseAgentArgs(name, usage string, args []string, stderr io.Writer) (*agent
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}
-	pos, err := parseInterleaved(fs, args)
+	pos, err := parseFlags(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, "", err
-		}
-		return nil, nil, "", &usageError{fmt.Errorf("%s: %w", name, err)}
+		return nil, nil, "", err
 	}
 	fs.Visit(func(f *flag.Flag) { a.ifaceSet = a.ifaceSet || f.Name == "interface" })
 	if len(pos) == 0 {
@@ -306,29 +303,6 @@ func joinAddrs[T fmt.Stringer](as []T) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, " ")
-}
-
-// parseInterleaved parses flags that may come before or after positional
-// arguments; everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos, rest []string
-	for i, a := range args {
-		if a == "--" {
-			args, rest = args[:i], args[i+1:]
-			break
-		}
-	}
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
 }
 
 // printJoined prints the lines that say the node joined, and returns its

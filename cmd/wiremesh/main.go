@@ -1,8 +1,9 @@
 // Command wiremesh runs the wiremesh coordination service (`wiremesh
 // serve`), joins machines to a mesh (`wiremesh join`, the default, for a
 // spoke; `wiremesh router` for a member with child prefixes), shows the
-// running agent (`wiremesh status`, `wiremesh ping`), and administers a service (`wiremesh
-// zone|token|device|prefix ...`).
+// running agent (`wiremesh status`, `wiremesh ping`), reports what the
+// network allows a member (`wiremesh netcheck`), and administers a service
+// (`wiremesh zone|token|device|prefix ...`).
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 on a usage
 // error (unknown command, bad flag or argument).
@@ -37,14 +38,15 @@ type command struct {
 // commands is the command table. To add a command, add an entry here and
 // its run function in its own file.
 var commands = map[string]*command{
-	"serve":   {summary: "run the coordination service", run: runServe},
-	"join":    {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
-	"router":  {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
-	"down":    {summary: "leave the mesh for good: delete this machine's device at the service (through the running agent, or with its state directory)", run: runDown},
-	"status":  {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
-	"ping":    {summary: "ping a member or address through the running agent: ping [-c N] MEMBER|ADDRESS", run: runPing},
-	"demo":    {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
-	"version": {summary: "print the version and build information (also --version)", run: runVersion},
+	"serve":    {summary: "run the coordination service", run: runServe},
+	"join":     {summary: "join a mesh as a spoke (the default: `wiremesh URL` is `wiremesh join URL`); kernel mode, --userspace without root", run: runJoin},
+	"router":   {summary: "join a mesh as a router for child prefixes: router --child-prefix=CIDR [...] URL", run: runRouter},
+	"down":     {summary: "leave the mesh for good: delete this machine's device at the service (through the running agent, or with its state directory)", run: runDown},
+	"status":   {summary: "show the running agent's peers: status [--interface wg0 | --socket PATH] [--json]", run: runStatus},
+	"ping":     {summary: "ping a member or address through the running agent: ping [-c N] MEMBER|ADDRESS", run: runPing},
+	"demo":     {summary: "run an in-process service and three userspace members, and check they reach each other", run: runDemo},
+	"netcheck": {summary: "report what this network allows a member: UDP, public address, NAT mapping, latency, relay: netcheck [--json] URL", run: runNetcheck},
+	"version":  {summary: "print the version and build information (also --version)", run: runVersion},
 	"zone": {summary: "manage zones (separate meshes)", sub: map[string]*command{
 		"create": {summary: "create a zone: zone create NAME [--ipv4-pool CIDR] [--ipv6-pool CIDR] [--allow-exit-nodes]", run: runZoneCreate},
 		"list":   {summary: "list zones", run: runZoneList},

@@ -313,6 +313,10 @@ type Device struct {
 	// LastSeen (admin API only) is when the device last held a watch
 	// stream (renewed every few seconds while it does). Absent if never.
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Stats (admin API only) is the device's latest report of its peers
+	// (POST /v1/devices/self/stats): path, last handshake and bytes per
+	// peer. Absent until it reports.
+	Stats *DeviceStats `json:"stats,omitempty"`
 }
 
 // Peer is a member as other members see it in the watch stream.

@@ -91,7 +91,8 @@ func waitJS(t *testing.T, ctx context.Context, what, expr string) {
 		last = err
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("waiting in the browser for %s (%s): last error %v", what, expr, last)
+	page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("main") ? document.querySelector("main").innerHTML.slice(0, 6000) : ""`))
+	t.Fatalf("waiting in the browser for %s (%s): last error %v\npage: %s", what, expr, last, page)
 }
 
 func screenshot(t *testing.T, ctx context.Context, name string) []byte {
@@ -104,8 +105,8 @@ func screenshot(t *testing.T, ctx context.Context, name string) []byte {
 
 // TestDashboardInBrowser drives the dashboard in a real headless Chromium:
 // log in with the admin token, watch members join and a child prefix
-// appear live (no reload), create and revoke a join token, and see a
-// member go offline.
+// appear live (no reload), see the paths, handshakes and bytes members
+// report, create and revoke a join token, and see a member go offline.
 func TestDashboardInBrowser(t *testing.T) {
 	ctx := browser(t)
 	srv := meshtest.NewServer(t)
@@ -129,7 +130,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	waitJS(t, ctx, "alpha in the picture", `!!document.querySelector('#mesh g.node[data-host="alpha"][data-online="true"]')`)
 
 	// Routers join with child prefixes: the prefixes appear with their owner.
-	meshtest.Join(t, srv, mesh.WithHostname("bravo"), mesh.WithChildPrefix(netip.MustParsePrefix("10.77.0.0/24")))
+	bravo := meshtest.Join(t, srv, mesh.WithHostname("bravo"), mesh.WithChildPrefix(netip.MustParsePrefix("10.77.0.0/24")))
 	waitJS(t, ctx, "bravo's prefix", `(() => { const r = document.querySelector('#prefixes tr[data-prefix="10.77.0.0/24"]'); return !!r && r.textContent.includes("bravo"); })()`)
 	waitJS(t, ctx, "the prefix in the picture", `[...document.querySelectorAll('#mesh g.node[data-host="bravo"] text.prefix')].some(e => e.textContent === "10.77.0.0/24")`)
 	meshtest.Join(t, srv, mesh.WithHostname("charlie"),
@@ -137,6 +138,25 @@ func TestDashboardInBrowser(t *testing.T) {
 	// A state directory: a durable member, which stays listed when it stops.
 	delta := meshtest.Join(t, srv, mesh.WithHostname("delta"), mesh.WithStateDir(t.TempDir()))
 	waitJS(t, ctx, "four members", `document.querySelectorAll('#members tr.online').length === 4`)
+
+	// Traffic between alpha and bravo: each reports its direct path, the
+	// handshake and the bytes (members report within seconds of a path
+	// changing), and the picture draws their link as direct.
+	pingCtx, cancelPing := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelPing()
+	_, err := alpha.Ping(pingCtx, bravo.Addr())
+	require.NoError(t, err)
+	_, err = bravo.Ping(pingCtx, alpha.Addr())
+	require.NoError(t, err)
+	for host, peer := range map[string]string{"alpha": "bravo", "bravo": "alpha"} {
+		waitJS(t, ctx, host+"'s direct path, handshake and bytes",
+			`(() => { const c = document.querySelector('#members tr[data-host="`+host+`"] td.stats');
+			return !!c && Number(c.dataset.direct) >= 1 && c.dataset.handshake !== "" && Number(c.dataset.rx) > 0 && Number(c.dataset.tx) > 0 &&
+				/^[0-9]+ direct$/.test(c.querySelector(".path.direct").textContent) && c.querySelector(".handshake").textContent.startsWith("handshake ") &&
+				/↓ [0-9.]+ (B|KiB)/.test(c.querySelector(".traffic").textContent) && c.title.includes("`+peer+`: direct, handshake "); })()`)
+	}
+	waitJS(t, ctx, "the alpha-bravo link drawn direct", `!!document.querySelector('#mesh line[data-pair="alpha bravo"][data-path="direct"]')`)
+	waitJS(t, ctx, "every member's report", `document.querySelectorAll('#members td.stats[data-stats="report"]').length === 4`)
 
 	// A durable member stops: it goes offline, with a last-seen time.
 	require.NoError(t, delta.Close())
@@ -165,7 +185,6 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ts, 1)
 
-	_ = alpha
 	b := screenshot(t, ctx, "dashboard.png")
 	if out := os.Getenv(ScreenshotEnv); out != "" {
 		require.NoError(t, os.WriteFile(out, compactPNG(t, b), 0o644))

@@ -50,8 +50,9 @@ const CSRFHeader = "X-Wiremesh-Dashboard"
 
 // Event is one live update for the dashboard's event stream.
 type Event struct {
-	// Type is the SSE event name: "change" (the zone's change log moved) or
-	// "presence" (a member went online or offline).
+	// Type is the SSE event name: "change" (the zone's change log moved),
+	// "presence" (a member went online or offline) or "stats" (a member
+	// reported its peers' paths, handshakes and bytes).
 	Type string
 	// Data is the event's JSON, on one line.
 	Data json.RawMessage

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/wiremesh/wiremesh/ipam"
 )
 
 // Helpers for Store implementations outside this package (PostgreSQL), so
@@ -68,4 +71,28 @@ func ApplyReach(d *Device, p UpdateParams) bool {
 		d.NAT, changed = *p.NAT, true
 	}
 	return changed
+}
+
+// ZonePools is a zone with its tunnel address pools ready for allocation.
+type ZonePools struct {
+	Zone
+	V4, V6 *ipam.Pool
+}
+
+// NewZonePools builds the pools of z, for every store's allocation.
+func NewZonePools(z Zone) (ZonePools, error) {
+	zp := ZonePools{Zone: z}
+	var err error
+	if zp.V4, err = ipam.NewPool(z.IPv4Pool); err != nil {
+		return ZonePools{}, fmt.Errorf("zone %q: IPv4 pool %s: %w", z.Name, z.IPv4Pool, err)
+	}
+	if zp.V6, err = ipam.NewPool(z.IPv6Pool); err != nil {
+		return ZonePools{}, fmt.Errorf("zone %q: IPv6 pool %s: %w", z.Name, z.IPv6Pool, err)
+	}
+	return zp, nil
+}
+
+// Capacity is the number of host indexes usable in both pools.
+func (z ZonePools) Capacity() uint64 {
+	return min(z.V4.Capacity(), z.V6.Capacity())
 }

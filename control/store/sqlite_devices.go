@@ -85,7 +85,7 @@ func (s *SQLite) Register(ctx context.Context, p RegisterParams) (Device, bool, 
 }
 
 // insertDevice allocates a host index and inserts a new device row.
-func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams, tags []string, now time.Time) (Device, error) {
+func insertDevice(ctx context.Context, tx *sql.Tx, z ZonePools, p RegisterParams, tags []string, now time.Time) (Device, error) {
 	idx, err := allocIndex(ctx, tx, z, p.RequestedIPv4)
 	if err != nil {
 		return Device{}, err
@@ -94,8 +94,8 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 	if err != nil {
 		return Device{}, err
 	}
-	v4, ok4 := z.v4.Addr(idx)
-	v6, ok6 := z.v6.Addr(idx)
+	v4, ok4 := z.V4.Addr(idx)
+	v6, ok6 := z.V6.Addr(idx)
 	if !ok4 || !ok6 {
 		return Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, ErrPoolExhausted)
 	}
@@ -136,10 +136,10 @@ func insertDevice(ctx context.Context, tx *sql.Tx, z zonePools, p RegisterParams
 // req is set (ErrAddrOutside, ErrAddrInUse), else the lowest free one
 // (ErrPoolExhausted). The gap search walks the (zone, idx) unique index in
 // order and stops at the first index whose successor is free.
-func allocIndex(ctx context.Context, tx *sql.Tx, z zonePools, req netip.Addr) (uint64, error) {
-	capacity := z.capacity()
+func allocIndex(ctx context.Context, tx *sql.Tx, z ZonePools, req netip.Addr) (uint64, error) {
+	capacity := z.Capacity()
 	if req.IsValid() {
-		idx, ok := z.v4.Index(req)
+		idx, ok := z.V4.Index(req)
 		if !ok || idx > capacity {
 			return 0, fmt.Errorf("%w: %s is not a usable address of %s", ErrAddrOutside, req, z.IPv4Pool)
 		}

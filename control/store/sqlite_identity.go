@@ -198,16 +198,7 @@ func expireLeases(ctx context.Context, tx *sql.Tx, now time.Time) ([]string, err
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return collectRows(rows, scanString)
 }
 
 // settlePresence makes device id's stored Online agree with its leases,
@@ -251,17 +242,8 @@ func (s *SQLite) DeleteEphemeral(ctx context.Context, cutoff, now time.Time) ([]
 		if err != nil {
 			return err
 		}
-		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		ids, err := collectRows(rows, scanString)
+		if err != nil {
 			return err
 		}
 		for _, id := range ids {

@@ -18,7 +18,7 @@ import (
 // the one that needs the zone: no overlap with another device's prefix.
 // With AllowExitNodes, a /0 only conflicts with another device's /0 of the
 // same family, and nothing conflicts with a /0.
-func addPrefixes(ctx context.Context, tx *sql.Tx, z zonePools, d Device, add []netip.Prefix) ([]netip.Prefix, error) {
+func addPrefixes(ctx context.Context, tx *sql.Tx, z ZonePools, d Device, add []netip.Prefix) ([]netip.Prefix, error) {
 	held, err := ipam.CheckPrefixes(z.Policy(), d.Prefixes, add)
 	if err != nil {
 		return nil, err
@@ -42,7 +42,7 @@ func addPrefixes(ctx context.Context, tx *sql.Tx, z zonePools, d Device, add []n
 // checkConflict returns a *ConflictError if p overlaps a prefix another
 // device of z holds. Both index lookups are logarithmic in the number of
 // prefixes of the zone.
-func checkConflict(ctx context.Context, tx *sql.Tx, z zonePools, deviceID string, p netip.Prefix) error {
+func checkConflict(ctx context.Context, tx *sql.Tx, z ZonePools, deviceID string, p netip.Prefix) error {
 	exit := z.AllowExitNodes && p.Bits() == 0
 	minBits := 0
 	if z.AllowExitNodes && p.Bits() > 0 {

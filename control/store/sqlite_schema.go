@@ -157,6 +157,15 @@ CREATE INDEX device_streams_until ON device_streams(until);
 ALTER TABLE devices ADD COLUMN candidates TEXT NOT NULL DEFAULT '[]'; -- JSON array of {addr, type}
 ALTER TABLE devices ADD COLUMN nat TEXT NOT NULL DEFAULT '';
 `,
+	// 8: each device's latest report of its peers (path, handshake,
+	// bytes), outside the change log.
+	`
+CREATE TABLE device_stats (
+	device_id   TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+	reported_at INTEGER NOT NULL, -- unix ns
+	peers       TEXT NOT NULL     -- JSON array of {device_id, path, last_handshake, rx_bytes, tx_bytes}
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // sqliteHeader starts every SQLite database file.

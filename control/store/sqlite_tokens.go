@@ -102,15 +102,8 @@ func (s *SQLite) JoinTokens(ctx context.Context, zone string) ([]JoinToken, erro
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			t, err := scanJoinToken(rows)
-			if err != nil {
-				return err
-			}
-			ts = append(ts, t)
-		}
-		return rows.Err()
+		ts, err = collectRows(rows, scanJoinToken)
+		return err
 	})
 	return ts, err
 }

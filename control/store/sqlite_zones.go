@@ -113,15 +113,8 @@ func (s *SQLite) Zones(ctx context.Context) ([]Zone, error) {
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			z, err := scanZone(rows)
-			if err != nil {
-				return err
-			}
-			zs = append(zs, z)
-		}
-		return rows.Err()
+		zs, err = collectRows(rows, scanZone)
+		return err
 	})
 	return zs, err
 }
@@ -130,6 +123,29 @@ const zoneCols = `name, ipv4_pool, ipv6_pool, allow_exit_nodes,
 	min_prefix_bits4, min_prefix_bits6, max_prefixes, created_at`
 
 type scanner interface{ Scan(dest ...any) error }
+
+// collectRows scans each of rows with scan and closes rows: the
+// database/sql counterpart of pgx.CollectRows, which the PostgreSQL store
+// uses.
+func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// scanString scans a row of one text column.
+func scanString(r scanner) (string, error) {
+	var s string
+	err := r.Scan(&s)
+	return s, err
+}
 
 func scanZone(r scanner) (Zone, error) {
 	var (
@@ -163,28 +179,10 @@ func loadZone(ctx context.Context, tx *sql.Tx, name string) (Zone, error) {
 	return z, err
 }
 
-// zonePools is a zone with its pools ready for allocation.
-type zonePools struct {
-	Zone
-	v4, v6 *ipam.Pool
-}
-
-// capacity is the number of host indexes usable in both pools.
-func (z zonePools) capacity() uint64 {
-	return min(z.v4.Capacity(), z.v6.Capacity())
-}
-
-func loadZonePools(ctx context.Context, tx *sql.Tx, name string) (zonePools, error) {
+func loadZonePools(ctx context.Context, tx *sql.Tx, name string) (ZonePools, error) {
 	z, err := loadZone(ctx, tx, name)
 	if err != nil {
-		return zonePools{}, err
+		return ZonePools{}, err
 	}
-	zp := zonePools{Zone: z}
-	if zp.v4, err = ipam.NewPool(z.IPv4Pool); err != nil {
-		return zonePools{}, fmt.Errorf("zone %q: IPv4 pool %s: %w", name, z.IPv4Pool, err)
-	}
-	if zp.v6, err = ipam.NewPool(z.IPv6Pool); err != nil {
-		return zonePools{}, fmt.Errorf("zone %q: IPv6 pool %s: %w", name, z.IPv6Pool, err)
-	}
-	return zp, nil
+	return NewZonePools(z)
 }

@@ -324,6 +324,7 @@ type Store interface {
 	Changes(ctx context.Context, zone string, since int64) ([]Change, int64, error)
 
 	IdentityStore
+	StatsStore
 
 	// Close releases the store. Later calls return ErrClosed.
 	Close() error

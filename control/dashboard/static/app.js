@@ -67,6 +67,10 @@ async function load() {
 
 let timer = null;
 function soon() { clearTimeout(timer); timer = setTimeout(load, 80); }
+// Stats reports arrive every 30 s from every member: reload at most once a
+// second for them.
+let statsTimer = null;
+function soonStats() { if (!statsTimer) statsTimer = setTimeout(() => { statsTimer = null; load(); }, 1000); }
 
 function pickZone() {
   const m = /zone=([a-z0-9-]+)/.exec(location.hash);
@@ -115,13 +119,15 @@ function render() {
     card(devices.length, "members", "members"), card(online, "online", "online"),
     card(prefixes.length, "child prefixes", "prefixes"), card(tokens.filter(usable).length, "usable join tokens", "tokens"));
 
+  const hostById = Object.fromEntries(state.devices.map(d => [d.id, d.hostname]));
   fill("members", devices.map(d => el("tr", { "data-host": d.hostname, class: d.online ? "online" : "offline" },
     el("td", {}, el("span", { class: "dot" + (d.online ? " online" : ""), title: d.online ? "online" : "offline" })),
     el("td", {}, el("b", {}, d.hostname), el("div", { class: "muted small mono" }, d.id)),
     el("td", { class: "mono" }, d.ipv4, el("br"), el("span", { class: "muted" }, d.ipv6)),
     el("td", {}, d.child_prefixes.length ? d.child_prefixes.map(p => el("span", { class: "pill" }, p)) : el("span", { class: "muted" }, "—")),
-    el("td", { class: "mono small" }, d.endpoints.length ? d.endpoints.join(" ") : "—"),
-    el("td", { class: "nowrap" }, d.online ? "now" : ago(d.last_seen)))), 6, "No members yet: join one with a token below.");
+    el("td", { class: "mono small endpoints" }, d.endpoints.length ? d.endpoints.map(e => el("div", {}, e)) : "—"),
+    statsCell(d, hostById),
+    el("td", { class: "nowrap" }, d.online ? "now" : ago(d.last_seen)))), 7, "No members yet: join one with a token below.");
 
   const byId = Object.fromEntries(devices.map(d => [d.id, d]));
   fill("prefixes", prefixes.map(p => el("tr", { "data-prefix": p.prefix },
@@ -153,6 +159,50 @@ function render() {
   drawMesh(devices);
 }
 
+// statsCell summarizes what a member last reported of its peers: how many
+// it reaches directly or through the relay, its most recent handshake and
+// the bytes in and out through the tunnel; each peer in the tooltip.
+function statsCell(d, hostById) {
+  const st = d.stats;
+  if (!st) return el("td", { class: "stats small muted", "data-stats": "none" }, "no report yet");
+  const n = { direct: 0, relay: 0, none: 0 };
+  let hs = null, rx = 0, tx = 0;
+  for (const p of st.peers) {
+    n[p.path || "none"]++;
+    if (p.last_handshake && (!hs || Date.parse(p.last_handshake) > Date.parse(hs))) hs = p.last_handshake;
+    rx += p.rx_bytes; tx += p.tx_bytes;
+  }
+  const paths = [];
+  if (n.direct) paths.push(el("span", { class: "path direct" }, n.direct + " direct"));
+  if (n.relay) paths.push(el("span", { class: "path relay" }, n.relay + " relay"));
+  if (n.none) paths.push(el("span", { class: "path none" }, n.none + " no path"));
+  if (!st.peers.length) paths.push(el("span", { class: "muted" }, "no peers"));
+  const title = st.peers.map(p => `${hostById[p.device_id] || p.device_id}: ${p.path || "no path"}, ` +
+    `handshake ${p.last_handshake ? ago(p.last_handshake) : "never"}, in ${bytes(p.rx_bytes)}, out ${bytes(p.tx_bytes)}`).join("\n") +
+    `\n(reported ${ago(st.reported_at)})`;
+  return el("td", { class: "stats small", title, "data-stats": "report", "data-direct": n.direct, "data-relay": n.relay,
+      "data-handshake": hs || "", "data-rx": rx, "data-tx": tx },
+    el("div", { class: "paths" }, paths),
+    el("div", { class: "muted handshake" }, hs ? "handshake " + ago(hs) : "no handshake"),
+    el("div", { class: "muted nowrap mono traffic" }, "↓ " + bytes(rx) + "  ↑ " + bytes(tx)));
+}
+
+function bytes(n) {
+  if (n < 1024) return n + " B";
+  const u = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = -1;
+  do { n /= 1024; i++; } while (n >= 1024 && i < u.length - 1);
+  return n.toFixed(n < 10 ? 1 : 0) + " " + u[i];
+}
+
+// pathBetween is how a and b reach each other, as either last reported
+// ("direct" wins over "relay"); "" when neither knows.
+function pathBetween(a, b) {
+  const of = (x, y) => { const p = x.stats && x.stats.peers.find(p => p.device_id === y.id); return (p && p.path) || ""; };
+  const pa = of(a, b), pb = of(b, a);
+  return pa === "direct" || pb === "direct" ? "direct" : pa || pb;
+}
+
 function usable(t) {
   if (!t.reusable && t.used_at) return false;
   return !t.expires_at || Date.parse(t.expires_at) > Date.now();
@@ -182,7 +232,12 @@ function drawMesh(devices) {
   const links = svg("g", {});
   if (n <= 40) {
     for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++)
-      links.append(svg("line", { x1: pos[i].x, y1: pos[i].y, x2: pos[j].x, y2: pos[j].y, stroke: "#c7d2fe", "stroke-width": 1.5 }));
+    {
+      const path = pathBetween(pos[i].d, pos[j].d);
+      const style = { direct: { stroke: "#16a34a" }, relay: { stroke: "#f59e0b", "stroke-dasharray": "6 4" } }[path] || { stroke: "#c7d2fe" };
+      links.append(svg("line", { x1: pos[i].x, y1: pos[i].y, x2: pos[j].x, y2: pos[j].y, "stroke-width": 1.5, ...style,
+        "data-path": path, "data-pair": pos[i].d.hostname + " " + pos[j].d.hostname }));
+    }
   }
   content.append(links);
   const mono = "ui-monospace, Menlo, Consolas, monospace";
@@ -258,6 +313,7 @@ function live() {
   es.addEventListener("hello", () => { on(); load(); });
   es.addEventListener("change", () => { on(); soon(); });
   es.addEventListener("presence", () => { on(); soon(); });
+  es.addEventListener("stats", () => { on(); soonStats(); });
   es.onerror = () => {
     badge.className = "live off"; badge.textContent = "reconnecting";
     // A stream refused for an expired session: call() sends us to the login page.

@@ -107,7 +107,7 @@ const maxAllocAttempts = 1000
 // insert runs in a savepoint: when a concurrent transaction (on any
 // replica) committed the same index first, the unique constraint refuses
 // it, and the allocation moves on to the next free index.
-func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterParams, tags []string, now time.Time) (store.Device, error) {
+func insertDevice(ctx context.Context, tx pgx.Tx, z store.ZonePools, p store.RegisterParams, tags []string, now time.Time) (store.Device, error) {
 	host, err := uniqueHostname(ctx, tx, z.Name, p.Hostname, "")
 	if err != nil {
 		return store.Device{}, err
@@ -133,8 +133,8 @@ func insertDevice(ctx context.Context, tx pgx.Tx, z zonePools, p store.RegisterP
 		if err != nil {
 			return store.Device{}, err
 		}
-		v4, ok4 := z.v4.Addr(idx)
-		v6, ok6 := z.v6.Addr(idx)
+		v4, ok4 := z.V4.Addr(idx)
+		v6, ok6 := z.V6.Addr(idx)
 		if !ok4 || !ok6 {
 			return store.Device{}, fmt.Errorf("host index %d outside the pools of zone %q: %w", idx, z.Name, store.ErrPoolExhausted)
 		}
@@ -187,10 +187,10 @@ func savepoint(ctx context.Context, tx pgx.Tx, fn func(pgx.Tx) error) error {
 // allocIndex returns the host index for a new device: the one of req when
 // req is set (ErrAddrOutside, ErrAddrInUse), else the lowest free one
 // (ErrPoolExhausted).
-func allocIndex(ctx context.Context, tx pgx.Tx, z zonePools, req netip.Addr) (uint64, error) {
-	capacity := z.capacity()
+func allocIndex(ctx context.Context, tx pgx.Tx, z store.ZonePools, req netip.Addr) (uint64, error) {
+	capacity := z.Capacity()
 	if req.IsValid() {
-		idx, ok := z.v4.Index(req)
+		idx, ok := z.V4.Index(req)
 		if !ok || idx > capacity {
 			return 0, fmt.Errorf("%w: %s is not a usable address of %s", store.ErrAddrOutside, req, z.IPv4Pool)
 		}

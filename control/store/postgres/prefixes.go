@@ -22,7 +22,7 @@ import (
 // on the table is what holds under concurrency: a prefix inserted by a
 // concurrent transaction makes this insert fail, the transaction is retried
 // and the check then reports the conflict.
-func addPrefixes(ctx context.Context, tx pgx.Tx, z zonePools, d store.Device, add []netip.Prefix) ([]netip.Prefix, error) {
+func addPrefixes(ctx context.Context, tx pgx.Tx, z store.ZonePools, d store.Device, add []netip.Prefix) ([]netip.Prefix, error) {
 	held, err := ipam.CheckPrefixes(z.Policy(), d.Prefixes, add)
 	if err != nil {
 		return nil, err
@@ -46,7 +46,7 @@ func addPrefixes(ctx context.Context, tx pgx.Tx, z zonePools, d store.Device, ad
 // another device of z holds (a GiST index probe). With AllowExitNodes a
 // default route only conflicts with another device's default route of the
 // same family, and other devices' default routes conflict with nothing.
-func checkConflict(ctx context.Context, tx pgx.Tx, z zonePools, deviceID string, p netip.Prefix) error {
+func checkConflict(ctx context.Context, tx pgx.Tx, z store.ZonePools, deviceID string, p netip.Prefix) error {
 	exit := z.AllowExitNodes && p.Bits() == 0
 	var (
 		existing        netip.Prefix

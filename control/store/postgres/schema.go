@@ -164,6 +164,15 @@ CREATE INDEX device_streams_until ON device_streams(until);
 ALTER TABLE devices ADD COLUMN candidates text NOT NULL DEFAULT '[]';
 ALTER TABLE devices ADD COLUMN nat text NOT NULL DEFAULT '';
 `,
+	// 4: each device's latest report of its peers (path, handshake,
+	// bytes), outside the change log (as SQLite migration 8).
+	`
+CREATE TABLE device_stats (
+	device_id   text PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+	reported_at bigint NOT NULL, -- unix ns
+	peers       text NOT NULL    -- JSON array of {device_id, path, last_handshake, rx_bytes, tx_bytes}
+);
+`,
 }
 
 // migrationLock is the advisory lock key held while migrating, so replicas

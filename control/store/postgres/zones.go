@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wiremesh/wiremesh/control/store"
-	"github.com/wiremesh/wiremesh/ipam"
 )
 
 // CreateZone creates a zone. A zero IPv4Pool means
@@ -106,28 +105,10 @@ func loadZone(ctx context.Context, tx pgx.Tx, name string) (store.Zone, error) {
 	return z, err
 }
 
-// zonePools is a zone with its pools ready for allocation.
-type zonePools struct {
-	store.Zone
-	v4, v6 *ipam.Pool
-}
-
-// capacity is the number of host indexes usable in both pools.
-func (z zonePools) capacity() uint64 {
-	return min(z.v4.Capacity(), z.v6.Capacity())
-}
-
-func loadZonePools(ctx context.Context, tx pgx.Tx, name string) (zonePools, error) {
+func loadZonePools(ctx context.Context, tx pgx.Tx, name string) (store.ZonePools, error) {
 	z, err := loadZone(ctx, tx, name)
 	if err != nil {
-		return zonePools{}, err
+		return store.ZonePools{}, err
 	}
-	zp := zonePools{Zone: z}
-	if zp.v4, err = ipam.NewPool(z.IPv4Pool); err != nil {
-		return zonePools{}, fmt.Errorf("zone %q: IPv4 pool %s: %w", name, z.IPv4Pool, err)
-	}
-	if zp.v6, err = ipam.NewPool(z.IPv6Pool); err != nil {
-		return zonePools{}, fmt.Errorf("zone %q: IPv6 pool %s: %w", name, z.IPv6Pool, err)
-	}
-	return zp, nil
+	return store.NewZonePools(z)
 }

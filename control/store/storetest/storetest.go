@@ -58,6 +58,7 @@ func Run(t *testing.T, open Open) {
 		{"SnapshotAndChanges", testSnapshotAndChanges},
 		{"Policy", testPolicy},
 		{"Tags", testTags},
+		{"Stats", testStats},
 		{"ContextCanceled", testContextCanceled},
 		{"Closed", testClosed},
 	}

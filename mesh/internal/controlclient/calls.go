@@ -405,3 +405,9 @@ func newNonce() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// ReportStats sends POST /v1/devices/self/stats (device token): the
+// member's latest per-peer summary, replacing the previous one.
+func (c *Client) ReportStats(ctx context.Context, r api.StatsReport) error {
+	return c.deviceCall(ctx, "stats", http.MethodPost, api.StatsPath, &r, nil)
+}

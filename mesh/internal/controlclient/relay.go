@@ -81,3 +81,35 @@ func (c *Client) STUNServers(ctx context.Context) ([]netip.AddrPort, error) {
 	}
 	return out, nil
 }
+
+// ProbeRelay checks that the service's relay can be reached. With a
+// device token it opens the relay's WebSocket and closes it again
+// (authenticated is true). Without one it sends the same upgrade request
+// unauthenticated: a 401 with the service's error body proves the request
+// reached the relay's handler through every proxy on the way (the upgrade
+// itself is not tried); authenticated is false. Any other outcome is an
+// error.
+func (c *Client) ProbeRelay(ctx context.Context) (authenticated bool, err error) {
+	if c.DeviceToken() != "" {
+		ws, err := c.DialRelay(ctx)
+		if err != nil {
+			return false, err
+		}
+		ws.Close(websocket.StatusNormalClosure, "probe")
+		return true, nil
+	}
+	h := http.Header{}
+	c.setHeaders(h, "")
+	ws, resp, err := websocket.Dial(ctx, c.base+api.RelayPath, &websocket.DialOptions{HTTPClient: c.stream, HTTPHeader: h})
+	if err == nil {
+		ws.Close(websocket.StatusNormalClosure, "probe")
+		return false, errors.New("controlclient: relay: accepted a connection without a device token")
+	}
+	if resp == nil {
+		return false, fmt.Errorf("controlclient: relay: %w", err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized {
+		return false, fmt.Errorf("controlclient: relay: HTTP %d: %w", resp.StatusCode, err)
+	}
+	return false, nil
+}

@@ -81,8 +81,7 @@ type Config struct {
 type Conn struct {
 	cfg   Config
 	log   *slog.Logger
-	priv  api.Key
-	pub   api.Key
+	key   atomic.Pointer[keyPair] // replaced by SetPrivateKey
 	inner *udpbind.Bind
 
 	// peersMu guards peers and byAddr; the maps are replaced, never
@@ -97,6 +96,7 @@ type Conn struct {
 	open    *session
 	stunCfg []netip.AddrPort
 
+	pongs pongLimiter  // see probe.go
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
 }
@@ -121,12 +121,11 @@ func New(cfg Config) *Conn {
 	c := &Conn{
 		cfg:     cfg,
 		log:     log,
-		priv:    cfg.PrivateKey,
-		pub:     api.PublicKey(cfg.PrivateKey),
 		inner:   udpbind.New(cfg.Batch),
 		peers:   map[api.Key]*peer{},
 		stunCfg: cfg.STUN,
 	}
+	c.key.Store(&keyPair{priv: cfg.PrivateKey, pub: api.PublicKey(cfg.PrivateKey)})
 	empty := map[netip.AddrPort]*peer{}
 	c.byAddr.Store(&empty)
 	c.self.notify = make(chan struct{}, 1)
@@ -221,7 +220,7 @@ func (c *Conn) peer(k api.Key, create bool) *peer {
 	defer c.peersMu.Unlock()
 	p := c.peers[k]
 	if p == nil && create {
-		p = newPeer(c.priv, k, time.Now())
+		p = newPeer(c.keys().priv, k, time.Now())
 		next := make(map[api.Key]*peer, len(c.peers)+1)
 		for kk, pp := range c.peers {
 			next[kk] = pp
@@ -247,14 +246,15 @@ type PeerInfo struct {
 func (c *Conn) SetPeers(ps []PeerInfo) {
 	now := time.Now()
 	c.peersMu.Lock()
+	self := c.keys()
 	next := make(map[api.Key]*peer, len(ps))
 	for _, pi := range ps {
-		if pi.Key == c.pub || pi.Key.IsZero() {
+		if pi.Key == self.pub || pi.Key.IsZero() {
 			continue
 		}
 		p := c.peers[pi.Key]
 		if p == nil {
-			p = newPeer(c.priv, pi.Key, now)
+			p = newPeer(self.priv, pi.Key, now)
 		}
 		p.mu.Lock()
 		p.name = pi.Name
@@ -461,7 +461,8 @@ func (c *Conn) crossed(p *peer) bool {
 	if sent == 0 || time.Since(time.Unix(0, sent)) > initCrossWindow {
 		return false
 	}
-	return string(c.pub[:]) < string(p.key[:])
+	pub := c.keys().pub
+	return string(pub[:]) < string(p.key[:])
 }
 
 // withhold keeps an initiation b from p that crossed ours (see crossed)
@@ -551,4 +552,32 @@ func (c *Conn) Paths() map[api.Key]PathInfo {
 		out[p.key] = c.PeerPath(p.key)
 	}
 	return out
+}
+
+// keyPair is the device's key.
+type keyPair struct{ priv, pub api.Key }
+
+// keys returns the device's current key.
+func (c *Conn) keys() keyPair { return *c.key.Load() }
+
+// SetPrivateKey replaces the device's private key (a key rotation; the
+// WireGuard device gets it too): probes are signed with the new key from
+// now on, the MAC key shared with every peer is derived again, pings sent
+// with the old one are forgotten (their pongs cannot verify) and every
+// peer is probed at once, so that the pair finds its path again as soon as
+// the peer knows the new key.
+func (c *Conn) SetPrivateKey(k api.Key) {
+	now := time.Now()
+	c.peersMu.Lock()
+	c.key.Store(&keyPair{priv: k, pub: api.PublicKey(k)})
+	for _, p := range c.peers {
+		mac, _ := discoKey(k, p.key)
+		p.mu.Lock()
+		p.mac = mac
+		clear(p.pending)
+		p.punchLocked(now)
+		p.mu.Unlock()
+	}
+	c.peersMu.Unlock()
+	c.wakeLoop()
 }

@@ -55,7 +55,7 @@ func TestCrossingInitiations(t *testing.T) {
 			for {
 				c = New(Config{PrivateKey: newKey()})
 				peerKey = pubOf(newKey())
-				if (string(c.pub[:]) < string(peerKey[:])) == tt.lowerKey {
+				if pub := c.keys().pub; (string(pub[:]) < string(peerKey[:])) == tt.lowerKey {
 					break
 				}
 			}
@@ -78,7 +78,7 @@ func TestCrossingInitiations(t *testing.T) {
 		for {
 			c := New(Config{PrivateKey: newKey()})
 			k := pubOf(newKey())
-			if string(c.pub[:]) >= string(k[:]) {
+			if pub := c.keys().pub; string(pub[:]) >= string(k[:]) {
 				continue
 			}
 			_, _, err := c.Open(0)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"time"
 
 	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/hkdf"
@@ -20,7 +21,7 @@ import (
 // takes exactly the path WireGuard packets would take and opens the same
 // NAT mappings:
 //
-//	magic (4) | kind (1) | sender public key (32) | transaction id (12) | MAC (16)
+//	magic (4) | kind (1) | sender public key (32) | time (8) | transaction id (12) | MAC (16)
 //
 // The magic starts with 0xff, which no WireGuard message (types 1-4, the
 // rest of the first word zero) and no STUN message (top two bits zero)
@@ -29,8 +30,16 @@ import (
 // public), info discoInfo): only the two members of a pair can make one, so
 // nobody can fake a working path. A pong echoes the ping's transaction id;
 // a path counts as working only when a pong answers a ping this side sent
-// to that very address, so replaying someone's ping from elsewhere earns a
-// pong nobody can use.
+// to that very address.
+//
+// Time is when the probe was made, in Unix milliseconds (big-endian). A
+// probe more than discoWindow away from the receiver's clock is dropped,
+// and a ping whose transaction id the receiver has seen from that peer is
+// dropped too (see pingGuard), so a captured ping cannot be replayed, from
+// anywhere, to draw pongs or plant an address. Version 2 of the format
+// (discoKeyInfo) added the time: a v1 probe (65 bytes, another MAC key) is
+// dropped, so both members of a pair must run a version with v2 to find a
+// direct path (they still reach each other through the relay).
 const (
 	discoMagic   = "\xffWMP"
 	discoPing    = 1
@@ -38,11 +47,18 @@ const (
 	discoTxLen   = 12
 	discoMACLen  = 16
 	discoKeyOff  = len(discoMagic) + 1
-	discoTxOff   = discoKeyOff + 32
+	discoTimeOff = discoKeyOff + 32
+	discoTxOff   = discoTimeOff + 8
 	discoMACOff  = discoTxOff + discoTxLen
 	discoLen     = discoMACOff + discoMACLen
-	discoKeyInfo = "wiremesh disco v1"
+	discoKeyInfo = "wiremesh disco v2"
 )
+
+// discoWindow is how far a probe's time may be from the receiver's clock:
+// members' clocks must agree within it for a direct path (NTP keeps them
+// within milliseconds; the service already refuses registrations more
+// than 5 min off).
+const discoWindow = 30 * time.Second
 
 type txID [discoTxLen]byte
 
@@ -65,15 +81,20 @@ func discoKey(priv, peer api.Key) ([]byte, error) {
 	return k, nil
 }
 
-// isDisco reports whether b looks like a probe (not checked yet).
+// isDisco reports whether b looks like a probe (not checked yet): it
+// starts with the magic, whatever its length (a probe of another version
+// is dropped, not handed to WireGuard).
 func isDisco(b []byte) bool {
-	return len(b) == discoLen && string(b[:len(discoMagic)]) == discoMagic
+	return len(b) >= len(discoMagic) && string(b[:len(discoMagic)]) == discoMagic
 }
 
-// discoSender returns the key a probe claims to come from.
+// discoSender returns the key a probe claims to come from (zero if b is
+// too short to be one).
 func discoSender(b []byte) api.Key {
 	var k api.Key
-	copy(k[:], b[discoKeyOff:discoTxOff])
+	if len(b) == discoLen {
+		copy(k[:], b[discoKeyOff:discoTimeOff])
+	}
 	return k
 }
 
@@ -83,33 +104,83 @@ func discoMAC(key, body []byte) []byte {
 	return m.Sum(nil)[:discoMACLen]
 }
 
-// appendDisco appends a probe of kind from sender, MACed with key.
-func appendDisco(dst []byte, kind byte, sender api.Key, tx txID, key []byte) []byte {
+// appendDisco appends a probe of kind from sender, made at, MACed with
+// key.
+func appendDisco(dst []byte, kind byte, sender api.Key, at time.Time, tx txID, key []byte) []byte {
 	start := len(dst)
 	dst = append(dst, discoMagic...)
 	dst = append(dst, kind)
 	dst = append(dst, sender[:]...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(at.UnixMilli()))
 	dst = append(dst, tx[:]...)
 	return append(dst, discoMAC(key, dst[start:])...)
 }
 
 var errDiscoMAC = errors.New("probe MAC does not verify")
 
-// parseDisco checks a probe's MAC with key and returns its kind and
-// transaction id.
-func parseDisco(b []byte, key []byte) (kind byte, tx txID, err error) {
-	if !isDisco(b) {
-		return 0, tx, errors.New("not a probe")
+// parseDisco checks a probe's MAC with key and returns its kind, time
+// (Unix milliseconds) and transaction id. The time is not checked here.
+func parseDisco(b []byte, key []byte) (kind byte, at int64, tx txID, err error) {
+	if !isDisco(b) || len(b) != discoLen {
+		return 0, 0, tx, errors.New("not a probe of this version")
 	}
 	if !hmac.Equal(discoMAC(key, b[:discoMACOff]), b[discoMACOff:]) {
-		return 0, tx, errDiscoMAC
+		return 0, 0, tx, errDiscoMAC
 	}
 	kind = b[len(discoMagic)]
 	if kind != discoPing && kind != discoPong {
-		return 0, tx, errors.New("unknown probe kind")
+		return 0, 0, tx, errors.New("unknown probe kind")
 	}
+	at = int64(binary.BigEndian.Uint64(b[discoTimeOff:discoTxOff]))
 	copy(tx[:], b[discoTxOff:discoMACOff])
-	return kind, tx, nil
+	return kind, at, tx, nil
+}
+
+// fresh reports whether a probe made at (Unix milliseconds) is within
+// discoWindow of now.
+func fresh(at int64, now time.Time) bool {
+	d := now.UnixMilli() - at
+	return d <= discoWindow.Milliseconds() && d >= -discoWindow.Milliseconds()
+}
+
+// maxSeenPings bounds the transaction ids a peer's pingGuard remembers.
+// A peer sends a ping per candidate per round (at most 16, rounds at
+// least 150 ms apart, one every 2 s to a working path) and only the ones
+// that reach this node count: 64 cover the window in practice; beyond,
+// the floor keeps refusing what was forgotten.
+const maxSeenPings = 64
+
+// pingGuard refuses a ping seen before from one peer: it remembers the
+// last maxSeenPings accepted (transaction id and time) and, once it
+// forgets one, refuses every ping no newer than the newest forgotten.
+// Together with the time window, an accepted ping is never accepted again.
+type pingGuard struct {
+	seen  map[txID]int64 // accepted, not forgotten: tx → time
+	order []txID         // seen in acceptance order, oldest first
+	floor int64          // pings at or before this time are refused
+}
+
+// accept records a ping made at with transaction id tx and reports whether
+// it is new.
+func (g *pingGuard) accept(tx txID, at int64) bool {
+	if at <= g.floor {
+		return false
+	}
+	if _, ok := g.seen[tx]; ok {
+		return false
+	}
+	if g.seen == nil {
+		g.seen = make(map[txID]int64, maxSeenPings)
+	}
+	if len(g.order) >= maxSeenPings {
+		old := g.order[0]
+		g.floor = max(g.floor, g.seen[old])
+		delete(g.seen, old)
+		g.order = append(g.order[:0], g.order[1:]...)
+	}
+	g.seen[tx] = at
+	g.order = append(g.order, tx)
+	return true
 }
 
 // WireGuard message types and the STUN magic cookie, for telling the

@@ -132,9 +132,9 @@ func (c *Conn) discover(s *session, now time.Time) time.Time {
 	st.roundEnd = now.Add(stunRoundTimeout)
 	var reqs [][]byte
 	for i := range servers {
-		m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
-		st.round[m.TransactionID] = i
-		reqs = append(reqs, m.Raw)
+		tx, raw := NewBindingRequest()
+		st.round[tx] = i
+		reqs = append(reqs, raw)
 	}
 	end := st.roundEnd
 	st.mu.Unlock()
@@ -148,35 +148,54 @@ func (c *Conn) discover(s *session, now time.Time) time.Time {
 	return end
 }
 
-// handleSTUN takes a binding answer to one of the current round's
-// requests, from the server it was sent to; everything else is ignored.
-func (c *Conn) handleSTUN(b []byte, from netip.AddrPort) {
+// ParseBindingSuccess decodes a STUN binding success answer: its
+// transaction ID and the reflexive address it carries
+// (XOR-MAPPED-ADDRESS, IPv4-mapped addresses unmapped). ok is false for
+// anything else: another message type, a FINGERPRINT that does not match,
+// no or a bad mapped address.
+func ParseBindingSuccess(b []byte) (tx [stun.TransactionIDSize]byte, mapped netip.AddrPort, ok bool) {
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
 	if err := m.Decode(); err != nil || m.Type != stun.BindingSuccess {
-		return
+		return tx, mapped, false
 	}
 	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
-		return
+		return tx, mapped, false
 	}
 	var xa stun.XORMappedAddress
 	if err := xa.GetFrom(m); err != nil {
-		return
+		return tx, mapped, false
 	}
 	ip, ok := netip.AddrFromSlice(xa.IP)
 	if !ok || xa.Port <= 0 || xa.Port > 65535 {
+		return tx, mapped, false
+	}
+	return m.TransactionID, netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)), true
+}
+
+// NewBindingRequest returns a STUN binding request with a new random
+// transaction ID and a FINGERPRINT, as the Conn sends them.
+func NewBindingRequest() (tx [stun.TransactionIDSize]byte, raw []byte) {
+	m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	return m.TransactionID, m.Raw
+}
+
+// handleSTUN takes a binding answer to one of the current round's
+// requests, from the server it was sent to; everything else is ignored.
+func (c *Conn) handleSTUN(b []byte, from netip.AddrPort) {
+	tx, mapped, ok := ParseBindingSuccess(b)
+	if !ok {
 		return
 	}
-	mapped := netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
 	servers := c.stunServers()
 	st := &c.self
 	st.mu.Lock()
-	i, ok := st.round[m.TransactionID]
+	i, ok := st.round[tx]
 	if !ok || i >= len(servers) || unmap(servers[i]) != unmap(from) {
 		st.mu.Unlock()
 		c.log.Debug("magicsock: ignored a STUN answer", "from", from)
 		return
 	}
-	delete(st.round, m.TransactionID)
+	delete(st.round, tx)
 	st.answers[i] = mapped
 	done := len(st.round) == 0
 	if done {
@@ -271,11 +290,18 @@ func (c *Conn) localAddrs() []netip.Addr {
 	} else {
 		as = InterfaceAddrs()
 	}
+	return CandidateAddrs(as, c.cfg.SkipLocal)
+}
+
+// CandidateAddrs keeps the addresses of as worth advertising as local
+// candidates: valid, unmapped, not unspecified, link-local or multicast,
+// and not skipped by skip (nil: none skipped).
+func CandidateAddrs(as []netip.Addr, skip func(netip.Addr) bool) []netip.Addr {
 	out := as[:0:0]
 	for _, a := range as {
 		a = a.Unmap()
 		if !a.IsValid() || a.IsUnspecified() || a.IsLinkLocalUnicast() || a.IsMulticast() ||
-			(c.cfg.SkipLocal != nil && c.cfg.SkipLocal(a)) {
+			(skip != nil && skip(a)) {
 			continue
 		}
 		out = append(out, a)

@@ -96,13 +96,13 @@ type path struct {
 type peer struct {
 	key  api.Key
 	ep   *Endpoint
-	mac  []byte // disco MAC key; nil for an unusable (low-order) key
 	cur  atomic.Pointer[path]
 	init atomic.Int64 // unix nanos of our last unanswered initiation, 0 if none
 	resp atomic.Int64 // unix nanos of our last handshake response, 0 if none
 
 	// mu guards the fields below.
 	mu        sync.Mutex
+	mac       []byte // disco MAC key; nil for an unusable (low-order) key
 	name      string
 	cands     []*peerCand // advertised first, then peer-reflexive
 	pending   map[txID]pendingPing
@@ -114,8 +114,12 @@ type peer struct {
 	since     time.Time // when the peer was added
 	lastPath  string    // for logging changes
 	lastInit  []byte    // our last handshake initiation (see Conn.updatePath)
-	heldInit  []byte    // the peer's initiation withheld (see Conn.withhold)
-	heldTimer *time.Timer
+	pings     pingGuard // pings accepted from the peer (replays are dropped)
+	// lastStaleLog is when a probe of the peer outside the time window
+	// was last logged as a warning.
+	lastStaleLog time.Time
+	heldInit     []byte // the peer's initiation withheld (see Conn.withhold)
+	heldTimer    *time.Timer
 }
 
 // Endpoint is the conn.Endpoint of a peer: wireguard-go stores it as the

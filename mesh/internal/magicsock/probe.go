@@ -2,29 +2,52 @@ package magicsock
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/mesh/internal/udpbind"
 )
 
 // handleDisco answers a ping and learns from a pong. It runs on a receive
-// goroutine.
+// goroutine. A probe outside the time window, and a ping seen before, are
+// dropped (see disco.go); a ping never changes the path on its own: it
+// may add its source as an address to probe, and only a pong to a ping of
+// ours makes an address the path.
 func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	from = unmap(from)
 	p := c.peer(discoSender(b), false)
-	if p == nil || p.mac == nil {
+	if p == nil {
 		return // not a peer of ours: nobody we share a key with
 	}
-	kind, tx, err := parseDisco(b, p.mac)
+	p.mu.Lock()
+	mac := p.mac
+	p.mu.Unlock()
+	if mac == nil {
+		return
+	}
+	kind, at, tx, err := parseDisco(b, mac)
 	if err != nil {
 		c.log.Debug("magicsock: dropped a probe", "from", from, "err", err)
 		return
 	}
 	now := time.Now()
+	if !fresh(at, now) {
+		c.staleProbe(p, from, at, now)
+		return
+	}
 	switch kind {
 	case discoPing:
-		pong := appendDisco(make([]byte, 0, discoLen), discoPong, c.pub, tx, p.mac)
-		_ = c.sendRaw(pong, from)
+		p.mu.Lock()
+		ok := p.pings.accept(tx, at)
+		p.mu.Unlock()
+		if !ok {
+			c.log.Debug("magicsock: dropped a replayed ping", "peer", p.key, "from", from)
+			return
+		}
+		if c.pongs.allow(from, now) {
+			pong := appendDisco(make([]byte, 0, discoLen), discoPong, c.keys().pub, now, tx, mac)
+			_ = c.sendRaw(pong, from)
+		}
 		c.learnPeerReflexive(p, from, now)
 	case discoPong:
 		c.handlePong(p, tx, from, now)
@@ -36,6 +59,12 @@ func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 // direct path yet, probes it back at once: the pinging side just opened
 // its NAT towards us.
 func (c *Conn) learnPeerReflexive(p *peer, from netip.AddrPort, now time.Time) {
+	if q := (*c.byAddr.Load())[from]; q != nil && q != p {
+		// Another peer's address: a ping of p's from there (a replay, or
+		// a stale NAT mapping) must not make the address ambiguous, which
+		// would unmap it from its owner.
+		return
+	}
 	p.mu.Lock()
 	pc := p.candLocked(from)
 	added := false
@@ -227,13 +256,14 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 		}
 	}
 	pings := make([][]byte, 0, len(targets))
+	self := c.keys().pub
 	for _, a := range targets {
 		if len(p.pending) >= maxPending {
 			break
 		}
 		tx := newTxID()
 		p.pending[tx] = pendingPing{addr: a, sent: now}
-		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, c.pub, tx, p.mac))
+		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, self, now, tx, p.mac))
 	}
 	next := p.nextProbe
 	if p.best != nil {
@@ -249,4 +279,61 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 		c.updatePath(p)
 	}
 	return next
+}
+
+// staleProbeLogEvery spaces the warnings about one peer's probes being
+// outside the time window.
+const staleProbeLogEvery = time.Minute
+
+// staleProbe logs a probe dropped for its time: a replay, or clocks that
+// disagree (which keeps the pair off a direct path).
+func (c *Conn) staleProbe(p *peer, from netip.AddrPort, at int64, now time.Time) {
+	skew := time.Duration(now.UnixMilli()-at) * time.Millisecond
+	p.mu.Lock()
+	warn := now.Sub(p.lastStaleLog) >= staleProbeLogEvery
+	if warn {
+		p.lastStaleLog = now
+	}
+	name := p.name
+	p.mu.Unlock()
+	if warn {
+		c.log.Warn("magicsock: dropped a probe made outside the time window: a replay, or the clocks of the two members disagree (no direct path until they agree)",
+			"peer", name, "from", from, "age", skew, "window", discoWindow)
+		return
+	}
+	c.log.Debug("magicsock: dropped a stale probe", "peer", name, "from", from, "age", skew)
+}
+
+// Pong rate limit per source address (address and port): a member's
+// socket pings this node at most once per candidate per round (16, rounds
+// 150 ms apart at the quickest).
+const (
+	maxPongsPerSource = 64   // per second
+	maxPongSources    = 1024 // sources tracked per second; more get no pong
+)
+
+// pongLimiter bounds the pongs sent to one source address per second.
+type pongLimiter struct {
+	mu  sync.Mutex // guards the fields below
+	sec int64
+	n   map[netip.AddrPort]int
+}
+
+// allow counts a pong to a at now and reports whether it may be sent.
+func (l *pongLimiter) allow(a netip.AddrPort, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := now.Unix(); s != l.sec || l.n == nil {
+		l.sec = s
+		if l.n == nil {
+			l.n = make(map[netip.AddrPort]int)
+		}
+		clear(l.n)
+	}
+	n, ok := l.n[a]
+	if (!ok && len(l.n) >= maxPongSources) || n >= maxPongsPerSource {
+		return false
+	}
+	l.n[a] = n + 1
+	return true
 }

@@ -94,10 +94,33 @@ type tuning struct {
 //	4 MiB default send   1.02   1.01
 //	no rcv moderation    1.03   1.01
 //
-// Buffer sizes within 1-8 MiB make no measurable difference on loopback,
-// so the maximum stays large (8 MiB) for long-RTT paths and receive-buffer
-// moderation stays on. SACK stays on: it matters under real loss, which
-// loopback barely has. Buffers are limits, not allocations.
+// Buffer sizes within 1-8 MiB made no measurable difference on loopback
+// with cubic. With reno they do, and the maximum is 1 MiB: reno has no
+// HyStart, so slow start only ends at a loss or at the window limit, and
+// with 8 MiB limits a stream kept up to 8 MiB in flight. Through
+// wireguard-go that is ~5,900 MTU packets, each in a 64 KiB message
+// buffer: ~370 MiB of queued buffers per direction (a heap profile of the
+// compare benchmark's transfer: 371 of 389 MiB in
+// device.GetMessageBuffer), cycled through the caches and the pools, and
+// queues whose overflow costs retransmission timeouts. Cubic's HyStart
+// used to leave slow start at ~410 segments (below), which is why the
+// move to reno showed no cost on an idle machine. Measured on a loaded
+// one (BenchmarkUserspaceThroughput, -benchtime 3x, variants interleaved,
+// load 12-16, three rounds; ours/stock, MB/s, CPU ms/MiB):
+//
+//	8 MiB max (before)   1.3-2.8   33-70     6.8-9.5
+//	4 MiB max            2.1-3.3   45-51     7.1-8.0
+//	2 MiB max            3.4-4.5   92-156    5.1-6.1
+//	1 MiB max            4.2-10    89-220    4.6-5.4
+//	1 MiB send, 8 recv   4.0-4.4   62-91     5.9-7.0
+//	8 MiB send, 1 recv   3.9-8.4   78-110    5.5-7.1
+//	cubic + RACK, 8 MiB  3.6-8.6   79-201    5.2-8.1   (stalls: above)
+//
+// The cost of 1 MiB: one connection moves at most 1 MiB per round trip
+// in userspace mode (~170 Mbit/s at 50 ms, ~420 Mbit/s at 20 ms). Kernel
+// mode uses the host's TCP and is not affected. Receive-buffer moderation
+// stays on. SACK stays on: it matters under real loss, which loopback
+// barely has. Buffers are limits, not allocations.
 //
 // Levers measured later the same way (BenchmarkTCPTuning, 8-10 pairs,
 // medians; the machine's load swung between 2 and 9 during the runs):
@@ -131,8 +154,8 @@ type tuning struct {
 // and recvmmsg on loopback ~18%, copies and gVisor's chunk clearing ~11%,
 // per profile).
 var defaultTuning = tuning{
-	sendBuf:      tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
-	recvBuf:      tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
+	sendBuf:      tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 1 << 20},
+	recvBuf:      tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 1 << 20},
 	moderateRecv: true,
 	sack:         true,
 	rack:         false,
