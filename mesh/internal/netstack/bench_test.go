@@ -261,6 +261,10 @@ func BenchmarkTCPTuningWarm(b *testing.B) {
 		{"wait1ms", withTuning(func(t *tuning) { t.paceWait = time.Millisecond })},
 		{"wait20ms", withTuning(func(t *tuning) { t.paceWait = 20 * time.Millisecond })},
 		{"buf1M", withTuning(func(t *tuning) { t.sendBuf.Max, t.recvBuf.Max = 1<<20, 1<<20 })},
+		{"buf1M_nopace", withTuning(func(t *tuning) {
+			t.sendBuf.Max, t.recvBuf.Max = 1<<20, 1<<20
+			t.noPace = true
+		})},
 		{"twopass_csum", withTuning(func(t *tuning) { t.twoPassSum = true })},
 	}
 	for _, v := range variants {
