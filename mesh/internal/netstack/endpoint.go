@@ -82,9 +82,15 @@ type dispatcherBox struct{ d stack.NetworkDispatcher }
 const (
 	// maxQueued is the outbound queue limit in packets (a GSO packet counts
 	// once). Beyond it packets are dropped and TCP backs off, as with a full
-	// NIC ring. 512 GSO packets is far more than a TCP window; the queue is a
-	// slice that is empty and small while idle.
-	maxQueued = 512
+	// NIC ring. Since tun Read paces (pace.go), this queue holds what TCP
+	// sends beyond the 128 packets inside wireguard-go: with 512, six
+	// connections of small segments overflowed it (227 drops and 6
+	// retransmission timeouts in 20 s of TestTransfersDoNotStall/clean).
+	// A queued TCP packet references its connection's send buffer; what a
+	// full queue of other packets (UDP) holds is at most 4096 MTU-sized
+	// copies, ~6 MiB. The queue is a slice that is empty and small while
+	// idle.
+	maxQueued = 4096
 
 	// gsoMaxSize is the largest segment the stack hands us for GSO.
 	gsoMaxSize = 1 << 16
