@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -69,6 +70,13 @@ func newBind(batchSize int, cfg magicsock.Config) *magicsock.Conn {
 	return magicsock.New(cfg)
 }
 
+// pacingTun is a tun device that paces how many packets it lets into the
+// WireGuard device (netstack.Net): the device must send through the Bind
+// PaceBind returns.
+type pacingTun interface {
+	PaceBind(conn.Bind) conn.Bind
+}
+
 // startDevice creates the WireGuard device over tdev and bind with the
 // private key and brings it up listening on UDP port (0 = random). On
 // error tdev is closed. The device sends through a crossGuard around bind
@@ -79,13 +87,17 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		logger = slog.New(slog.DiscardHandler)
 	}
 	guard := guardCrossing(bind, logger)
+	var wgBind conn.Bind = guard
+	if p, ok := tdev.(pacingTun); ok { // userspace: see netstack.Net.PaceBind
+		wgBind = p.PaceBind(guard)
+	}
 	trim := trimState{acts: map[api.Key]*peerAct{}, quiet: map[api.Key]bool{}, asleep: map[api.Key]bool{}}
 	if idle > 0 {
 		trim.idle = max(idle, minPeerIdleTimeout)
 		trim.tun = &activityTUN{Device: tdev}
 		tdev = trim.tun
 	}
-	dev := device.NewDevice(tdev, guard, wgLogger(logger))
+	dev := device.NewDevice(tdev, wgBind, wgLogger(logger))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
 		dev.Close()

@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -56,7 +57,11 @@ type linkEndpoint struct {
 		next    int                   // index of the first unread packet in pending
 		split   splitter              // progress through a GSO packet
 		local   [][]byte              // scratch for loopback
+		timer   *time.Timer           // for waitRoom
 	}
+
+	pace   pacer // packets inside wireguard-go on their way out; see pace.go
+	paceRx pacer // packets inside wireguard-go on their way in
 
 	noGSO   bool                  // benchmarks: plain MTU-sized segments from the stack
 	gsoMax  uint32                // benchmarks: GSO size other than gsoMaxSize
@@ -77,9 +82,15 @@ type dispatcherBox struct{ d stack.NetworkDispatcher }
 const (
 	// maxQueued is the outbound queue limit in packets (a GSO packet counts
 	// once). Beyond it packets are dropped and TCP backs off, as with a full
-	// NIC ring. 512 GSO packets is far more than a TCP window; the queue is a
-	// slice that is empty and small while idle.
-	maxQueued = 512
+	// NIC ring. Since tun Read paces (pace.go), this queue holds what TCP
+	// sends beyond the 128 packets inside wireguard-go: with 512, six
+	// connections of small segments overflowed it (227 drops and 6
+	// retransmission timeouts in 20 s of TestTransfersDoNotStall/clean).
+	// A queued TCP packet references its connection's send buffer; what a
+	// full queue of other packets (UDP) holds is at most 4096 MTU-sized
+	// copies, ~6 MiB. The queue is a slice that is empty and small while
+	// idle.
+	maxQueued = 4096
 
 	// gsoMaxSize is the largest segment the stack hands us for GSO.
 	gsoMaxSize = 1 << 16
@@ -185,11 +196,17 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 	e.rd.Lock()
 	defer e.rd.Unlock()
 	for {
+		if e.pace.full() {
+			if !e.waitRoom() {
+				return 0, os.ErrClosed
+			}
+		}
 		if e.rd.next == len(e.rd.pending) {
 			e.refill()
 		}
 		if e.rd.next < len(e.rd.pending) {
 			if n := e.loopback(bufs, sizes, offset, e.fill(bufs, sizes, offset)); n > 0 {
+				e.pace.read(n)
 				if pb := e.policy.Load(); pb != nil {
 					for i := range n {
 						pb.f.Outbound(bufs[i][offset : offset+sizes[i]])
@@ -205,6 +222,29 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 			return 0, os.ErrClosed
 		}
 	}
+}
+
+// waitRoom waits until a Send makes room in the pacer, or paceWait passes
+// (then the count is forgotten). It reports false if the
+// endpoint was closed.
+func (e *linkEndpoint) waitRoom() bool {
+	if e.rd.timer == nil {
+		e.rd.timer = time.NewTimer(e.pace.wait)
+	} else {
+		e.rd.timer.Reset(e.pace.wait)
+	}
+	defer e.rd.timer.Stop()
+	for e.pace.full() {
+		select {
+		case <-e.pace.room:
+		case <-e.rd.timer.C:
+			e.pace.forget()
+			return true
+		case <-e.done:
+			return false
+		}
+	}
+	return true
 }
 
 // refill swaps the shared queue into the reader's pending list.
@@ -303,6 +343,7 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 
 // write implements tun.Device.Write: packets are delivered synchronously.
 func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
+	e.paceRx.sent(len(bufs))
 	return e.deliver(bufs, offset, true)
 }
 

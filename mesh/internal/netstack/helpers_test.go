@@ -40,8 +40,8 @@ func newPair(tb testing.TB, cfg Config, bind func() conn.Bind, extraB ...netip.P
 	b, err := New(cb)
 	require.NoError(tb, err)
 	p := &pair{a: a, b: b, addrA: testAddrA, addrB: testAddrB}
-	p.wa = nsbench.NewDevice(tb, a, bind())
-	p.wb = nsbench.NewDevice(tb, b, bind())
+	p.wa = nsbench.NewDevice(tb, a, a.PaceBind(bind()))
+	p.wb = nsbench.NewDevice(tb, b, b.PaceBind(bind()))
 	p.wa.AddPeer(tb, p.wb, append([]netip.Prefix{netip.PrefixFrom(testAddrB, 32), netip.PrefixFrom(testAddr6B, 128)}, extraB...)...)
 	p.wb.AddPeer(tb, p.wa, netip.PrefixFrom(testAddrA, 32), netip.PrefixFrom(testAddr6A, 128))
 	return p

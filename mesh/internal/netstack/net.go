@@ -33,6 +33,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -111,6 +112,10 @@ type Net struct {
 	events    chan tun.Event
 	mtu       int
 	batchSize int
+	noPace    bool          // benchmarks only: see tuning.noPace
+	noPaceRx  bool          // benchmarks only: see tuning.noPaceRx
+	paceLimit int           // benchmarks only: see tuning.paceLimit
+	paceWait  time.Duration // benchmarks only: see tuning.paceWait
 	log       *slog.Logger
 	addrs     []netip.Addr
 	hasV4     bool
@@ -169,6 +174,8 @@ func New(cfg Config) (*Net, error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ep.noGSO, n.ep.noGRO, n.ep.gsoMax = tn.noGSO, tn.noGRO, tn.gsoMax
+	n.ep.rd.split.separateSum = tn.twoPassSum
+	n.noPace, n.noPaceRx, n.paceLimit, n.paceWait = tn.noPace, tn.noPaceRx, tn.paceLimit, tn.paceWait
 	n.ep.filter = n.filterInbound
 	n.ep.isLocal = n.isLocal
 	seen := map[netip.Addr]bool{}

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"fmt"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -15,11 +16,16 @@ type tuning struct {
 	recvBuf      tcpip.TCPReceiveBufferSizeRangeOption
 	moderateRecv bool
 	sack         bool
-	rack         bool   // RACK loss detection (gVisor's default) vs classic dupack
-	congestion   string // "reno" or "cubic"
-	noGSO        bool   // benchmarks only: no TCP segmentation offload
-	noGRO        bool   // benchmarks only: no GRO on inbound batches
-	gsoMax       uint32 // benchmarks only: GSO segment size limit (0 = 64 KiB)
+	rack         bool          // RACK loss detection (gVisor's default) vs classic dupack
+	congestion   string        // "reno" or "cubic"
+	noGSO        bool          // benchmarks only: no TCP segmentation offload
+	noGRO        bool          // benchmarks only: no GRO on inbound batches
+	gsoMax       uint32        // benchmarks only: GSO segment size limit (0 = 64 KiB)
+	twoPassSum   bool          // benchmarks only: splitter copies, then checksums (before copySum)
+	noPace       bool          // benchmarks only: PaceBind returns the bind as is (no pacing of tun Read)
+	noPaceRx     bool          // benchmarks only: PaceBind paces tun Read but not the receive functions
+	paceLimit    int           // benchmarks only: packets each way other than maxInFlight
+	paceWait     time.Duration // benchmarks only: longest wait other than paceWait
 }
 
 // defaultTuning is what New uses: reno congestion control, SACK, and
@@ -112,7 +118,23 @@ type tuning struct {
 //
 // The cost of 1 MiB: one connection moves at most 1 MiB per round trip
 // in userspace mode (~170 Mbit/s at 50 ms, ~420 Mbit/s at 20 ms). Kernel
-// mode uses the host's TCP and is not affected. Receive-buffer moderation
+// mode uses the host's TCP and is not affected.
+//
+// The limits are 8 MiB again since the pacing of wireguard-go's pipeline
+// (pace.go): at most 128 packets each way wait inside wireguard-go, the
+// rest of a full window waits in TCP's send buffer and the socket's
+// receive buffer, so a large window no longer means 64 KiB buffers per
+// packet, and long paths get their window back. Measured against 1 MiB
+// with pacing (BenchmarkTCPTuningWarm, 5 and 8 warm pairs, load 4-7; rate,
+// CPU per MiB relative to 1 MiB paced):
+//
+//	8 MiB, paced          1.33, 1.20   0.87, 0.87
+//	1 MiB, unpaced        0.66, 1.08   1.26, 0.95
+//	8 MiB, unpaced        0.80, 0.88   1.32, 1.22
+//
+// and through members (compare children, 4 rounds alternated, load 4-6;
+// CPU per MiB): 8 MiB paced 4.9-5.4 ms (median 5.1), 1 MiB paced 4.3-6.1
+// (5.4), 1 MiB unpaced 4.8-6.2 (5.9). Receive-buffer moderation
 // stays on. SACK stays on: it matters under real loss, which loopback
 // barely has. Buffers are limits, not allocations.
 //
@@ -133,6 +155,11 @@ type tuning struct {
 // of a member pair) but costs an idle member 2 MiB more of
 // wireguard-go buffers (see DefaultBatchSize).
 //
+// Since the pacing of wireguard-go's pipeline (pace.go), smaller buffers
+// no longer save CPU (BenchmarkTCPTuningWarm, 5 warm pairs: 1 MiB limits
+// 1.16x the rate at 1.11x the CPU per MiB; before the pacing 2.16x and
+// 0.62x, because a small window was what bounded wireguard-go's queues).
+//
 // Not levers in this gVisor version: the initial congestion window
 // (tcp.InitialCwnd is a constant) and HyStart (cubic always runs it; reno
 // has none). Measured with the TCP info of a loopback stream when cubic
@@ -143,8 +170,8 @@ type tuning struct {
 // and recvmmsg on loopback ~18%, copies and gVisor's chunk clearing ~11%,
 // per profile).
 var defaultTuning = tuning{
-	sendBuf:      tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 1 << 20},
-	recvBuf:      tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 1 << 20},
+	sendBuf:      tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
+	recvBuf:      tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
 	moderateRecv: true,
 	sack:         true,
 	rack:         false,
