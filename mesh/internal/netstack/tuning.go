@@ -97,8 +97,8 @@ type tuning struct {
 // Buffer sizes within 1-8 MiB made no measurable difference on loopback
 // with cubic. With reno (unpaced) they do, which capped them at 1 MiB for
 // a while: reno has no HyStart, so slow start only ends at a loss or at
-// the window limit, and with 8 MiB limits a stream kept up to 8 MiB in flight. Through
-// wireguard-go that is ~5,900 MTU packets, each in a 64 KiB message
+// the window limit, and with 8 MiB limits a stream kept up to 8 MiB in
+// flight. Through wireguard-go that is ~5,900 MTU packets, each in a 64 KiB message
 // buffer: ~370 MiB of queued buffers per direction (a heap profile of the
 // compare benchmark's transfer: 371 of 389 MiB in
 // device.GetMessageBuffer), cycled through the caches and the pools, and
