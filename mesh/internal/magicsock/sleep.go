@@ -97,8 +97,8 @@ func (c *Conn) wake(p *peer, b []byte, ep conn.Endpoint) {
 }
 
 // wakePeer asks the wake function to configure p and then delivers the messages
-// that came for it through the relay's receive function (which carries
-// datagrams of any origin with the peer's Endpoint). If p is still asleep
+// that came for it through the relay's queue (which carries datagrams of
+// any origin with the peer's Endpoint; see relayReader). If p is still asleep
 // afterwards (the device is closing), they are dropped.
 func (c *Conn) wakePeer(p *peer) {
 	if fn := c.wakeFn.Load(); fn != nil && p.asleep.Load() {
@@ -114,9 +114,7 @@ func (c *Conn) wakePeer(p *peer) {
 			msgPool.Put(m.buf)
 			continue
 		}
-		select {
-		case c.relay.in <- relayIn{p: p, buf: m.buf, released: true, ep: m.ep}:
-		default:
+		if !c.relay.enqueue(relayIn{p: p, buf: m.buf, released: true, ep: m.ep}) {
 			msgPool.Put(m.buf)
 		}
 	}

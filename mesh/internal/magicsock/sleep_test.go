@@ -98,7 +98,7 @@ func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 	}
 	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500)}
 	sizes, eps := make([]int, 2), make([]conn.Endpoint, 2)
-	n, err := c.wrapReceive(fn)(bufs, sizes, eps)
+	n, err := c.wrapReceive(fn, false)(bufs, sizes, eps)
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "the initiation is taken out of the batch")
 	require.Equal(t, data, bufs[0][:sizes[0]])
@@ -109,8 +109,9 @@ func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 		t.Fatal("the peer was not woken")
 	}
 
-	// Delivered through the relay's receive function, from where it came.
-	relayFn := fns[len(fns)-1]
+	// Delivered through the socket's receive function (which carries the
+	// relay's queue), from where it came.
+	relayFn := fns[0]
 	got := make(chan error, 1)
 	go func() {
 		n, err := relayFn(bufs, sizes, eps)
