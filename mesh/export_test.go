@@ -69,3 +69,17 @@ var (
 	StatsReport = statsReport
 	StatsDue    = statsDue
 )
+
+// PingsSent returns how many probes n's bind has sent (0 for a node
+// without one).
+func PingsSent(n *Node) uint64 {
+	n.mu.Lock()
+	p := n.plane
+	n.mu.Unlock()
+	switch p := p.(type) {
+	case *userspacePlane:
+		return p.dev.ms.PingsSent()
+	default:
+		return 0
+	}
+}

@@ -100,6 +100,8 @@ type Conn struct {
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
 
+	pingsSent atomic.Uint64 // probes sent (see PingsSent)
+
 	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 }
@@ -577,6 +579,9 @@ func (c *Conn) releaseHeld(p *peer) {
 		msgPool.Put(bp)
 	}
 }
+
+// PingsSent returns how many probes (pings) the Conn has sent.
+func (c *Conn) PingsSent() uint64 { return c.pingsSent.Load() }
 
 // PathInfo says how a peer's packets travel.
 type PathInfo struct {

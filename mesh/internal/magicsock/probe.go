@@ -275,6 +275,7 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	for i, b := range pings {
 		_ = c.sendRaw(b, targets[i])
 	}
+	c.pingsSent.Add(uint64(len(pings)))
 	if lost {
 		c.updatePath(p)
 	}
