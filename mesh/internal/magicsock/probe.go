@@ -38,7 +38,7 @@ func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	switch kind {
 	case discoPing:
 		p.mu.Lock()
-		ok := p.pings.accept(tx, at)
+		ok := p.pings.accept(tx, at, now.UnixMilli())
 		p.mu.Unlock()
 		if !ok {
 			c.log.Debug("magicsock: dropped a replayed ping", "peer", p.key, "from", from)
