@@ -183,7 +183,7 @@ func (e *Endpoint) DstIP() netip.Addr {
 func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }
 
 func newPeer(priv, key api.Key, now time.Time) *peer {
-	p := &peer{key: key, pending: map[txID]pendingPing{}, since: now, nextProbe: now}
+	p := &peer{key: key, since: now, nextProbe: now}
 	p.ep = &Endpoint{p: p}
 	p.mac, _ = discoKey(priv, key)
 	p.cur.Store(&path{})

@@ -233,6 +233,12 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			delete(p.pending, tx)
 		}
 	}
+	if len(p.pending) == 0 {
+		// A map never shrinks: one grown by a round of pings to every
+		// candidate would stay with a peer that is now probed once a
+		// minute.
+		p.pending = nil
+	}
 	for i := 0; i < len(p.cands); i++ { // forget stale peer-reflexive addresses
 		if pc := p.cands[i]; !pc.learned.IsZero() && pc != p.best && now.Sub(pc.learned) > 2*upgradeInterval {
 			p.cands = append(p.cands[:i], p.cands[i+1:]...)
@@ -271,6 +277,9 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			break
 		}
 		tx := newTxID()
+		if p.pending == nil {
+			p.pending = make(map[txID]pendingPing)
+		}
 		p.pending[tx] = pendingPing{addr: a, sent: now}
 		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, self, now, tx, p.mac))
 	}
