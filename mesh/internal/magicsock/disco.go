@@ -166,6 +166,11 @@ const maxSeenPings = 64
 // guard), a ping captured within the last discoWindow can be accepted
 // once more. That costs one pong (rate-limited) and at most an address
 // to probe; it changes no path (only a pong to a ping of ours does).
+// Pings older than the window are forgotten (the window refuses them
+// anyway): a peer probed once a minute, as a trimmed one is, leaves one
+// entry or none, and an empty guard holds no map (a map never shrinks:
+// one sized for a busy peer stayed 3 KiB for every peer of an idle full
+// mesh).
 type pingGuard struct {
 	seen  map[txID]int64 // accepted, not forgotten: tx → time
 	order []txID         // seen in acceptance order, oldest first
@@ -173,22 +178,28 @@ type pingGuard struct {
 }
 
 // accept records a ping made at with transaction id tx and reports whether
-// it is new.
-func (g *pingGuard) accept(tx txID, at int64) bool {
+// it is new; now is the receiver's clock (unix milliseconds, as at).
+func (g *pingGuard) accept(tx txID, at, now int64) bool {
 	if at <= g.floor {
 		return false
 	}
 	if _, ok := g.seen[tx]; ok {
 		return false
 	}
-	if g.seen == nil {
-		g.seen = make(map[txID]int64, maxSeenPings)
+	stale := now - discoWindow.Milliseconds()
+	n := 0
+	for n < len(g.order) && (g.seen[g.order[n]] < stale || len(g.order)-n >= maxSeenPings) {
+		g.floor = max(g.floor, g.seen[g.order[n]])
+		delete(g.seen, g.order[n])
+		n++
 	}
-	if len(g.order) >= maxSeenPings {
-		old := g.order[0]
-		g.floor = max(g.floor, g.seen[old])
-		delete(g.seen, old)
-		g.order = append(g.order[:0], g.order[1:]...)
+	if n == len(g.order) {
+		g.seen, g.order = nil, nil
+	} else if n > 0 {
+		g.order = append(g.order[:0], g.order[n:]...)
+	}
+	if g.seen == nil {
+		g.seen = make(map[txID]int64)
 	}
 	g.seen[tx] = at
 	g.order = append(g.order, tx)

@@ -75,19 +75,51 @@ func TestDiscoFresh(t *testing.T) {
 // come back either.
 func TestPingGuard(t *testing.T) {
 	var g pingGuard
+	const now = 2000 // within the window of every ping below
 	tx0 := newTxID()
-	require.True(t, g.accept(tx0, 1000))
-	require.False(t, g.accept(tx0, 1000), "exact replay")
-	require.False(t, g.accept(tx0, 2000), "the same id with another time")
-	require.True(t, g.accept(newTxID(), 1000), "another ping of the same round")
+	require.True(t, g.accept(tx0, 1000, now))
+	require.False(t, g.accept(tx0, 1000, now), "exact replay")
+	require.False(t, g.accept(tx0, 2000, now), "the same id with another time")
+	require.True(t, g.accept(newTxID(), 1000, now), "another ping of the same round")
 	for i := range 2 * maxSeenPings {
-		require.True(t, g.accept(newTxID(), int64(1001+i)))
+		require.True(t, g.accept(newTxID(), int64(1001+i), now))
 	}
 	require.Len(t, g.seen, maxSeenPings)
 	require.Len(t, g.order, maxSeenPings)
-	require.False(t, g.accept(tx0, 1000), "forgotten, and refused by the floor")
-	require.False(t, g.accept(newTxID(), g.floor), "no newer than the newest forgotten")
-	require.True(t, g.accept(newTxID(), g.floor+1))
+	require.False(t, g.accept(tx0, 1000, now), "forgotten, and refused by the floor")
+	require.False(t, g.accept(newTxID(), g.floor, now), "no newer than the newest forgotten")
+	require.True(t, g.accept(newTxID(), g.floor+1, now))
+}
+
+// TestPingGuardForgetsStale: pings older than the time window are
+// forgotten (the window refuses them anyway), so a peer pinging once a
+// minute keeps one entry, not a map sized for a busy peer; the floor
+// still refuses what was forgotten.
+func TestPingGuardForgetsStale(t *testing.T) {
+	var g pingGuard
+	window := discoWindow.Milliseconds()
+	t0 := int64(1_000_000)
+	txs := make([]txID, maxSeenPings)
+	for i := range txs {
+		txs[i] = newTxID()
+		require.True(t, g.accept(txs[i], t0, t0))
+	}
+	require.Len(t, g.seen, maxSeenPings)
+
+	// A minute later: everything before is forgotten.
+	t1 := t0 + 2*window
+	tx1 := newTxID()
+	require.True(t, g.accept(tx1, t1, t1))
+	require.Len(t, g.seen, 1)
+	require.Len(t, g.order, 1)
+	require.Equal(t, t0, g.floor)
+	require.False(t, g.accept(txs[0], t0, t1), "forgotten, and refused by the floor")
+	require.False(t, g.accept(tx1, t1, t1+1), "remembered")
+
+	// Stale again: the old entry goes, the new one stays.
+	t2 := t1 + 2*window
+	require.True(t, g.accept(newTxID(), t2, t2))
+	require.Len(t, g.seen, 1)
 }
 
 // FuzzParseDisco: nothing the network sends makes the parser panic or

@@ -43,7 +43,7 @@ func (c *Conn) handleDisco(b []byte, from netip.AddrPort) {
 	switch kind {
 	case discoPing:
 		p.mu.Lock()
-		ok := p.pings.accept(tx, at)
+		ok := p.pings.accept(tx, at, now.UnixMilli())
 		p.mu.Unlock()
 		if !ok {
 			c.log.Debug("magicsock: dropped a replayed ping", "peer", p.key, "from", from)
@@ -220,9 +220,14 @@ func orNone(s string) string {
 // probe sends the pings due for p and returns when p next needs
 // attention.
 func (c *Conn) probe(p *peer, now time.Time) time.Time {
+	asleep := p.asleep.Load()
+	trust := trustTimeout
+	if asleep {
+		trust = asleepTrust
+	}
 	p.mu.Lock()
 	lost := false
-	if p.best != nil && now.Sub(p.bestSeen) > trustTimeout {
+	if p.best != nil && now.Sub(p.bestSeen) > trust {
 		c.log.Debug("magicsock: direct path went quiet", "peer", p.name, "endpoint", p.best.addr)
 		p.best = nil
 		lost = true
@@ -233,6 +238,12 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			delete(p.pending, tx)
 		}
 	}
+	if len(p.pending) == 0 {
+		// A map never shrinks: one grown by a round of pings to every
+		// candidate would stay with a peer that is now probed once a
+		// minute.
+		p.pending = nil
+	}
 	for i := 0; i < len(p.cands); i++ { // forget stale peer-reflexive addresses
 		if pc := p.cands[i]; !pc.learned.IsZero() && pc != p.best && now.Sub(pc.learned) > 2*upgradeInterval {
 			p.cands = append(p.cands[:i], p.cands[i+1:]...)
@@ -241,7 +252,9 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	}
 	var targets []netip.AddrPort
 	if !now.Before(p.nextProbe) && p.mac != nil {
-		full := p.best == nil || now.Sub(p.lastFull) >= upgradeInterval
+		// Asleep: no upgrades, the chosen path is enough (see
+		// asleepProbeInterval).
+		full := p.best == nil || !asleep && now.Sub(p.lastFull) >= upgradeInterval
 		for _, pc := range p.cands {
 			if full || pc == p.best {
 				targets = append(targets, pc.addr)
@@ -251,6 +264,8 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			p.lastFull = now
 		}
 		switch {
+		case asleep:
+			p.nextProbe = now.Add(asleepProbeInterval)
 		case p.best != nil:
 			p.nextProbe = now.Add(heartbeat)
 		case p.burst < len(punchDelays):
@@ -267,12 +282,15 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			break
 		}
 		tx := newTxID()
+		if p.pending == nil {
+			p.pending = make(map[txID]pendingPing)
+		}
 		p.pending[tx] = pendingPing{addr: a, sent: now}
 		pings = append(pings, appendDisco(make([]byte, 0, discoLen), discoPing, self, now, tx, p.mac))
 	}
 	next := p.nextProbe
 	if p.best != nil {
-		if t := p.bestSeen.Add(trustTimeout); t.Before(next) {
+		if t := p.bestSeen.Add(trust); t.Before(next) {
 			next = t
 		}
 	}
@@ -280,6 +298,7 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	for i, b := range pings {
 		_ = c.sendRaw(b, targets[i])
 	}
+	c.pingsSent.Add(uint64(len(pings)))
 	if lost {
 		c.updatePath(p)
 	}

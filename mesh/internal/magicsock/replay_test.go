@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -142,7 +143,9 @@ func TestPingDoesNotChangePath(t *testing.T) {
 	_, err = stranger.WriteToUDPAddrPort(bAsFake.ping(time.Now(), tx), a.udpAddr())
 	require.NoError(t, err)
 	require.True(t, bAsFake.pongFor(t, stranger, tx, 10*time.Second))
-	require.Contains(t, a.candidatesOf(b.pub), sockAddr(stranger))
+	// Learned right after the pong went out (on the receive goroutine).
+	require.Eventually(t, func() bool { return slices.Contains(a.candidatesOf(b.pub), sockAddr(stranger)) },
+		10*time.Second, 5*time.Millisecond, "the stranger's address is probed")
 	require.Equal(t, before.Endpoint, a.conn.PeerPath(b.pub).Endpoint)
 
 	// From the other peer's address: not learned; the address stays the
