@@ -181,6 +181,10 @@ func writeHeapProfile(tb testing.TB, path string) {
 // idleMembers is the number of members BenchmarkIdleMember runs at once.
 const idleMembers = 100
 
+// idlePingWindow is how long BenchmarkIdleMember counts the settled
+// mesh's probes (after measuring its heap).
+const idlePingWindow = 20 * time.Second
+
 // BenchmarkIdleMember runs idleMembers userspace members in one process
 // and reports the growth of the heap in use, once settled, divided by the
 // number of members. The service's share per member (its watch stream and
@@ -210,9 +214,10 @@ func BenchmarkIdleMember(b *testing.B) {
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				per, settle := idleHeap(b, v.zoneSize, v.trim)
+				per, settle, pings := idleHeap(b, v.zoneSize, v.trim)
 				b.ReportMetric(0, "ns/op")
 				b.ReportMetric(per, "MiB/member")
+				b.ReportMetric(pings, "pings/s/member")
 				if v.trim {
 					b.ReportMetric(settle.Seconds(), "all_trimmed_s")
 				} else {
@@ -224,10 +229,11 @@ func BenchmarkIdleMember(b *testing.B) {
 }
 
 // idleHeap measures idleMembers members in zones of zoneSize members; it
-// returns the heap growth per member in MiB and the time from the first
-// join until every zone was a full mesh with handshakes (trim: until every
-// member had trimmed every peer).
-func idleHeap(b *testing.B, zoneSize int, trim bool) (float64, time.Duration) {
+// returns the heap growth per member in MiB, the time from the first join
+// until every zone was a full mesh with handshakes (trim: until every
+// member had trimmed every peer), and the pings per second per member of
+// the settled mesh (over idlePingWindow).
+func idleHeap(b *testing.B, zoneSize int, trim bool) (float64, time.Duration, float64) {
 	s := meshtest.NewServer(b)
 	defer s.Stop()
 	tokens := map[string]string{}
@@ -259,6 +265,19 @@ func idleHeap(b *testing.B, zoneSize int, trim bool) (float64, time.Duration) {
 	}
 	settle := time.Since(start)
 	per := float64(nsbench.SettledHeap()-base) / idleMembers / (1 << 20)
+	// The probes of the settled mesh, per member (the bind's pings, its
+	// CPU and the buffers they cost).
+	pings := func() (sum uint64) {
+		for _, nodes := range zones {
+			for _, n := range nodes {
+				sum += mesh.PingsSent(n)
+			}
+		}
+		return sum
+	}
+	p0, t0 := pings(), time.Now()
+	time.Sleep(idlePingWindow)
+	pingRate := float64(pings()-p0) / time.Since(t0).Seconds() / idleMembers
 	if *idleHeapProfile != "" {
 		name := fmt.Sprintf("%s.zone%d", *idleHeapProfile, zoneSize)
 		if trim {
@@ -271,7 +290,7 @@ func idleHeap(b *testing.B, zoneSize int, trim bool) (float64, time.Duration) {
 			require.NoError(b, n.Close())
 		}
 	}
-	return per, settle
+	return per, settle, pingRate
 }
 
 // joinPatiently is meshtest.Join with a longer timeout: a hundred members

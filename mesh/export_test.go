@@ -71,3 +71,17 @@ var (
 
 	StatsUnsupported = statsUnsupported
 )
+
+// PingsSent returns how many probes n's bind has sent (0 for a node
+// without one).
+func PingsSent(n *Node) uint64 {
+	n.mu.Lock()
+	p := n.plane
+	n.mu.Unlock()
+	switch p := p.(type) {
+	case *userspacePlane:
+		return p.dev.ms.PingsSent()
+	default:
+		return 0
+	}
+}

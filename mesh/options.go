@@ -196,9 +196,9 @@ func WithMTU(mtu int) Option {
 // packet to or from it through the tunnel) before it is trimmed from the
 // node's WireGuard device, which then holds state only for the peers in
 // use: an idle member of a large zone costs far less memory. The node
-// keeps knowing, routing and probing a trimmed peer; the first packet to or
-// from it configures it again, at the cost of one handshake (one round
-// trip). A peer is trimmed only once the session it may still hold with
+// keeps knowing, routing and probing (once a minute) a trimmed peer; the
+// first packet to or from it configures it again, at the cost of one
+// handshake (one round trip). A peer is trimmed only once the session it may still hold with
 // this node has expired (about 3 minutes after the last handshake), so
 // the actual time is at least that. Default DefaultPeerIdleTimeout;
 // 0 never trims; values between 0 and 1s mean 1s. Works in both modes.

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/internal/tlspin"
@@ -47,6 +48,7 @@ flags:
 type agentFlags struct {
 	token, stateDir, zone, hostname, ifname, socket string
 	listenPort                                      uint
+	peerIdle                                        time.Duration
 	userspace, insecureHTTP, masquerade, verbose    bool
 	ephemeral, ifaceSet, noStats                    bool
 	childPrefixes                                   stringList
@@ -66,6 +68,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.ifname, "interface", mesh.DefaultInterfaceName, "kernel mode: name of the TUN device")
 	fs.BoolVar(&a.masquerade, "masquerade", false, "kernel-mode router: masquerade traffic forwarded from the mesh into the child prefixes")
 	fs.StringVar(&a.socket, "socket", "", "status socket for 'wiremesh status' (default "+defaultSocketPath("IFACE")+")")
+	fs.DurationVar(&a.peerIdle, "peer-idle-timeout", mesh.DefaultPeerIdleTimeout, "trim a peer from the WireGuard device after this long without traffic (it comes back, one handshake away, with its next packet; at least about 3 minutes after its last handshake); 0: never trim")
 	fs.BoolVar(&a.insecureHTTP, "insecure-http", false, "allow a plain http:// service URL on a non-loopback host")
 	fs.BoolVar(&a.verbose, "v", false, "verbose logs on stderr")
 	fs.BoolVar(&a.noStats, "no-stats", false, "do not report peers' paths, handshakes and bytes to the service (shown in the admin API and the dashboard)")
@@ -187,6 +190,9 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 	if a.listenPort > 65535 {
 		return nil, usageErr("%s: --listen-port %d: want 0..65535", name, a.listenPort)
 	}
+	if a.peerIdle < 0 {
+		return nil, usageErr("%s: --peer-idle-timeout %v: want 0 (never trim) or a duration such as 5m", name, a.peerIdle)
+	}
 	if a.token == "" {
 		a.token = os.Getenv("WIREMESH_TOKEN")
 	}
@@ -208,6 +214,7 @@ func (a *agentFlags) options(name string, stderr io.Writer) ([]mesh.Option, erro
 		mesh.WithListenPort(uint16(a.listenPort)),
 		mesh.WithMode(mesh.Kernel),
 		mesh.WithInterfaceName(a.ifname),
+		mesh.WithPeerIdleTimeout(a.peerIdle),
 	}
 	if a.userspace {
 		opts = append(opts, mesh.WithMode(mesh.Userspace))

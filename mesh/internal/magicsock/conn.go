@@ -100,6 +100,8 @@ type Conn struct {
 	relay *relayClient // see relay.go; lives as long as the Conn
 	self  selfState    // see candidates.go
 
+	pingsSent atomic.Uint64 // probes sent (see PingsSent)
+
 	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 }
@@ -143,8 +145,8 @@ func (c *Conn) BatchSize() int { return c.inner.BatchSize() }
 func (c *Conn) SetMark(mark uint32) error { return c.inner.SetMark(mark) }
 
 // Open implements conn.Bind: it opens the UDP socket and starts discovery
-// and probing; the relay's receive function is one of the functions
-// returned.
+// and probing; the first receive function returned also delivers what the
+// relay carries (see relayReader).
 func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	c.mu.Lock()
 	if c.open != nil {
@@ -163,11 +165,12 @@ func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	c.self.mu.Unlock()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	c.open = s
-	out := make([]conn.ReceiveFunc, 0, len(fns)+1)
-	for _, fn := range fns {
-		out = append(out, c.wrapReceive(fn))
+	out := make([]conn.ReceiveFunc, 0, len(fns))
+	for i, fn := range fns {
+		// The first one (the one Bind.Wake wakes) delivers the relay's
+		// messages too (see relayReader).
+		out = append(out, c.wrapReceive(fn, i == 0))
 	}
-	out = append(out, c.relay.receiveFunc(s.ctx))
 	s.wg.Add(3)
 	go c.loop(s)
 	go c.publishLoop(s)
@@ -411,17 +414,50 @@ func (c *Conn) sendRaw(b []byte, a netip.AddrPort) error {
 }
 
 // wrapReceive filters STUN and probes out of what fn reads and gives
-// packets from a peer's known address the peer's *Endpoint.
-func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
+// packets from a peer's known address the peer's *Endpoint. With relay
+// set, it first returns the datagrams the relay's queue holds (see
+// relayReader), and fn must be the receive function udpbind.Bind.Wake
+// wakes.
+func (c *Conn) wrapReceive(fn conn.ReceiveFunc, relay bool) conn.ReceiveFunc {
 	var (
 		lastUE *udpbind.Endpoint
 		lastP  *peer
 		gen    uint64
+		rr     *relayReader
 	)
+	if relay {
+		rr = &relayReader{r: c.relay}
+	}
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		n, err := fn(bufs, sizes, eps)
-		if err != nil {
-			return 0, err
+		var n int
+		for {
+			if rr != nil {
+				if k, ok := rr.next(bufs, sizes, eps); ok {
+					if k == 0 {
+						continue // all woke a peer or were withheld
+					}
+					return k, nil
+				}
+				// Blocked from here; a message queued before the flag was
+				// set is seen below, one queued after wakes fn.
+				c.relay.blocked.Store(true)
+				if len(c.relay.in) > 0 {
+					c.relay.blocked.Store(false)
+					continue
+				}
+			}
+			var err error
+			n, err = fn(bufs, sizes, eps)
+			if rr != nil {
+				c.relay.blocked.Store(false)
+				if errors.Is(err, udpbind.ErrWoken) {
+					continue // udpbind cleared the wake: look at the queue again
+				}
+			}
+			if err != nil {
+				return 0, err
+			}
+			break
 		}
 		k := 0
 		for i := 0; i < n; i++ {
@@ -524,9 +560,9 @@ func (c *Conn) answered(p *peer) {
 	p.mu.Unlock()
 }
 
-// releaseHeld delivers a withheld initiation through the relay's receive
-// function (which carries datagrams of any origin with the peer's
-// Endpoint).
+// releaseHeld delivers a withheld initiation through the relay's queue
+// (which carries datagrams of any origin with the peer's Endpoint; see
+// relayReader).
 func (c *Conn) releaseHeld(p *peer) {
 	p.mu.Lock()
 	b := p.heldInit
@@ -539,12 +575,13 @@ func (c *Conn) releaseHeld(p *peer) {
 	msg := append((*bp)[:0], p.key[:]...)
 	msg, _ = api.AppendRelayDatagram(msg, b)
 	*bp = msg
-	select {
-	case c.relay.in <- relayIn{p: p, buf: bp, released: true}:
-	default:
+	if !c.relay.enqueue(relayIn{p: p, buf: bp, released: true}) {
 		msgPool.Put(bp)
 	}
 }
+
+// PingsSent returns how many probes (pings) the Conn has sent.
+func (c *Conn) PingsSent() uint64 { return c.pingsSent.Load() }
 
 // PathInfo says how a peer's packets travel.
 type PathInfo struct {

@@ -26,6 +26,21 @@ const (
 	// upgradeInterval is how often a peer with a direct path pings its
 	// other candidates, in case a better one works now.
 	upgradeInterval = 30 * time.Second
+	// asleepProbeInterval is how often a peer asleep (trimmed, see
+	// Conn.SetAsleep) is probed: its chosen path only, or every candidate
+	// when it has none. A peer that wakes is probed at once (every
+	// candidate) and has trustTimeout to confirm its path. Not never:
+	// each side's pings keep its NAT's mapping towards the other open
+	// (RFC 4787 asks NATs to keep an idle UDP mapping 2 minutes at least,
+	// so the two sides' pings a minute apart keep both open), so the first
+	// packet after a long silence still goes straight through; and a pong
+	// keeps the path's round-trip time current. An idle full mesh of 100
+	// sends 30 times fewer pings than at heartbeat.
+	asleepProbeInterval = 60 * time.Second
+	// asleepTrust is how long an asleep peer's path stays chosen without
+	// a pong: one lost ping does not drop it (which would bring up the
+	// relay for a peer nobody talks to).
+	asleepTrust = 2*asleepProbeInterval + trustTimeout
 	// pingExpiry forgets unanswered pings.
 	pingExpiry = 5 * time.Second
 	// maxPending bounds the unanswered pings remembered per peer.

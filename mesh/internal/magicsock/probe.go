@@ -220,9 +220,14 @@ func orNone(s string) string {
 // probe sends the pings due for p and returns when p next needs
 // attention.
 func (c *Conn) probe(p *peer, now time.Time) time.Time {
+	asleep := p.asleep.Load()
+	trust := trustTimeout
+	if asleep {
+		trust = asleepTrust
+	}
 	p.mu.Lock()
 	lost := false
-	if p.best != nil && now.Sub(p.bestSeen) > trustTimeout {
+	if p.best != nil && now.Sub(p.bestSeen) > trust {
 		c.log.Debug("magicsock: direct path went quiet", "peer", p.name, "endpoint", p.best.addr)
 		p.best = nil
 		lost = true
@@ -241,7 +246,9 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	}
 	var targets []netip.AddrPort
 	if !now.Before(p.nextProbe) && p.mac != nil {
-		full := p.best == nil || now.Sub(p.lastFull) >= upgradeInterval
+		// Asleep: no upgrades, the chosen path is enough (see
+		// asleepProbeInterval).
+		full := p.best == nil || !asleep && now.Sub(p.lastFull) >= upgradeInterval
 		for _, pc := range p.cands {
 			if full || pc == p.best {
 				targets = append(targets, pc.addr)
@@ -251,6 +258,8 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 			p.lastFull = now
 		}
 		switch {
+		case asleep:
+			p.nextProbe = now.Add(asleepProbeInterval)
 		case p.best != nil:
 			p.nextProbe = now.Add(heartbeat)
 		case p.burst < len(punchDelays):
@@ -272,7 +281,7 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	}
 	next := p.nextProbe
 	if p.best != nil {
-		if t := p.bestSeen.Add(trustTimeout); t.Before(next) {
+		if t := p.bestSeen.Add(trust); t.Before(next) {
 			next = t
 		}
 	}
@@ -280,6 +289,7 @@ func (c *Conn) probe(p *peer, now time.Time) time.Time {
 	for i, b := range pings {
 		_ = c.sendRaw(b, targets[i])
 	}
+	c.pingsSent.Add(uint64(len(pings)))
 	if lost {
 		c.updatePath(p)
 	}

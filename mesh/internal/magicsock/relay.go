@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +40,9 @@ type relayClient struct {
 	dial RelayDialer
 	in   chan relayIn // read from the relay, for the receive function
 	up   atomic.Bool
+	// blocked is set while the receive function that delivers relay
+	// messages waits on the socket (see enqueue).
+	blocked atomic.Bool
 
 	// mu guards the fields below.
 	mu       sync.Mutex
@@ -219,6 +221,7 @@ func (r *relayClient) readLoop(ctx context.Context, ws *websocket.Conn) {
 		}
 		select {
 		case r.in <- relayIn{p: p, buf: bp}:
+			r.notify()
 		case <-ctx.Done():
 			msgPool.Put(bp)
 			return
@@ -289,56 +292,93 @@ func (r *relayClient) send(k api.Key, bufs [][]byte) bool {
 	return true
 }
 
-// receiveFunc returns the conn.ReceiveFunc of the relay for one session.
-func (r *relayClient) receiveFunc(ctx context.Context) func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-	var (
-		cur      *peer
-		held     *[]byte // the message rest points into
-		rest     []byte
-		released bool
-		ep       conn.Endpoint
-	)
-	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		if len(rest) == 0 {
-			if held != nil {
-				msgPool.Put(held)
-				held = nil
-			}
-			select {
-			case m := <-r.in:
-				cur, held, rest, released, ep = m.p, m.buf, (*m.buf)[32:], m.released, m.ep
-				if ep == nil {
-					ep = cur.ep
-				}
-			case <-ctx.Done():
-				return 0, net.ErrClosed
-			}
+// Delivery. Relayed datagrams reach wireguard-go through the UDP socket's
+// receive function (see Conn.wrapReceive), not a receive function of
+// their own: wireguard-go keeps BatchSize message buffers of 64 KiB for
+// every receive function for the device's life, 1 MiB per device at the
+// default batch, for a relay most members never use. The socket's
+// receive function returns queued relay messages first and blocks on the
+// socket only when the queue is empty; a message queued meanwhile wakes
+// it (udpbind.Bind.Wake). No wake-up is lost: the writer queues, then
+// wakes if the reader is (about to be) blocked; the reader marks itself
+// blocked, then looks at the queue, and after a wake clears it (inside
+// udpbind) before looking again.
+
+// enqueue queues m for delivery without blocking; false when the queue is
+// full (the caller keeps m's buffer).
+func (r *relayClient) enqueue(m relayIn) bool {
+	select {
+	case r.in <- m:
+		r.notify()
+		return true
+	default:
+		return false
+	}
+}
+
+// notify wakes the receive function if it waits on the socket.
+func (r *relayClient) notify() {
+	if r.blocked.Load() {
+		r.c.inner.Wake()
+	}
+}
+
+// relayReader cuts relay messages into datagrams for one receive
+// function; it is used from that function's goroutine only.
+type relayReader struct {
+	r        *relayClient
+	cur      *peer
+	held     *[]byte // the message rest points into
+	rest     []byte
+	released bool
+	ep       conn.Endpoint
+}
+
+// next fills bufs with datagrams of the current relay message, or of the
+// next queued one, and returns how many; ok is false when none was
+// queued (nothing to deliver: block on the socket). A message may give no
+// datagram at all (they woke a peer, or were withheld).
+func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n int, ok bool) {
+	r := rr.r
+	if len(rr.rest) == 0 {
+		if rr.held != nil {
+			msgPool.Put(rr.held)
+			rr.held = nil
 		}
-		k := 0
-		for k < len(bufs) && len(rest) >= 2 {
-			n := int(binary.BigEndian.Uint16(rest))
-			if len(rest) < 2+n {
-				rest = nil
-				break
+		select {
+		case m := <-r.in:
+			rr.cur, rr.held, rr.rest, rr.released, rr.ep = m.p, m.buf, (*m.buf)[32:], m.released, m.ep
+			if rr.ep == nil {
+				rr.ep = rr.cur.ep
 			}
-			d := rest[2 : 2+n]
-			rest = rest[2+n:]
-			if !released && cur.asleep.Load() {
-				r.c.wake(cur, d, nil)
+		default:
+			return 0, false
+		}
+	}
+	k := 0
+	for k < len(bufs) && len(rr.rest) >= 2 {
+		n := int(binary.BigEndian.Uint16(rr.rest))
+		if len(rr.rest) < 2+n {
+			rr.rest = nil
+			break
+		}
+		d := rr.rest[2 : 2+n]
+		rr.rest = rr.rest[2+n:]
+		if !rr.released && rr.cur.asleep.Load() {
+			r.c.wake(rr.cur, d, nil)
+			continue
+		}
+		switch wgType(d) {
+		case wgInitiation:
+			if !rr.released && r.c.withhold(rr.cur, d) {
 				continue
 			}
-			switch wgType(d) {
-			case wgInitiation:
-				if !released && r.c.withhold(cur, d) {
-					continue
-				}
-			case wgResponse:
-				r.c.answered(cur)
-			}
-			sizes[k] = copy(bufs[k], d)
-			eps[k] = ep
-			k++
+		case wgResponse:
+			r.c.answered(rr.cur)
 		}
-		return k, nil
+		sizes[k] = copy(bufs[k], d)
+		eps[k] = rr.ep
+		k++
 	}
+	return k, true
 }

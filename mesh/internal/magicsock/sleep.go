@@ -1,6 +1,8 @@
 package magicsock
 
 import (
+	"time"
+
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -17,11 +19,11 @@ type wakeMsg struct {
 // A node may keep idle peers out of its WireGuard device (the mesh trims
 // them: wireguard-go's state per peer is most of an idle member's memory)
 // while the Conn still knows them, their candidates and paths, and keeps
-// probing them. The device drops every message from a peer it does not
-// know, so the Conn catches the first message of a sleeping peer before
-// wireguard-go sees it, asks the wake function (SetWake) to configure the
-// peer and then
-// delivers the message, as if it had just arrived: a handshake initiation
+// probing them, slowly (asleepProbeInterval). The device drops every
+// message from a peer it does not know, so the Conn catches the first
+// message of a sleeping peer before wireguard-go sees it, asks the wake
+// function (SetWake) to configure the peer and then delivers the
+// message, as if it had just arrived: a handshake initiation
 // from a trimmed peer is answered at once instead of after the peer's
 // retry 5 s later. The sender is known by the address the message came
 // from (a candidate of the peer), by the relay (which names it), or, for
@@ -53,9 +55,20 @@ func (c *Conn) SetAsleep(k api.Key, asleep bool) {
 	if p.asleep.Swap(asleep) != asleep {
 		if asleep {
 			c.asleepN.Add(1)
-		} else {
-			c.asleepN.Add(-1)
+			return
 		}
+		c.asleepN.Add(-1)
+		// Probed at most once a minute while asleep (see
+		// asleepProbeInterval): probe every candidate now, and give the
+		// chosen path the usual time to answer before it is dropped.
+		now := time.Now()
+		p.mu.Lock()
+		if p.best != nil {
+			p.bestSeen = now
+		}
+		p.punchLocked(now)
+		p.mu.Unlock()
+		c.wakeLoop()
 	}
 }
 
@@ -97,8 +110,8 @@ func (c *Conn) wake(p *peer, b []byte, ep conn.Endpoint) {
 }
 
 // wakePeer asks the wake function to configure p and then delivers the messages
-// that came for it through the relay's receive function (which carries
-// datagrams of any origin with the peer's Endpoint). If p is still asleep
+// that came for it through the relay's queue (which carries datagrams of
+// any origin with the peer's Endpoint; see relayReader). If p is still asleep
 // afterwards (the device is closing), they are dropped.
 func (c *Conn) wakePeer(p *peer) {
 	if fn := c.wakeFn.Load(); fn != nil && p.asleep.Load() {
@@ -114,9 +127,7 @@ func (c *Conn) wakePeer(p *peer) {
 			msgPool.Put(m.buf)
 			continue
 		}
-		select {
-		case c.relay.in <- relayIn{p: p, buf: m.buf, released: true, ep: m.ep}:
-		default:
+		if !c.relay.enqueue(relayIn{p: p, buf: m.buf, released: true, ep: m.ep}) {
 			msgPool.Put(m.buf)
 		}
 	}

@@ -98,7 +98,7 @@ func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 	}
 	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500)}
 	sizes, eps := make([]int, 2), make([]conn.Endpoint, 2)
-	n, err := c.wrapReceive(fn)(bufs, sizes, eps)
+	n, err := c.wrapReceive(fn, false)(bufs, sizes, eps)
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "the initiation is taken out of the batch")
 	require.Equal(t, data, bufs[0][:sizes[0]])
@@ -109,8 +109,9 @@ func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 		t.Fatal("the peer was not woken")
 	}
 
-	// Delivered through the relay's receive function, from where it came.
-	relayFn := fns[len(fns)-1]
+	// Delivered through the socket's receive function (which carries the
+	// relay's queue), from where it came.
+	relayFn := fns[0]
 	got := make(chan error, 1)
 	go func() {
 		n, err := relayFn(bufs, sizes, eps)
@@ -125,4 +126,40 @@ func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the initiation was not delivered")
 	}
+}
+
+// TestAsleepPeerProbedSlowly: a peer asleep is not probed at the
+// heartbeat (a full mesh of trimmed peers would ping each of them every
+// 2 s), yet keeps its direct path (no pong for longer than trustTimeout
+// must not drop it: that would bring up the relay for a peer nobody talks
+// to); once woken it is probed at once and its path answers.
+func TestAsleepPeerProbedSlowly(t *testing.T) {
+	a, b := newNode(t, 1, Config{}), newNode(t, 2, Config{})
+	a.addPeer(t, b, b.local())
+	b.addPeer(t, a, a.local())
+	ping(t, a, b)
+	waitPath(t, a, b, PathDirect)
+	// b's keepalive would wake b in a: this wake function leaves it
+	// asleep (its messages are dropped), the test wakes it itself.
+	a.conn.SetWake(func(api.Key) {})
+	a.conn.SetAsleep(b.pub, true)
+
+	// The probe scheduled before it fell asleep may still go out.
+	time.Sleep(heartbeat + 500*time.Millisecond)
+	before := a.conn.PingsSent()
+	time.Sleep(3*heartbeat + trustTimeout/2)
+	require.Equal(t, before, a.conn.PingsSent(), "pings to a peer asleep")
+	require.Equal(t, PathDirect, a.conn.PeerPath(b.pub).Path, "the path of a peer asleep stays")
+
+	woke := time.Now()
+	a.conn.SetAsleep(b.pub, false)
+	p := a.conn.peer(b.pub, false)
+	require.Eventually(t, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.best != nil && p.best.lastPong.After(woke)
+	}, time.Second, 5*time.Millisecond, "the woken peer's path answers a probe at once")
+	require.Greater(t, a.conn.PingsSent(), before)
+	require.Equal(t, PathDirect, a.conn.PeerPath(b.pub).Path)
+	ping(t, a, b)
 }

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/net/ipv6"
 	"golang.zx2c4.com/wireguard/conn"
@@ -121,6 +122,32 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return fns, actual, nil
 	}
 	return nil, 0, fmt.Errorf("udpbind: open port %d: %w", port, err)
+}
+
+// ErrWoken is what the first receive function Open returned gives back
+// after Wake, instead of blocking for a datagram.
+var ErrWoken = errors.New("udpbind: receive woken")
+
+// Wake makes the first receive function Open returned, if blocked, and
+// otherwise its next call that would block, return ErrWoken: a caller
+// that delivers datagrams of another source through that function (the
+// relay's, in magicsock) queues them, then calls Wake; after ErrWoken it
+// looks at its queue again before receiving again. Calls made before the
+// function returned ErrWoken may be merged into that one: the caller
+// must look at its queue after ErrWoken, not count wakes. A no-op when
+// closed.
+//
+// It sets the socket's read deadline to the past (the receive function
+// clears it before returning ErrWoken): no syscall, and no second
+// receive function whose batch wireguard-go would keep 64 KiB buffers
+// for.
+func (b *Bind) Wake() {
+	b.mu.Lock()
+	s := b.v4 // serves the first receive function (the only one when dual-stack)
+	b.mu.Unlock()
+	if s != nil {
+		s.conn.SetReadDeadline(time.Unix(1, 0)) // closed: nothing to wake
+	}
 }
 
 // Close implements conn.Bind; receive functions then return net.ErrClosed.

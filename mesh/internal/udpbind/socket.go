@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -85,6 +86,14 @@ func (s *socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, 
 		n, err = s.receiveBatch(bufs, sizes, eps)
 	}
 	s.rs.received(bufs, sizes, n)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// Woken (Bind.Wake): clear the deadline before the caller looks at
+		// its queue, so that a Wake after that look is not lost.
+		if cerr := s.conn.SetReadDeadline(time.Time{}); cerr != nil {
+			return 0, wrapClosed(cerr)
+		}
+		return 0, ErrWoken
+	}
 	return n, err
 }
 
