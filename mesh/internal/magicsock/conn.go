@@ -104,6 +104,8 @@ type Conn struct {
 
 	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
+
+	initLimit *initLimiter // see ratelimit.go
 }
 
 // session is what one Open starts and the next Close stops.
@@ -129,6 +131,8 @@ func New(cfg Config) *Conn {
 		inner:   udpbind.New(cfg.Batch),
 		peers:   map[api.Key]*peer{},
 		stunCfg: cfg.STUN,
+
+		initLimit: newInitLimiter(),
 	}
 	c.key.Store(newKeyPair(cfg.PrivateKey))
 	empty := map[netip.AddrPort]*peer{}
@@ -474,7 +478,7 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc, relay bool) conn.ReceiveFunc {
 				if lastP == nil && t == wgInitiation && c.asleepN.Load() > 0 {
 					// From an address no peer is known by: only the
 					// initiation itself says who sent it.
-					if p := c.asleepInitiator(b); p != nil {
+					if p := c.asleepInitiator(b, ue.AddrPort().Addr()); p != nil {
 						// Delivered from where it came: wireguard-go
 						// learns the address once the initiation proves
 						// to be the peer's (the key read from it does

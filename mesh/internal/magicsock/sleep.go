@@ -1,6 +1,7 @@
 package magicsock
 
 import (
+	"net/netip"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -72,10 +73,15 @@ func (c *Conn) SetAsleep(k api.Key, asleep bool) {
 	}
 }
 
-// asleepInitiator returns the sleeping peer that sent the initiation b, or
-// nil.
-func (c *Conn) asleepInitiator(b []byte) *peer {
-	k, ok := c.keys().ik.initiatorKey(b)
+// asleepInitiator returns the sleeping peer that sent the initiation b
+// from an unknown address, or nil; reading it is rate limited (see
+// initLimiter).
+func (c *Conn) asleepInitiator(b []byte, from netip.Addr) *peer {
+	ik := c.keys().ik
+	if !ik.isInitiation(b) || !c.initLimit.allow(from, time.Now()) {
+		return nil
+	}
+	k, ok := ik.readInitiator(b)
 	if !ok {
 		return nil
 	}

@@ -2,6 +2,7 @@ package magicsock
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -162,4 +164,88 @@ func TestAsleepPeerProbedSlowly(t *testing.T) {
 	require.Greater(t, a.conn.PingsSent(), before)
 	require.Equal(t, PathDirect, a.conn.PeerPath(b.pub).Path)
 	ping(t, a, b)
+}
+
+// forgedInitiations returns n initiations to pub with a valid mac1 and
+// random ephemeral keys: anyone who knows pub can make them.
+func forgedInitiations(t *testing.T, pub api.Key, n int) [][]byte {
+	t.Helper()
+	aPriv, _ := newTestKeys()
+	tmpl := wgInitiationFrom(t, aPriv, pub)
+	var cg device.CookieGenerator
+	cg.Init(device.NoisePublicKey(pub))
+	out := make([][]byte, n)
+	for i := range out {
+		b := bytes.Clone(tmpl)
+		_, _ = rand.Read(b[initEphemeralOff : initEphemeralOff+32])
+		cg.AddMacs(b)
+		out[i] = b
+	}
+	return out
+}
+
+// TestForgedInitiationFloodRateLimited: a flood of initiations with a
+// valid mac1 from addresses no peer is known by, while a peer is asleep,
+// costs at most the rate limiter's X25519s (initLimiter), and the data in
+// the same batches still passes.
+func TestForgedInitiationFloodRateLimited(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	_, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	_, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	c.SetWake(func(api.Key) {})
+	c.SetAsleep(aPub, true)
+
+	const n = 2000
+	forged := forgedInitiations(t, bPub, n)
+	data := make([]byte, 32)
+	data[0] = 4 // a transport message
+	i := 0
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		// 1,000 sources, two initiations each, and one data message.
+		from := udpbind.NewEndpoint(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 4242))
+		sizes[0], eps[0] = copy(bufs[0], forged[i]), from
+		sizes[1], eps[1] = copy(bufs[1], forged[i+1]), from
+		sizes[2], eps[2] = copy(bufs[2], data), from
+		i += 2
+		return 3, nil
+	}
+	recv := c.wrapReceive(fn, false)
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 3), make([]conn.Endpoint, 3)
+	before := x25519Calls.Load()
+	start := time.Now()
+	passed := 0
+	for i < n {
+		k, err := recv(bufs, sizes, eps)
+		require.NoError(t, err)
+		for j := 0; j < k; j++ {
+			if bytes.Equal(bufs[j][:sizes[j]], data) {
+				passed++
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	calls := x25519Calls.Load() - before
+	limit := uint64(initLimitBurst + initLimitRate*elapsed.Seconds() + 1)
+	require.LessOrEqual(t, calls, limit, "X25519s for %d forged initiations in %v", n, elapsed)
+	require.Greater(t, calls, uint64(0), "some were read")
+	require.Equal(t, n/2, passed, "data messages passed")
+
+	// One source alone gets its own bucket's burst, not the node's.
+	l := newInitLimiter()
+	now := time.Now()
+	a := netip.MustParseAddr("192.0.2.7")
+	got := 0
+	for range 100 {
+		if l.allow(a, now) {
+			got++
+		}
+	}
+	require.Equal(t, initLimitPerSourceBurst, got)
+	require.True(t, l.allow(netip.MustParseAddr("192.0.2.8"), now) || l.allow(netip.MustParseAddr("192.0.2.9"), now))
+	require.True(t, l.allow(a, now.Add(time.Second)), "refilled")
 }
