@@ -488,7 +488,10 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc, relay bool) conn.ReceiveFunc {
 					}
 				}
 				if lastP != nil {
-					if lastP.asleep.Load() {
+					// Only an initiation for this node wakes a peer:
+					// anything else it sends is dropped by wireguard-go
+					// as before (no session to decrypt it with).
+					if t == wgInitiation && lastP.asleep.Load() && c.keys().ik.isInitiation(b) {
 						c.wake(lastP, b, nil)
 						continue
 					}

@@ -364,7 +364,7 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 		}
 		d := rr.rest[2 : 2+n]
 		rr.rest = rr.rest[2+n:]
-		if !rr.released && rr.cur.asleep.Load() {
+		if !rr.released && wgType(d) == wgInitiation && rr.cur.asleep.Load() && r.c.keys().ik.isInitiation(d) {
 			r.c.wake(rr.cur, d, nil)
 			continue
 		}

@@ -21,8 +21,9 @@ type wakeMsg struct {
 // them: wireguard-go's state per peer is most of an idle member's memory)
 // while the Conn still knows them, their candidates and paths, and keeps
 // probing them, slowly (asleepProbeInterval). The device drops every
-// message from a peer it does not know, so the Conn catches the first
-// message of a sleeping peer before wireguard-go sees it, asks the wake
+// message from a peer it does not know, so the Conn catches a handshake
+// initiation (with a valid mac1 for this node; nothing else wakes a peer)
+// of a sleeping peer before wireguard-go sees it, asks the wake
 // function (SetWake) to configure the peer and then delivers the
 // message, as if it had just arrived: a handshake initiation
 // from a trimmed peer is answered at once instead of after the peer's

@@ -249,3 +249,57 @@ func TestForgedInitiationFloodRateLimited(t *testing.T) {
 	require.True(t, l.allow(netip.MustParseAddr("192.0.2.8"), now) || l.allow(netip.MustParseAddr("192.0.2.9"), now))
 	require.True(t, l.allow(a, now.Add(time.Second)), "refilled")
 }
+
+// TestAsleepPeerWokenOnlyByInitiation: from a sleeping peer's known
+// address, only a handshake initiation with a valid mac1 for this node
+// wakes it; a transport message, a cookie reply and an initiation with a
+// bad mac1 go to wireguard-go as before.
+func TestAsleepPeerWokenOnlyByInitiation(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	aPriv, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	_, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	aAddr := netip.MustParseAddrPort("192.0.2.1:4242")
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a", Candidates: []api.Candidate{{Addr: aAddr, Type: api.CandidateLocal}}}})
+	woke := make(chan api.Key, 4)
+	c.SetWake(func(k api.Key) { woke <- k })
+	c.SetAsleep(aPub, true)
+
+	from := udpbind.NewEndpoint(aAddr)
+	data := make([]byte, 32)
+	data[0] = 4 // a transport message
+	cookie := make([]byte, 64)
+	cookie[0] = 3
+	badMAC := wgInitiationFrom(t, aPriv, bPub)
+	badMAC[initMAC1Off] ^= 1
+	msgs := [][]byte{data, cookie, badMAC}
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		for i, m := range msgs {
+			sizes[i], eps[i] = copy(bufs[i], m), from
+		}
+		return len(msgs), nil
+	}
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 3), make([]conn.Endpoint, 3)
+	n, err := c.wrapReceive(fn, false)(bufs, sizes, eps)
+	require.NoError(t, err)
+	require.Equal(t, len(msgs), n, "passed on")
+	select {
+	case <-woke:
+		t.Fatal("woken by a message that is not an initiation")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	msgs = [][]byte{wgInitiationFrom(t, aPriv, bPub)}
+	n, err = c.wrapReceive(fn, false)(bufs, sizes, eps)
+	require.NoError(t, err)
+	require.Equal(t, 0, n, "the initiation is caught")
+	select {
+	case k := <-woke:
+		require.Equal(t, aPub, k)
+	case <-time.After(20 * time.Second):
+		t.Fatal("not woken by an initiation")
+	}
+}
