@@ -87,6 +87,7 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		logger = slog.New(slog.DiscardHandler)
 	}
 	guard := guardCrossing(bind, logger)
+	guard.valid = bind.IsInitiation
 	var wgBind conn.Bind = guard
 	if p, ok := tdev.(pacingTun); ok { // userspace: see netstack.Net.PaceBind
 		wgBind = p.PaceBind(guard)

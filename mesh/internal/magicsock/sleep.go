@@ -139,3 +139,7 @@ func (c *Conn) wakePeer(p *peer) {
 		}
 	}
 }
+
+// IsInitiation reports whether b is a handshake initiation to this node:
+// length, type and a valid mac1 for the node's current key (no X25519).
+func (c *Conn) IsInitiation(b []byte) bool { return c.keys().ik.isInitiation(b) }
