@@ -105,7 +105,8 @@ type Conn struct {
 	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 
-	initLimit *initLimiter // see ratelimit.go
+	initLimit      *initLimiter  // see ratelimit.go
+	wokenDelivered atomic.Uint64 // messages that woke a peer, queued for wireguard-go (see wakePeer)
 }
 
 // session is what one Open starts and the next Close stops.

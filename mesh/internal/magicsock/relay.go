@@ -60,7 +60,11 @@ type relayIn struct {
 	ep       conn.Endpoint // the endpoint to deliver with; nil: p's
 }
 
-var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, msgBufSize); return &b }}
+
+// msgBufSize is the capacity of msgPool's buffers. A message kept for a
+// peer that wakes (Conn.wake) has a buffer of its own size, never pooled.
+const msgBufSize = 64 << 10
 
 func newRelayClient(c *Conn, dial RelayDialer) *relayClient {
 	return &relayClient{c: c, dial: dial, in: make(chan relayIn, relayInQueue)}
@@ -316,6 +320,18 @@ func (r *relayClient) enqueue(m relayIn) bool {
 	}
 }
 
+// enqueueWait queues m for delivery, waiting for room until ctx ends;
+// false when it ended (the caller keeps m's buffer).
+func (r *relayClient) enqueueWait(ctx context.Context, m relayIn) bool {
+	select {
+	case r.in <- m:
+		r.notify()
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // notify wakes the receive function if it waits on the socket.
 func (r *relayClient) notify() {
 	if r.blocked.Load() {
@@ -342,7 +358,9 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 	r := rr.r
 	if len(rr.rest) == 0 {
 		if rr.held != nil {
-			msgPool.Put(rr.held)
+			if cap(*rr.held) >= msgBufSize {
+				msgPool.Put(rr.held)
+			}
 			rr.held = nil
 		}
 		select {

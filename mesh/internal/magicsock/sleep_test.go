@@ -303,3 +303,83 @@ func TestAsleepPeerWokenOnlyByInitiation(t *testing.T) {
 		t.Fatal("not woken by an initiation")
 	}
 }
+
+// TestWokenInitiationsBoundedAndDelivered: a peer waking keeps at most
+// maxWakeQueue initiations, each in a buffer of its own size (not a
+// pooled 64 KiB one), and delivers them even when the receive function's
+// queue is full at that moment (waiting for room, not dropping them).
+func TestWokenInitiationsBoundedAndDelivered(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	aPriv, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	fns, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	release, woke := make(chan struct{}), make(chan struct{})
+	c.SetWake(func(k api.Key) {
+		<-release
+		c.SetAsleep(k, false)
+		close(woke)
+	})
+	c.SetAsleep(aPub, true)
+	p := c.peer(aPub, false)
+
+	from := udpbind.NewEndpoint(netip.MustParseAddrPort("192.0.2.1:4242"))
+	var inits [][]byte
+	for range 4 {
+		inits = append(inits, wgInitiationFrom(t, aPriv, bPub))
+	}
+	i := 0
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		sizes[0], eps[0] = copy(bufs[0], inits[i]), from
+		i++
+		return 1, nil
+	}
+	recv := c.wrapReceive(fn, false)
+	bufs, sizes, eps := [][]byte{make([]byte, 1500)}, make([]int, 1), make([]conn.Endpoint, 1)
+	for range inits {
+		n, err := recv(bufs, sizes, eps)
+		require.NoError(t, err)
+		require.Zero(t, n)
+	}
+	p.mu.Lock()
+	require.Len(t, p.wakeQ, maxWakeQueue)
+	for _, m := range p.wakeQ {
+		require.Less(t, cap(*m.buf), 256, "a woken initiation's buffer")
+	}
+	p.mu.Unlock()
+
+	// The receive function's queue is full when the peer wakes.
+	for range relayInQueue {
+		b := append([]byte(nil), aPub[:]...)
+		require.True(t, c.relay.enqueue(relayIn{p: p, buf: &b, released: true}))
+	}
+	close(release)
+	<-woke
+	// Give wakePeer time to find the queue full: a delivery that does
+	// not wait for room drops them now.
+	time.Sleep(100 * time.Millisecond)
+
+	got := make(chan [][]byte, 1)
+	go func() {
+		var out [][]byte
+		for len(out) < maxWakeQueue {
+			n, err := fns[0](bufs, sizes, eps)
+			if err != nil {
+				break
+			}
+			for j := 0; j < n; j++ {
+				out = append(out, bytes.Clone(bufs[j][:sizes[j]]))
+			}
+		}
+		got <- out
+	}()
+	select {
+	case out := <-got:
+		require.Equal(t, inits[:maxWakeQueue], out)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the woken initiations were not delivered")
+	}
+	require.EqualValues(t, maxWakeQueue, c.wokenDelivered.Load())
+}
