@@ -106,7 +106,7 @@ type Conn struct {
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
 
 	initLimit      *initLimiter  // see ratelimit.go
-	wokenDelivered atomic.Uint64 // messages that woke a peer, queued for wireguard-go (see wakePeer)
+	wokenDelivered atomic.Uint64 // messages that woke a peer, handed to wireguard-go (see WokenDelivered)
 }
 
 // session is what one Open starts and the next Close stops.

@@ -57,6 +57,7 @@ type relayIn struct {
 	p        *peer
 	buf      *[]byte       // from msgPool; the message, key included
 	released bool          // a withheld initiation (see Conn.withhold), or a message that woke p (see Conn.wake)
+	woken    bool          // a message that woke p (counted when handed on: Conn.WokenDelivered)
 	ep       conn.Endpoint // the endpoint to deliver with; nil: p's
 }
 
@@ -347,6 +348,7 @@ type relayReader struct {
 	held     *[]byte // the message rest points into
 	rest     []byte
 	released bool
+	woken    bool
 	ep       conn.Endpoint
 }
 
@@ -365,7 +367,7 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 		}
 		select {
 		case m := <-r.in:
-			rr.cur, rr.held, rr.rest, rr.released, rr.ep = m.p, m.buf, (*m.buf)[32:], m.released, m.ep
+			rr.cur, rr.held, rr.rest, rr.released, rr.woken, rr.ep = m.p, m.buf, (*m.buf)[32:], m.released, m.woken, m.ep
 			if rr.ep == nil {
 				rr.ep = rr.cur.ep
 			}
@@ -397,6 +399,9 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 		sizes[k] = copy(bufs[k], d)
 		eps[k] = rr.ep
 		k++
+		if rr.woken {
+			r.c.wokenDelivered.Add(1)
+		}
 	}
 	return k, true
 }

@@ -140,12 +140,15 @@ func (c *Conn) wakePeer(p *peer) {
 		return
 	}
 	for _, m := range q {
-		if !c.relay.enqueueWait(s.ctx, relayIn{p: p, buf: m.buf, released: true, ep: m.ep}) {
+		if !c.relay.enqueueWait(s.ctx, relayIn{p: p, buf: m.buf, released: true, woken: true, ep: m.ep}) {
 			return
 		}
-		c.wokenDelivered.Add(1)
 	}
 }
+
+// WokenDelivered returns how many messages that woke a peer asleep the
+// Conn has handed to wireguard-go.
+func (c *Conn) WokenDelivered() uint64 { return c.wokenDelivered.Load() }
 
 // IsInitiation reports whether b is a handshake initiation to this node:
 // length, type and a valid mac1 for the node's current key (no X25519).

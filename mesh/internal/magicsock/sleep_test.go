@@ -59,6 +59,9 @@ func TestAsleepPeerWokenByFirstMessage(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("the packet to a peer asleep never arrived")
 			}
+			// The initiation that woke a was handed on (not a's retry,
+			// which would have carried the packet all the same).
+			require.GreaterOrEqual(t, b.conn.WokenDelivered(), uint64(1), "woken initiations delivered")
 			mu.Lock()
 			require.NotEmpty(t, woken)
 			for _, k := range woken {
