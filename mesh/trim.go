@@ -82,6 +82,12 @@ type peerAct struct {
 	// Guarded by wgDevice.mu:
 	woke       time.Time // when the peer was last woken (see wakeKey)
 	wasTrimmed bool      // the peer was in the device before: not held back as a new one when it wakes (see holdDelay)
+	// learned is the endpoint the device had for the peer when it was
+	// trimmed (advertised, or learnt from the peer's packets): given to
+	// the device again when the peer wakes, as replaceConfig does, so
+	// that a packet to a member that advertises no endpoint can start a
+	// handshake.
+	learned netip.AddrPort
 	// base is what earlier device instances of the peer counted (a woken
 	// peer is a new wireguard-go peer whose counters start at 0): their
 	// byte counts summed and the last handshake.
@@ -321,6 +327,7 @@ func (d *wgDevice) onTrimTimer() {
 			continue
 		}
 		a.wasTrimmed = true
+		a.learned = ps.endpoint
 		a.base = a.base.plus(ps)
 		a.base.endpoint, a.base.asleep = netip.AddrPort{}, true
 		d.trim.asleep[k] = true
