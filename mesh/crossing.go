@@ -132,6 +132,16 @@ func (g *crossGuard) forget() {
 	g.mu.Unlock()
 }
 
+// forgetEndpoints forgets the initiations received from these endpoints
+// (DstToString) only.
+func (g *crossGuard) forgetEndpoints(eps ...string) {
+	g.mu.Lock()
+	for _, ep := range eps {
+		delete(g.from, ep)
+	}
+	g.mu.Unlock()
+}
+
 // Send drops an initiation that would cross one received from ep (see
 // crossWindow), reporting success as for a lost datagram.
 func (g *crossGuard) Send(bufs [][]byte, ep conn.Endpoint) error {

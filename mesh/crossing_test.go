@@ -85,6 +85,13 @@ func TestCrossGuard(t *testing.T) {
 	require.True(t, sends(init, other), "another endpoint")
 	now = now.Add(crossWindow)
 	require.True(t, sends(init, peer), "after the window")
+
+	// Forgetting one peer's records leaves the others'.
+	receive(init, peer)
+	receive(init, other)
+	g.forgetEndpoints(peer.DstToString())
+	require.True(t, sends(init, peer), "forgotten")
+	require.False(t, sends(init, other), "another peer's record stays")
 }
 
 // TestCrossGuardBounded: only initiations with a valid mac1 for this node

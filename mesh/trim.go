@@ -10,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 )
 
 // Idle peers are trimmed from the WireGuard device.
@@ -362,9 +363,19 @@ func (d *wgDevice) wakeKey(k api.Key) {
 	d.trim.quiet[k] = true
 	// An initiation from the peer that arrived moments ago was a stale
 	// copy (a live one would have woken the peer): ours must go out.
-	d.guard.forget()
+	// Only this peer's records: other peers' crossings still matter.
+	eps := []string{magicsock.EndpointString(k)}
+	if ep, err := d.ms.ParseEndpoint(eps[0]); err == nil {
+		eps = append(eps, ep.DstToString())
+	}
+	d.guard.forgetEndpoints(eps...)
 	if err := d.syncLocked(now); err != nil {
+		// Not in the device: it stays asleep (the next packet to or
+		// from it tries again), rather than awake in the Conn with no
+		// WireGuard state to answer it.
 		d.log.Warn("mesh: configuring a trimmed peer", "err", err)
+		d.trim.asleep[k] = true
+		return
 	}
 	a.trimmed.Store(false)
 	d.ms.SetAsleep(k, false)
