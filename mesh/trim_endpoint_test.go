@@ -51,3 +51,31 @@ func TestTrimKeepsLearntEndpoint(t *testing.T) {
 		20*time.Second, 50*time.Millisecond, "both trimmed")
 	roundTrip(t, b, echoTCP(t, a))
 }
+
+// TestTrimTwoPhases: the bind marks an idle peer asleep a tick before the
+// device forgets it, so that an initiation already inside wireguard-go
+// finds the peer configured (the next tick trims it only if its last
+// handshake did not change and nothing woke it). The state between the
+// two is seen, and the peer is trimmed after it.
+func TestTrimTwoPhases(t *testing.T) {
+	restore := SetTrimSessionAge(0)
+	defer restore()
+	a, b := newTrimDev(t, 1, time.Second), newTrimDev(t, 2, time.Second)
+	require.NoError(t, a.applyPeers(peersOf(b.peer(false, true))))
+	require.NoError(t, b.applyPeers(peersOf(a.peer(false, true))))
+	roundTrip(t, a, echoTCP(t, b))
+	between := func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		_, configured := a.applied[b.pub]
+		return configured && a.ms.Asleep(b.pub) && !a.trim.asleep[b.pub]
+	}
+	require.Eventually(t, between, 20*time.Second, 5*time.Millisecond, "asleep in the bind, still in the device")
+	require.Eventually(t, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		_, configured := a.applied[b.pub]
+		return !configured && a.ms.Asleep(b.pub) && a.trim.asleep[b.pub]
+	}, 20*time.Second, 10*time.Millisecond, "trimmed")
+	roundTrip(t, a, echoTCP(t, b))
+}

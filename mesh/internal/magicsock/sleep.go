@@ -153,3 +153,9 @@ func (c *Conn) WokenDelivered() uint64 { return c.wokenDelivered.Load() }
 // IsInitiation reports whether b is a handshake initiation to this node:
 // length, type and a valid mac1 for the node's current key (no X25519).
 func (c *Conn) IsInitiation(b []byte) bool { return c.keys().ik.isInitiation(b) }
+
+// Asleep reports whether k is marked asleep (see SetAsleep).
+func (c *Conn) Asleep(k api.Key) bool {
+	p := c.peer(k, false)
+	return p != nil && p.asleep.Load()
+}
