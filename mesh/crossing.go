@@ -46,9 +46,14 @@ type crossGuard struct {
 	log *slog.Logger
 	now func() time.Time // time.Now; tests replace it
 
-	// mu guards from.
-	mu   sync.Mutex
-	from map[string]time.Time // endpoint (DstToString) -> last initiation received
+	// valid reports whether a 148-byte type-1 datagram is an initiation
+	// for this node (mac1: magicsock.Conn.IsInitiation); nil takes all.
+	valid func([]byte) bool
+
+	// mu guards from and pruned.
+	mu     sync.Mutex
+	from   map[string]time.Time // endpoint (DstToString) -> last initiation received
+	pruned time.Time            // when from was last pruned
 
 	sent atomic.Uint64 // WireGuard messages passed on to the bind (benchmarks count round trips with it)
 }
@@ -82,7 +87,8 @@ func (g *crossGuard) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		out[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			n, err := fn(packets, sizes, eps)
 			for j := 0; j < n; j++ {
-				if sizes[j] == sizeInitiation && isInitiation(packets[j][:sizes[j]]) && eps[j] != nil {
+				if sizes[j] == sizeInitiation && isInitiation(packets[j][:sizes[j]]) && eps[j] != nil &&
+					(g.valid == nil || g.valid(packets[j][:sizes[j]])) {
 					g.received(eps[j].DstToString())
 				}
 			}
@@ -92,18 +98,30 @@ func (g *crossGuard) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return out, actual, nil
 }
 
+// maxCrossRecords bounds the initiations remembered. Only ones with a
+// valid mac1 are (anyone who knows the node's public key can make those),
+// and a record matters for crossWindow only: the map is pruned at most
+// once per crossWindow (a scan of at most maxCrossRecords entries, O(1)
+// amortized per initiation), and a sender that finds it full is not
+// recorded (its initiation may then cross ours: a 5 s retry, as without
+// the guard).
+const maxCrossRecords = 1024
+
 func (g *crossGuard) received(ep string) {
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.from) >= 64 { // forget what no longer matters
+	if _, ok := g.from[ep]; !ok && len(g.from) >= 64 && now.Sub(g.pruned) >= crossWindow {
+		g.pruned = now // forget what no longer matters
 		for k, t := range g.from {
 			if now.Sub(t) >= crossWindow {
 				delete(g.from, k)
 			}
 		}
 	}
-	g.from[ep] = now
+	if _, ok := g.from[ep]; ok || len(g.from) < maxCrossRecords {
+		g.from[ep] = now
+	}
 }
 
 // forget forgets the initiations received, so that the next initiations
@@ -111,6 +129,16 @@ func (g *crossGuard) received(ep string) {
 func (g *crossGuard) forget() {
 	g.mu.Lock()
 	clear(g.from)
+	g.mu.Unlock()
+}
+
+// forgetEndpoints forgets the initiations received from these endpoints
+// (DstToString) only.
+func (g *crossGuard) forgetEndpoints(eps ...string) {
+	g.mu.Lock()
+	for _, ep := range eps {
+		delete(g.from, ep)
+	}
 	g.mu.Unlock()
 }
 

@@ -87,6 +87,7 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 		logger = slog.New(slog.DiscardHandler)
 	}
 	guard := guardCrossing(bind, logger)
+	guard.valid = bind.IsInitiation
 	var wgBind conn.Bind = guard
 	if p, ok := tdev.(pacingTun); ok { // userspace: see netstack.Net.PaceBind
 		wgBind = p.PaceBind(guard)
@@ -189,6 +190,11 @@ func (d *wgDevice) syncLocked(now time.Time) error {
 		_, known := d.applied[k]
 		due, held := d.pending[k]
 		woken := d.trim.acts[k] != nil && d.trim.acts[k].wasTrimmed
+		if _, known := have[k]; woken && !known && !w.Endpoint.IsValid() {
+			// Added again after a trim: keep the endpoint the device
+			// had learnt (see peerAct.learned).
+			w.Endpoint = d.trim.acts[k].learned
+		}
 		if !held && !known && !woken && w.Hold && w.Endpoint.IsValid() {
 			due, held = now.Add(holdDelay), true
 			d.pending[k] = due

@@ -85,3 +85,15 @@ func PingsSent(n *Node) uint64 {
 		return 0
 	}
 }
+
+// WokenDelivered returns how many messages that woke a trimmed peer n's
+// bind has handed to its WireGuard device (magicsock.Conn.WokenDelivered).
+func WokenDelivered(n *Node) uint64 {
+	n.mu.Lock()
+	p := n.plane
+	n.mu.Unlock()
+	if up, ok := p.(*userspacePlane); ok {
+		return up.dev.ms.WokenDelivered()
+	}
+	return 0
+}

@@ -10,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"
+	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 )
 
 // Idle peers are trimmed from the WireGuard device.
@@ -82,6 +83,16 @@ type peerAct struct {
 	// Guarded by wgDevice.mu:
 	woke       time.Time // when the peer was last woken (see wakeKey)
 	wasTrimmed bool      // the peer was in the device before: not held back as a new one when it wakes (see holdDelay)
+	// learned is the endpoint the device had for the peer when it was
+	// trimmed (advertised, or learnt from the peer's packets): given to
+	// the device again when the peer wakes, as replaceConfig does, so
+	// that a packet to a member that advertises no endpoint can start a
+	// handshake.
+	learned netip.AddrPort
+	// drowsy: asleep in the bind, still in the device (the first phase
+	// of a trim, see onTrimTimer); drowsyHS is its last handshake then.
+	drowsy   bool
+	drowsyHS time.Time
 	// base is what earlier device instances of the peer counted (a woken
 	// peer is a new wireguard-go peer whose counters start at 0): their
 	// byte counts summed and the last handshake.
@@ -291,6 +302,7 @@ func (d *wgDevice) onTrimTimer() {
 			continue
 		}
 		if a.idleFor(now) < d.trim.idle {
+			a.wakeDrowsy(d, k)
 			if d.trim.quiet[k] { // in use again: keepalive back on
 				delete(d.trim.quiet, k)
 				changed = true
@@ -306,6 +318,7 @@ func (d *wgDevice) onTrimTimer() {
 		_, restarting := d.restarts[k]
 		ps, configured := st.peers[k]
 		if held || restarting || !configured {
+			a.wakeDrowsy(d, k)
 			continue
 		}
 		if !d.trim.quiet[k] {
@@ -313,18 +326,36 @@ func (d *wgDevice) onTrimTimer() {
 			changed = changed || d.want[k].Keepalive != 0
 		}
 		if hs := ps.lastHandshake; !hs.IsZero() && now.Sub(hs) < time.Duration(trimSessionAge.Load()) {
+			a.wakeDrowsy(d, k)
 			continue
 		}
+		// Two phases. First the bind marks the peer asleep: from then on
+		// an initiation from it wakes it (wakeKey) instead of reaching
+		// the device. An initiation that got into wireguard-go before
+		// that is handled by the peer still configured; the next tick
+		// trims the peer only if its last handshake did not change and
+		// nothing woke it.
+		if !a.drowsy {
+			a.drowsy, a.drowsyHS = true, ps.lastHandshake
+			d.ms.SetAsleep(k, true)
+			continue
+		}
+		if !ps.lastHandshake.Equal(a.drowsyHS) {
+			a.wakeDrowsy(d, k)
+			continue
+		}
+		a.drowsy = false
 		a.trimmed.Store(true)
 		if a.idleFor(now) < d.trim.idle { // a packet came meanwhile (see note)
 			a.trimmed.Store(false)
+			d.ms.SetAsleep(k, false)
 			continue
 		}
 		a.wasTrimmed = true
+		a.learned = ps.endpoint
 		a.base = a.base.plus(ps)
 		a.base.endpoint, a.base.asleep = netip.AddrPort{}, true
 		d.trim.asleep[k] = true
-		d.ms.SetAsleep(k, true)
 		changed = true
 	}
 	if !changed {
@@ -332,6 +363,15 @@ func (d *wgDevice) onTrimTimer() {
 	}
 	if err := d.syncLocked(now); err != nil {
 		d.log.Warn("mesh: trimming idle peers", "err", err)
+	}
+}
+
+// wakeDrowsy ends the first phase of a trim (see onTrimTimer): the peer
+// is awake in the bind again. d.mu is held.
+func (a *peerAct) wakeDrowsy(d *wgDevice, k api.Key) {
+	if a.drowsy {
+		a.drowsy = false
+		d.ms.SetAsleep(k, false)
 	}
 }
 
@@ -347,7 +387,15 @@ func (d *wgDevice) wakeKey(k api.Key) {
 	}
 	now := time.Now()
 	a := d.trim.acts[k]
-	if _, ok := d.trim.asleep[k]; !ok || a == nil {
+	if a == nil {
+		return
+	}
+	if a.drowsy { // still in the device: only the bind slept
+		a.woke = now
+		a.wakeDrowsy(d, k)
+		return
+	}
+	if _, ok := d.trim.asleep[k]; !ok {
 		return
 	}
 	a.woke = now
@@ -355,9 +403,19 @@ func (d *wgDevice) wakeKey(k api.Key) {
 	d.trim.quiet[k] = true
 	// An initiation from the peer that arrived moments ago was a stale
 	// copy (a live one would have woken the peer): ours must go out.
-	d.guard.forget()
+	// Only this peer's records: other peers' crossings still matter.
+	eps := []string{magicsock.EndpointString(k)}
+	if ep, err := d.ms.ParseEndpoint(eps[0]); err == nil {
+		eps = append(eps, ep.DstToString())
+	}
+	d.guard.forgetEndpoints(eps...)
 	if err := d.syncLocked(now); err != nil {
+		// Not in the device: it stays asleep (the next packet to or
+		// from it tries again), rather than awake in the Conn with no
+		// WireGuard state to answer it.
 		d.log.Warn("mesh: configuring a trimmed peer", "err", err)
+		d.trim.asleep[k] = true
+		return
 	}
 	a.trimmed.Store(false)
 	d.ms.SetAsleep(k, false)

@@ -54,6 +54,18 @@ func waitTrimmed(tb testing.TB, nodes ...*mesh.Node) {
 // device is lost).
 func sendOne(t *testing.T, from *mesh.Node, to netip.AddrPort, pc net.PacketConn, msg string) {
 	t.Helper()
+	sendOneTo(t, from, nil, to, pc, msg)
+}
+
+// sendOneTo is sendOne; with dst set (the receiver, both sides trimmed)
+// it also checks that the receiver handed on the initiation that woke
+// the sender in it, rather than waiting for the sender's retry.
+func sendOneTo(t *testing.T, from, dst *mesh.Node, to netip.AddrPort, pc net.PacketConn, msg string) {
+	t.Helper()
+	var before uint64
+	if dst != nil {
+		before = mesh.WokenDelivered(dst)
+	}
 	c, err := from.Dial(ctxT(t), "udp", to.String())
 	require.NoError(t, err)
 	defer c.Close()
@@ -64,6 +76,9 @@ func sendOne(t *testing.T, from *mesh.Node, to netip.AddrPort, pc net.PacketConn
 	n, _, err := pc.ReadFrom(buf)
 	require.NoError(t, err, "the first datagram to a trimmed peer was lost")
 	require.Equal(t, msg, string(buf[:n]))
+	if dst != nil {
+		require.Greater(t, mesh.WokenDelivered(dst), before, "the initiation that woke the sender was handed on")
+	}
 }
 
 // TestTrimmedPeerFirstPacket trims an idle pair and checks that the first
@@ -95,17 +110,18 @@ func TestTrimmedPeerFirstPacket(t *testing.T) {
 		require.False(t, p.LastHandshake.IsZero(), "a trimmed peer keeps its last stats")
 	}
 
-	sendOne(t, a, netip.AddrPortFrom(b.Addr(), 9), pb, "a to trimmed b")
+	sendOneTo(t, a, b, netip.AddrPortFrom(b.Addr(), 9), pb, "a to trimmed b")
 	require.False(t, a.Status().Peers[0].Trimmed)
 	require.False(t, b.Status().Peers[0].Trimmed)
 
 	waitTrimmed(t, a, b)
-	sendOne(t, b, netip.AddrPortFrom(a.Addr(), 9), pa, "b to trimmed a")
+	sendOneTo(t, b, a, netip.AddrPortFrom(a.Addr(), 9), pa, "b to trimmed a")
 
 	// IPv6 too, and TCP: the SYN is the first packet.
 	waitTrimmed(t, a, b)
-	sendOne(t, a, netip.AddrPortFrom(b.Addrs()[1], 9), pb6, "a to trimmed b over IPv6")
+	sendOneTo(t, a, b, netip.AddrPortFrom(b.Addrs()[1], 9), pb6, "a to trimmed b over IPv6")
 	waitTrimmed(t, a, b)
+	before := mesh.WokenDelivered(b)
 	c, err := a.Dial(ctxT(t), "tcp", netip.AddrPortFrom(b.Addr(), 7).String())
 	require.NoError(t, err)
 	defer c.Close()
@@ -116,6 +132,7 @@ func TestTrimmedPeerFirstPacket(t *testing.T) {
 	_, err = io.ReadFull(c, buf)
 	require.NoError(t, err)
 	require.Equal(t, "tcp", string(buf))
+	require.Greater(t, mesh.WokenDelivered(b), before, "the initiation that woke a was handed on")
 }
 
 // TestPeerIdleTimeoutOff keeps every peer when trimming is off, and

@@ -104,6 +104,9 @@ type Conn struct {
 
 	asleepN atomic.Int32                  // peers marked asleep (see SetAsleep)
 	wakeFn  atomic.Pointer[func(api.Key)] // see SetWake
+
+	initLimit      *initLimiter  // see ratelimit.go
+	wokenDelivered atomic.Uint64 // messages that woke a peer, handed to wireguard-go (see WokenDelivered)
 }
 
 // session is what one Open starts and the next Close stops.
@@ -129,6 +132,8 @@ func New(cfg Config) *Conn {
 		inner:   udpbind.New(cfg.Batch),
 		peers:   map[api.Key]*peer{},
 		stunCfg: cfg.STUN,
+
+		initLimit: newInitLimiter(),
 	}
 	c.key.Store(newKeyPair(cfg.PrivateKey))
 	empty := map[netip.AddrPort]*peer{}
@@ -474,7 +479,7 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc, relay bool) conn.ReceiveFunc {
 				if lastP == nil && t == wgInitiation && c.asleepN.Load() > 0 {
 					// From an address no peer is known by: only the
 					// initiation itself says who sent it.
-					if p := c.asleepInitiator(b); p != nil {
+					if p := c.asleepInitiator(b, ue.AddrPort().Addr()); p != nil {
 						// Delivered from where it came: wireguard-go
 						// learns the address once the initiation proves
 						// to be the peer's (the key read from it does
@@ -484,7 +489,10 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc, relay bool) conn.ReceiveFunc {
 					}
 				}
 				if lastP != nil {
-					if lastP.asleep.Load() {
+					// Only an initiation for this node wakes a peer:
+					// anything else it sends is dropped by wireguard-go
+					// as before (no session to decrypt it with).
+					if t == wgInitiation && lastP.asleep.Load() && c.keys().ik.isInitiation(b) {
 						c.wake(lastP, b, nil)
 						continue
 					}

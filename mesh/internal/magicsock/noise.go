@@ -75,16 +75,29 @@ func newInitiatorKeys(priv, pub api.Key) *initiatorKeys {
 // handshake initiation to this node; ok is false when b is not one (wrong
 // length or type, bad mac1, a static key that does not decrypt).
 func (k *initiatorKeys) initiatorKey(b []byte) (key api.Key, ok bool) {
-	if len(b) != initLen || wgType(b) != wgInitiation {
+	if !k.isInitiation(b) {
 		return api.Key{}, false
+	}
+	return k.readInitiator(b)
+}
+
+// isInitiation reports whether b is a handshake initiation to this node:
+// its length, type and mac1 (which needs only the node's public key:
+// anyone can make one).
+func (k *initiatorKeys) isInitiation(b []byte) bool {
+	if len(b) != initLen || wgType(b) != wgInitiation {
+		return false
 	}
 	var mac [blake2s.Size128]byte
 	m, _ := blake2s.New128(k.mac1Key[:])
 	m.Write(b[:initMAC1Off])
 	m.Sum(mac[:0])
-	if subtle.ConstantTimeCompare(mac[:], b[initMAC1Off:initMAC1Off+16]) != 1 {
-		return api.Key{}, false
-	}
+	return subtle.ConstantTimeCompare(mac[:], b[initMAC1Off:initMAC1Off+16]) == 1
+}
+
+// readInitiator is initiatorKey after isInitiation: it costs an X25519.
+func (k *initiatorKeys) readInitiator(b []byte) (key api.Key, ok bool) {
+	x25519Calls.Add(1)
 	eph := b[initEphemeralOff : initEphemeralOff+32]
 	var hash, chainKey, aeadKey [blake2s.Size]byte
 	mixHash(&hash, &k.hash0, eph)

@@ -57,10 +57,15 @@ type relayIn struct {
 	p        *peer
 	buf      *[]byte       // from msgPool; the message, key included
 	released bool          // a withheld initiation (see Conn.withhold), or a message that woke p (see Conn.wake)
+	woken    bool          // a message that woke p (counted when handed on: Conn.WokenDelivered)
 	ep       conn.Endpoint // the endpoint to deliver with; nil: p's
 }
 
-var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, msgBufSize); return &b }}
+
+// msgBufSize is the capacity of msgPool's buffers. A message kept for a
+// peer that wakes (Conn.wake) has a buffer of its own size, never pooled.
+const msgBufSize = 64 << 10
 
 func newRelayClient(c *Conn, dial RelayDialer) *relayClient {
 	return &relayClient{c: c, dial: dial, in: make(chan relayIn, relayInQueue)}
@@ -316,6 +321,18 @@ func (r *relayClient) enqueue(m relayIn) bool {
 	}
 }
 
+// enqueueWait queues m for delivery, waiting for room until ctx ends;
+// false when it ended (the caller keeps m's buffer).
+func (r *relayClient) enqueueWait(ctx context.Context, m relayIn) bool {
+	select {
+	case r.in <- m:
+		r.notify()
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // notify wakes the receive function if it waits on the socket.
 func (r *relayClient) notify() {
 	if r.blocked.Load() {
@@ -331,6 +348,7 @@ type relayReader struct {
 	held     *[]byte // the message rest points into
 	rest     []byte
 	released bool
+	woken    bool
 	ep       conn.Endpoint
 }
 
@@ -342,12 +360,14 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 	r := rr.r
 	if len(rr.rest) == 0 {
 		if rr.held != nil {
-			msgPool.Put(rr.held)
+			if cap(*rr.held) >= msgBufSize {
+				msgPool.Put(rr.held)
+			}
 			rr.held = nil
 		}
 		select {
 		case m := <-r.in:
-			rr.cur, rr.held, rr.rest, rr.released, rr.ep = m.p, m.buf, (*m.buf)[32:], m.released, m.ep
+			rr.cur, rr.held, rr.rest, rr.released, rr.woken, rr.ep = m.p, m.buf, (*m.buf)[32:], m.released, m.woken, m.ep
 			if rr.ep == nil {
 				rr.ep = rr.cur.ep
 			}
@@ -364,7 +384,7 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 		}
 		d := rr.rest[2 : 2+n]
 		rr.rest = rr.rest[2+n:]
-		if !rr.released && rr.cur.asleep.Load() {
+		if !rr.released && wgType(d) == wgInitiation && rr.cur.asleep.Load() && r.c.keys().ik.isInitiation(d) {
 			r.c.wake(rr.cur, d, nil)
 			continue
 		}
@@ -379,6 +399,9 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 		sizes[k] = copy(bufs[k], d)
 		eps[k] = rr.ep
 		k++
+		if rr.woken {
+			r.c.wokenDelivered.Add(1)
+		}
 	}
 	return k, true
 }

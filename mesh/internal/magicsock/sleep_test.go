@@ -2,6 +2,7 @@ package magicsock
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/wiremesh/wiremesh/control/api"
@@ -57,6 +59,9 @@ func TestAsleepPeerWokenByFirstMessage(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("the packet to a peer asleep never arrived")
 			}
+			// The initiation that woke a was handed on (not a's retry,
+			// which would have carried the packet all the same).
+			require.GreaterOrEqual(t, b.conn.WokenDelivered(), uint64(1), "woken initiations delivered")
 			mu.Lock()
 			require.NotEmpty(t, woken)
 			for _, k := range woken {
@@ -162,4 +167,222 @@ func TestAsleepPeerProbedSlowly(t *testing.T) {
 	require.Greater(t, a.conn.PingsSent(), before)
 	require.Equal(t, PathDirect, a.conn.PeerPath(b.pub).Path)
 	ping(t, a, b)
+}
+
+// forgedInitiations returns n initiations to pub with a valid mac1 and
+// random ephemeral keys: anyone who knows pub can make them.
+func forgedInitiations(t *testing.T, pub api.Key, n int) [][]byte {
+	t.Helper()
+	aPriv, _ := newTestKeys()
+	tmpl := wgInitiationFrom(t, aPriv, pub)
+	var cg device.CookieGenerator
+	cg.Init(device.NoisePublicKey(pub))
+	out := make([][]byte, n)
+	for i := range out {
+		b := bytes.Clone(tmpl)
+		_, _ = rand.Read(b[initEphemeralOff : initEphemeralOff+32])
+		cg.AddMacs(b)
+		out[i] = b
+	}
+	return out
+}
+
+// TestForgedInitiationFloodRateLimited: a flood of initiations with a
+// valid mac1 from addresses no peer is known by, while a peer is asleep,
+// costs at most the rate limiter's X25519s (initLimiter), and the data in
+// the same batches still passes.
+func TestForgedInitiationFloodRateLimited(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	_, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	_, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	c.SetWake(func(api.Key) {})
+	c.SetAsleep(aPub, true)
+
+	const n = 2000
+	forged := forgedInitiations(t, bPub, n)
+	data := make([]byte, 32)
+	data[0] = 4 // a transport message
+	i := 0
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		// 1,000 sources, two initiations each, and one data message.
+		from := udpbind.NewEndpoint(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 4242))
+		sizes[0], eps[0] = copy(bufs[0], forged[i]), from
+		sizes[1], eps[1] = copy(bufs[1], forged[i+1]), from
+		sizes[2], eps[2] = copy(bufs[2], data), from
+		i += 2
+		return 3, nil
+	}
+	recv := c.wrapReceive(fn, false)
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 3), make([]conn.Endpoint, 3)
+	before := x25519Calls.Load()
+	start := time.Now()
+	passed := 0
+	for i < n {
+		k, err := recv(bufs, sizes, eps)
+		require.NoError(t, err)
+		for j := 0; j < k; j++ {
+			if bytes.Equal(bufs[j][:sizes[j]], data) {
+				passed++
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	calls := x25519Calls.Load() - before
+	limit := uint64(initLimitBurst + initLimitRate*elapsed.Seconds() + 1)
+	require.LessOrEqual(t, calls, limit, "X25519s for %d forged initiations in %v", n, elapsed)
+	require.Greater(t, calls, uint64(0), "some were read")
+	require.Equal(t, n/2, passed, "data messages passed")
+
+	// One source alone gets its own bucket's burst, not the node's.
+	l := newInitLimiter()
+	now := time.Now()
+	a := netip.MustParseAddr("192.0.2.7")
+	got := 0
+	for range 100 {
+		if l.allow(a, now) {
+			got++
+		}
+	}
+	require.Equal(t, initLimitPerSourceBurst, got)
+	require.True(t, l.allow(netip.MustParseAddr("192.0.2.8"), now) || l.allow(netip.MustParseAddr("192.0.2.9"), now))
+	require.True(t, l.allow(a, now.Add(time.Second)), "refilled")
+}
+
+// TestAsleepPeerWokenOnlyByInitiation: from a sleeping peer's known
+// address, only a handshake initiation with a valid mac1 for this node
+// wakes it; a transport message, a cookie reply and an initiation with a
+// bad mac1 go to wireguard-go as before.
+func TestAsleepPeerWokenOnlyByInitiation(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	aPriv, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	_, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	aAddr := netip.MustParseAddrPort("192.0.2.1:4242")
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a", Candidates: []api.Candidate{{Addr: aAddr, Type: api.CandidateLocal}}}})
+	woke := make(chan api.Key, 4)
+	c.SetWake(func(k api.Key) { woke <- k })
+	c.SetAsleep(aPub, true)
+
+	from := udpbind.NewEndpoint(aAddr)
+	data := make([]byte, 32)
+	data[0] = 4 // a transport message
+	cookie := make([]byte, 64)
+	cookie[0] = 3
+	badMAC := wgInitiationFrom(t, aPriv, bPub)
+	badMAC[initMAC1Off] ^= 1
+	msgs := [][]byte{data, cookie, badMAC}
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		for i, m := range msgs {
+			sizes[i], eps[i] = copy(bufs[i], m), from
+		}
+		return len(msgs), nil
+	}
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 3), make([]conn.Endpoint, 3)
+	n, err := c.wrapReceive(fn, false)(bufs, sizes, eps)
+	require.NoError(t, err)
+	require.Equal(t, len(msgs), n, "passed on")
+	select {
+	case <-woke:
+		t.Fatal("woken by a message that is not an initiation")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	msgs = [][]byte{wgInitiationFrom(t, aPriv, bPub)}
+	n, err = c.wrapReceive(fn, false)(bufs, sizes, eps)
+	require.NoError(t, err)
+	require.Equal(t, 0, n, "the initiation is caught")
+	select {
+	case k := <-woke:
+		require.Equal(t, aPub, k)
+	case <-time.After(20 * time.Second):
+		t.Fatal("not woken by an initiation")
+	}
+}
+
+// TestWokenInitiationsBoundedAndDelivered: a peer waking keeps at most
+// maxWakeQueue initiations, each in a buffer of its own size (not a
+// pooled 64 KiB one), and delivers them even when the receive function's
+// queue is full at that moment (waiting for room, not dropping them).
+func TestWokenInitiationsBoundedAndDelivered(t *testing.T) {
+	bPriv, bPub := newTestKeys()
+	aPriv, aPub := newTestKeys()
+	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
+	fns, _, err := c.Open(0)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	release, woke := make(chan struct{}), make(chan struct{})
+	c.SetWake(func(k api.Key) {
+		<-release
+		c.SetAsleep(k, false)
+		close(woke)
+	})
+	c.SetAsleep(aPub, true)
+	p := c.peer(aPub, false)
+
+	from := udpbind.NewEndpoint(netip.MustParseAddrPort("192.0.2.1:4242"))
+	var inits [][]byte
+	for range 4 {
+		inits = append(inits, wgInitiationFrom(t, aPriv, bPub))
+	}
+	i := 0
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		sizes[0], eps[0] = copy(bufs[0], inits[i]), from
+		i++
+		return 1, nil
+	}
+	recv := c.wrapReceive(fn, false)
+	bufs, sizes, eps := [][]byte{make([]byte, 1500)}, make([]int, 1), make([]conn.Endpoint, 1)
+	for range inits {
+		n, err := recv(bufs, sizes, eps)
+		require.NoError(t, err)
+		require.Zero(t, n)
+	}
+	p.mu.Lock()
+	require.Len(t, p.wakeQ, maxWakeQueue)
+	for _, m := range p.wakeQ {
+		require.Less(t, cap(*m.buf), 256, "a woken initiation's buffer")
+	}
+	p.mu.Unlock()
+
+	// The receive function's queue is full when the peer wakes.
+	for range relayInQueue {
+		b := append([]byte(nil), aPub[:]...)
+		require.True(t, c.relay.enqueue(relayIn{p: p, buf: &b, released: true}))
+	}
+	close(release)
+	<-woke
+	// Give wakePeer time to find the queue full: a delivery that does
+	// not wait for room drops them now.
+	time.Sleep(100 * time.Millisecond)
+
+	got := make(chan [][]byte, 1)
+	go func() {
+		var out [][]byte
+		for len(out) < maxWakeQueue {
+			n, err := fns[0](bufs, sizes, eps)
+			if err != nil {
+				break
+			}
+			for j := 0; j < n; j++ {
+				out = append(out, bytes.Clone(bufs[j][:sizes[j]]))
+			}
+		}
+		got <- out
+	}()
+	select {
+	case out := <-got:
+		require.Equal(t, inits[:maxWakeQueue], out)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the woken initiations were not delivered")
+	}
+	require.EqualValues(t, maxWakeQueue, c.wokenDelivered.Load())
 }
