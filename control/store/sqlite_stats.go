@@ -100,21 +100,13 @@ func (s *SQLite) ZoneDeviceIDs(ctx context.Context, zone string, ids []string) (
 	}
 	var out []string
 	err = s.read(ctx, "zone device ids", func(tx *sql.Tx) error {
-		out = nil
 		rows, err := tx.QueryContext(ctx, `
 			SELECT id FROM devices WHERE zone = ? AND id IN (SELECT value FROM json_each(?)) `, zone, string(list))
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return err
-			}
-			out = append(out, id)
-		}
-		return rows.Err()
+		out, err = collectRows(rows, func(r scanner) (id string, err error) { return id, r.Scan(&id) })
+		return err
 	})
 	slices.Sort(out)
 	return out, err

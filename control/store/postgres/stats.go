@@ -96,20 +96,12 @@ func (s *Store) ZoneDeviceIDs(ctx context.Context, zone string, ids []string) ([
 	}
 	var out []string
 	err := s.read(ctx, "zone device ids", func(tx pgx.Tx) error {
-		out = nil
 		rows, err := tx.Query(ctx, `SELECT id FROM devices WHERE zone = $1 AND id = ANY($2::text[]) `, zone, ids)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return err
-			}
-			out = append(out, id)
-		}
-		return rows.Err()
+		out, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
 	})
 	slices.Sort(out)
 	return out, err

@@ -80,11 +80,7 @@ func TestAsleepPeerWokenByFirstMessage(t *testing.T) {
 func TestWakeByInitiationFromUnknownAddress(t *testing.T) {
 	bPriv, bPub := newTestKeys()
 	aPriv, aPub := newTestKeys()
-	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
-	fns, _, err := c.Open(0)
-	require.NoError(t, err)
-	defer c.Close()
-	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	c, fns := openWithPeer(t, bPriv, aPub)
 	woke := make(chan api.Key, 4)
 	c.SetWake(func(k api.Key) {
 		woke <- k
@@ -194,11 +190,7 @@ func forgedInitiations(t *testing.T, pub api.Key, n int) [][]byte {
 func TestForgedInitiationFloodRateLimited(t *testing.T) {
 	bPriv, bPub := newTestKeys()
 	_, aPub := newTestKeys()
-	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
-	_, _, err := c.Open(0)
-	require.NoError(t, err)
-	defer c.Close()
-	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	c, _ := openWithPeer(t, bPriv, aPub)
 	c.SetWake(func(api.Key) {})
 	c.SetAsleep(aPub, true)
 
@@ -314,11 +306,7 @@ func TestAsleepPeerWokenOnlyByInitiation(t *testing.T) {
 func TestWokenInitiationsBoundedAndDelivered(t *testing.T) {
 	bPriv, bPub := newTestKeys()
 	aPriv, aPub := newTestKeys()
-	c := New(Config{PrivateKey: bPriv, LocalAddrs: func() []netip.Addr { return nil }})
-	fns, _, err := c.Open(0)
-	require.NoError(t, err)
-	defer c.Close()
-	c.SetPeers([]PeerInfo{{Key: aPub, Name: "a"}})
+	c, fns := openWithPeer(t, bPriv, aPub)
 	release, woke := make(chan struct{}), make(chan struct{})
 	c.SetWake(func(k api.Key) {
 		<-release
@@ -385,4 +373,17 @@ func TestWokenInitiationsBoundedAndDelivered(t *testing.T) {
 		t.Fatal("the woken initiations were not delivered")
 	}
 	require.EqualValues(t, maxWakeQueue, c.wokenDelivered.Load())
+}
+
+// openWithPeer opens a Conn with the private key priv, no local
+// addresses and one peer, "a", with the key peer; it is closed when the
+// test ends.
+func openWithPeer(t *testing.T, priv, peer api.Key) (*Conn, []conn.ReceiveFunc) {
+	t.Helper()
+	c := New(Config{PrivateKey: priv, LocalAddrs: func() []netip.Addr { return nil }})
+	fns, _, err := c.Open(0)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	c.SetPeers([]PeerInfo{{Key: peer, Name: "a"}})
+	return c, fns
 }
