@@ -269,18 +269,11 @@ func (h *hub) observe(ctx context.Context, zone string) (*subscriber, error) {
 }
 
 func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subscriber, error) {
-	z := h.zone(zone)
-	z.mu.Lock()
+	z, err := h.lockReady(ctx, zone)
+	if err != nil {
+		return nil, err
+	}
 	defer z.mu.Unlock()
-	if h.closed.Load() {
-		return nil, errHubClosed
-	}
-	if !z.ready {
-		if err := h.loadView(ctx, z); err != nil {
-			return nil, err
-		}
-		z.ready = true
-	}
 	sub := &subscriber{zone: z, wake: make(chan struct{}, 1), member: member, device: device}
 	sub.view = z.view.viewOf(device)
 	z.subs[sub] = struct{}{}
@@ -290,24 +283,36 @@ func (h *hub) add(ctx context.Context, zone, device string, member bool) (*subsc
 	return sub, nil
 }
 
+// lockReady returns zone locked, its view loaded; on error nothing is
+// locked.
+func (h *hub) lockReady(ctx context.Context, zone string) (*hubZone, error) {
+	z := h.zone(zone)
+	z.mu.Lock()
+	if h.closed.Load() {
+		z.mu.Unlock()
+		return nil, errHubClosed
+	}
+	if !z.ready {
+		if err := h.loadView(ctx, z); err != nil {
+			z.mu.Unlock()
+			return nil, err
+		}
+		z.ready = true
+	}
+	return z, nil
+}
+
 // follow has changed called with every change of zone the hub reads
 // from now on, until unfollow. Every change with a revision above the
 // store's revision at the time follow returns is passed to changed (or,
 // if compacted away, lost is called), so a caller that reads the state
 // after follow returns misses nothing.
 func (h *hub) follow(ctx context.Context, zone string, changed func(store.Change), lost func()) (*follower, error) {
-	z := h.zone(zone)
-	z.mu.Lock()
+	z, err := h.lockReady(ctx, zone)
+	if err != nil {
+		return nil, err
+	}
 	defer z.mu.Unlock()
-	if h.closed.Load() {
-		return nil, errHubClosed
-	}
-	if !z.ready {
-		if err := h.loadView(ctx, z); err != nil {
-			return nil, err
-		}
-		z.ready = true
-	}
 	f := &follower{zone: z, changed: changed, lost: lost}
 	z.followers[f] = struct{}{}
 	return f, nil
