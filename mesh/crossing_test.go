@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"

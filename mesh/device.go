@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"

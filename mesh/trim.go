@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/wiremesh/wiremesh/control/api"

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 )
 
 // uapiDir is where the WireGuard tools (`wg`) look for the control socket

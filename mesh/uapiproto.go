@@ -9,7 +9,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 )
 

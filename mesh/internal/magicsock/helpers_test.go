@@ -18,8 +18,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 	"go.uber.org/goleak"
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/wiremesh/wiremesh/control"
