@@ -92,13 +92,17 @@ func startDevice(tdev tun.Device, bind *magicsock.Conn, priv api.Key, port uint1
 	if p, ok := tdev.(pacingTun); ok { // userspace: see netstack.Net.PaceBind
 		wgBind = p.PaceBind(guard)
 	}
+	bufSize := device.MaxMessageSize
+	if s, ok := tdev.(interface{ MessageBufferSize() int }); ok { // userspace
+		bufSize = s.MessageBufferSize()
+	}
 	trim := trimState{acts: map[api.Key]*peerAct{}, quiet: map[api.Key]bool{}, asleep: map[api.Key]bool{}}
 	if idle > 0 {
 		trim.idle = max(idle, minPeerIdleTimeout)
 		trim.tun = &activityTUN{Device: tdev}
 		tdev = trim.tun
 	}
-	dev := device.NewDevice(tdev, wgBind, wgLogger(logger))
+	dev := device.NewDeviceSized(tdev, wgBind, wgLogger(logger), bufSize)
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), port)
 	if err := dev.IpcSet(cfg); err != nil {
 		dev.Close()

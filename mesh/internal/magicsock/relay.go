@@ -388,6 +388,9 @@ func (rr *relayReader) next(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n 
 			r.c.wake(rr.cur, d, nil)
 			continue
 		}
+		if len(d) > len(bufs[k]) {
+			continue // larger than wireguard-go's buffers: see udpbind's receive
+		}
 		switch wgType(d) {
 		case wgInitiation:
 			if !rr.released && r.c.withhold(rr.cur, d) {

@@ -108,3 +108,34 @@ func TestRelayDeliveryWakesSocketReceive(t *testing.T) {
 		t.Fatal("receive did not end on Close")
 	}
 }
+
+// TestRelayOversizeDropped: a relayed datagram larger than the buffer it
+// would go to is dropped, not delivered cut (wireguard-go's buffers may be
+// sized for the tunnel MTU), and the datagrams after it in the same relay
+// message are delivered.
+func TestRelayOversizeDropped(t *testing.T) {
+	c := New(Config{PrivateKey: newKey()})
+	k := pubOf(newKey())
+	c.SetPeers([]PeerInfo{{Key: k, Candidates: []api.Candidate{{Addr: netip.MustParseAddrPort("192.0.2.1:51820"), Type: api.CandidateReflexive}}}})
+	p := c.peer(k, false)
+	datagram := func(size int, mark byte) []byte {
+		d := make([]byte, size)
+		d[0], d[4] = 4, mark // a transport message
+		return d
+	}
+	small, big, last := datagram(100, 1), datagram(1800, 2), datagram(1500, 3)
+	buf := make([]byte, 32, msgBufSize)
+	for _, d := range [][]byte{small, big, last} {
+		buf = append(buf, byte(len(d)>>8), byte(len(d)))
+		buf = append(buf, d...)
+	}
+	c.relay.in <- relayIn{p: p, buf: &buf}
+	rr := &relayReader{r: c.relay}
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	sizes, eps := make([]int, 3), make([]conn.Endpoint, 3)
+	n, ok := rr.next(bufs, sizes, eps)
+	require.True(t, ok)
+	require.Equal(t, 2, n, "the 1800-byte datagram is left out")
+	require.Equal(t, small, bufs[0][:sizes[0]])
+	require.Equal(t, last, bufs[1][:sizes[1]])
+}

@@ -50,10 +50,12 @@ import (
 const DefaultMTU = 1420
 
 // DefaultBatchSize is the tun batch size used when Config.BatchSize is zero.
-// wireguard-go allocates (1 + receive functions) × batch × 64 KiB per device
-// (2 MiB with udpbind's single dual-stack socket), so this is the main knob
-// between idle memory and throughput; see tuning.go for the measurements
-// behind the value.
+// A WireGuard device keeps (1 + receive functions) × batch message buffers
+// for its life: 64 KiB each in upstream wireguard-go, which made this the
+// knob between idle memory and throughput (16 was the choice), and
+// MessageBufferSize (2 KiB at the default MTU) in the wiremesh fork, 64 KiB
+// at 16 with udpbind's single dual-stack socket; see tuning.go for the
+// measurements behind the value.
 const DefaultBatchSize = 16
 
 const nicID tcpip.NICID = 1
@@ -283,6 +285,23 @@ func (n *Net) Events() <-chan tun.Event { return n.events }
 
 // BatchSize implements tun.Device.
 func (n *Net) BatchSize() int { return n.batchSize }
+
+// transportOverhead is what WireGuard adds to a packet: its 16-byte
+// transport header, up to 15 bytes of padding and the 16-byte tag.
+const transportOverhead = 16 + 15 + 16
+
+// MessageBufferSize is the message buffer a WireGuard device over n needs
+// (the wiremesh fork's device.NewDeviceSized): Read returns packets of at
+// most the MTU, one per buffer (segments are cut to the MTU here), and
+// Write copies packets into the stack, so a buffer holds one sealed
+// packet of the MTU. At least 2 KiB, so that a peer configured with an
+// MTU somewhat larger than ours (up to ~2000) is still heard; a
+// datagram larger than the buffer is dropped by the bind. Upstream's
+// buffers are 64 KiB each, and an idle device keeps
+// (1 + receive functions) x BatchSize of them.
+func (n *Net) MessageBufferSize() int {
+	return max(2048, (n.mtu+transportOverhead+63)&^63)
+}
 
 // Close stops the stack: connections and listeners fail, Read returns
 // os.ErrClosed, forwarding handlers are waited for. It is idempotent (the

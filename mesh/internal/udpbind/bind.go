@@ -1,12 +1,15 @@
 // Package udpbind is a conn.Bind for wireguard-go with a configurable batch
 // size, for members that run many devices or care about idle memory.
 //
-// wireguard-go allocates (1 + receive functions) × BatchSize × 64 KiB of
-// message buffers per device and keeps them for the device's life; the
-// standard bind (conn.NewDefaultBind) fixes BatchSize at 128 on Linux and
-// has two receive functions, which is 24 MiB per idle device. This bind
-// lets the caller pick the batch and, on Linux, serves IPv4 and IPv6 from
-// one dual-stack socket (one receive function): at batch 16 that is 2 MiB.
+// wireguard-go allocates (1 + receive functions) × BatchSize message
+// buffers per device and keeps them for the device's life, 64 KiB each
+// upstream; the standard bind (conn.NewDefaultBind) fixes BatchSize at 128
+// on Linux and has two receive functions, which is 24 MiB per idle device.
+// This bind lets the caller pick the batch and, on Linux, serves IPv4 and
+// IPv6 from one dual-stack socket (one receive function): at batch 16
+// that is 2 MiB with upstream's buffers, 64 KiB with the wiremesh fork's
+// buffers sized for the MTU (mesh/internal/wireguard). A datagram larger
+// than the buffer it would go to is dropped, never delivered cut.
 // It keeps the standard bind's speed-ups on Linux: sendmmsg/recvmmsg, UDP
 // segmentation offload (UDP_SEGMENT) when sending and UDP GRO when
 // receiving. It resends an unanswered handshake initiation within

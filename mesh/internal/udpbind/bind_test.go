@@ -52,13 +52,19 @@ func TestParseEndpoint(t *testing.T) {
 // receive function ended with.
 func receiveAll(t *testing.T, fns []conn.ReceiveFunc, batch int) (wait func(want int) [][]byte, ended func() []error) {
 	t.Helper()
+	return receiveAllSized(t, fns, batch, 1<<16)
+}
+
+// receiveAllSized is receiveAll with buffers of bufSize bytes.
+func receiveAllSized(t *testing.T, fns []conn.ReceiveFunc, batch, bufSize int) (wait func(want int) [][]byte, ended func() []error) {
+	t.Helper()
 	out := make(chan []byte, 1<<14)
 	errs := make(chan error, len(fns))
 	for _, fn := range fns {
 		go func() {
 			bufs := make([][]byte, batch)
 			for i := range bufs {
-				bufs[i] = make([]byte, 1<<16)
+				bufs[i] = make([]byte, bufSize)
 			}
 			sizes := make([]int, batch)
 			eps := make([]conn.Endpoint, batch)
@@ -216,5 +222,44 @@ func receiveOne(t *testing.T, fns []conn.ReceiveFunc) (conn.Endpoint, []byte) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no datagram within 10s")
 		return nil, nil
+	}
+}
+
+// TestOversizeDropped: a datagram larger than the buffer it would go to is
+// dropped, not delivered cut (wireguard-go's buffers may be sized for the
+// tunnel MTU), with UDP GRO on and off, and the datagrams around it arrive.
+func TestOversizeDropped(t *testing.T) {
+	for _, gro := range []bool{true, false} {
+		t.Run(fmt.Sprintf("gro=%v", gro), func(t *testing.T) {
+			a, b := New(8), New(8)
+			_, _, err := a.Open(0)
+			require.NoError(t, err)
+			defer a.Close()
+			fns, port, err := b.Open(0)
+			require.NoError(t, err)
+			defer b.Close()
+			if !gro {
+				b.v4.rxOffload = false // before the first receive
+			}
+			ep, err := a.ParseEndpoint(fmt.Sprintf("127.0.0.1:%d", port))
+			require.NoError(t, err)
+			const bufSize = 1500
+			wait, ended := receiveAllSized(t, fns, 8, bufSize)
+			var sent [][]byte
+			for i, size := range []int{1200, 1200, 1501, 1501, 1200, 1500, 9000, 700} {
+				p := make([]byte, size)
+				p[0], p[1] = byte(i), byte(size>>8)
+				require.NoError(t, a.Send([][]byte{p}, ep))
+				if size <= bufSize {
+					sent = append(sent, p)
+				}
+			}
+			got := wait(len(sent))
+			require.Equal(t, sent, got, "the datagrams that fit, whole and in order, and nothing cut")
+			require.NoError(t, b.Close())
+			for _, err := range ended() {
+				require.ErrorIs(t, err, net.ErrClosed)
+			}
+		})
 	}
 }

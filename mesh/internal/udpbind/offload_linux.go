@@ -36,6 +36,9 @@ func isDualStack(c *net.UDPConn) bool {
 	return v6only == 0
 }
 
+// msgTrunc is the flag recvmmsg sets on a datagram cut to its buffer.
+const msgTrunc = unix.MSG_TRUNC
+
 // oobSize is the control buffer size: one UDP_GRO or UDP_SEGMENT message.
 var oobSize = unix.CmsgSpace(2)
 

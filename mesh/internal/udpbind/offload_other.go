@@ -18,3 +18,7 @@ func groSize([]byte) int                       { return 0 }
 func putSegmentSize(*[]byte, int)              {}
 func shouldDisableGSO(error) bool              { return false }
 func setMark(*net.UDPConn, uint32) error       { return nil }
+
+// msgTrunc is not looked for off Linux: a datagram cut to its buffer fails
+// WireGuard's authentication and is dropped there instead.
+const msgTrunc = 0

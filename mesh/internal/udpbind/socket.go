@@ -76,7 +76,10 @@ func (s *socket) endpoint(addr net.Addr) *Endpoint {
 	return s.rx.last
 }
 
-// receive implements conn.ReceiveFunc.
+// receive implements conn.ReceiveFunc. A datagram larger than the buffer it
+// would go to is dropped, not cut: wireguard-go's buffers may be sized for
+// the tunnel MTU (the fork's device.NewDeviceSized), and a peer whose MTU
+// is larger than that sends nothing a buffer could hold whole.
 func (s *socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	var n int
 	var err error
@@ -111,8 +114,8 @@ func (s *socket) receiveBatch(bufs [][]byte, sizes []int, eps []conn.Endpoint) (
 	k := 0
 	for i := 0; i < n; i++ {
 		ep := s.endpoint(msgs[i].Addr)
-		if ep == nil || msgs[i].N == 0 {
-			continue
+		if ep == nil || msgs[i].N == 0 || msgs[i].Flags&msgTrunc != 0 {
+			continue // a datagram larger than the buffer: see receive
 		}
 		if k != i {
 			copy(bufs[k], bufs[i][:msgs[i].N])
@@ -148,6 +151,10 @@ func (s *socket) receiveGRO(bufs [][]byte, sizes []int, eps []conn.Endpoint) (in
 	k := 0
 	for k < len(bufs) && r.off < r.n {
 		end := min(r.off+r.seg, r.n)
+		if end-r.off > len(bufs[k]) {
+			r.off = end // larger than the buffer: see receive
+			continue
+		}
 		sizes[k] = copy(bufs[k], r.scratch[r.off:end])
 		eps[k] = r.from
 		r.off = end

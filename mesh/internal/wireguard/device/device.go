@@ -18,6 +18,10 @@ import (
 )
 
 type Device struct {
+	// bufSize is the length of every message buffer (wiremesh fork:
+	// upstream's are arrays of MaxMessageSize).
+	bufSize int
+
 	state struct {
 		// state holds the device's state. It is accessed atomically.
 		// Use the device.deviceState method to read it.
@@ -282,7 +286,27 @@ func (device *Device) SetPrivateKey(sk NoisePrivateKey) error {
 }
 
 func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
+	return NewDeviceSized(tunDevice, bind, logger, MaxMessageSize)
+}
+
+// MinBufferSize is the smallest message buffer NewDeviceSized accepts: a
+// transport message for an IPv6 minimum MTU packet.
+const MinBufferSize = MessageTransportSize + 1280
+
+// NewDeviceSized is NewDevice with message buffers of bufSize bytes
+// instead of MaxMessageSize (wiremesh fork). Upstream sizes every buffer
+// for the largest UDP datagram, 64 KiB, because a TUN device with
+// segmentation offload reads and writes packets that large in one
+// buffer; a tun.Device that never does (one whose Read returns packets of
+// at most its MTU and whose Write does not coalesce into the buffers it
+// is given) and a bind that drops datagrams larger than the buffers it
+// is given can use buffers just above the MTU: an idle device keeps
+// (1 + receive functions) x BatchSize buffers. bufSize is clamped to
+// [MinBufferSize, MaxMessageSize]; the tunnel MTU is capped so that a
+// padded, sealed packet fits in one buffer.
+func NewDeviceSized(tunDevice tun.Device, bind conn.Bind, logger *Logger, bufSize int) *Device {
 	device := new(Device)
+	device.bufSize = min(max(bufSize, MinBufferSize), MaxMessageSize)
 	device.state.state.Store(uint32(deviceStateDown))
 	device.closed = make(chan struct{})
 	device.log = logger
@@ -293,7 +317,7 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 		device.log.Errorf("Trouble determining MTU, assuming default: %v", err)
 		mtu = DefaultMTU
 	}
-	device.tun.mtu.Store(int32(mtu))
+	device.tun.mtu.Store(int32(device.capMTU(mtu)))
 	device.peers.keyMap = make(map[NoisePublicKey]*Peer)
 	device.rate.limiter.Init()
 	device.indexTable.Init()
@@ -324,6 +348,25 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 
 	return device
 }
+
+// maxMTU is the largest tunnel MTU whose padded, sealed packets fit in
+// one message buffer.
+func (device *Device) maxMTU() int {
+	return (device.bufSize - MessageTransportSize) &^ (PaddingMultiple - 1)
+}
+
+// capMTU returns mtu, or maxMTU when mtu is larger (logged) and the
+// buffers are smaller than upstream's.
+func (device *Device) capMTU(mtu int) int {
+	if m := device.maxMTU(); mtu > m && device.bufSize < MaxMessageSize {
+		device.log.Errorf("MTU %d does not fit in %d-byte message buffers: capped at %d", mtu, device.bufSize, m)
+		return m
+	}
+	return mtu
+}
+
+// BufferSize returns the length of the device's message buffers.
+func (device *Device) BufferSize() int { return device.bufSize }
 
 // BatchSize returns the BatchSize for the device as a whole which is the max of
 // the bind batch size and the tun batch size. The batch size reported by device

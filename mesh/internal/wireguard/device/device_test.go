@@ -150,6 +150,11 @@ func (pair *testPair) Send(tb testing.TB, ping SendDirection, done chan struct{}
 
 // genTestPair creates a testPair.
 func genTestPair(tb testing.TB, realSocket bool) (pair testPair) {
+	return genTestPairSized(tb, realSocket, MaxMessageSize)
+}
+
+// genTestPairSized is genTestPair with NewDeviceSized (wiremesh fork).
+func genTestPairSized(tb testing.TB, realSocket bool, bufSize int) (pair testPair) {
 	cfg, endpointCfg := genConfigs(tb)
 	var binds [2]conn.Bind
 	if realSocket {
@@ -166,7 +171,7 @@ func genTestPair(tb testing.TB, realSocket bool) (pair testPair) {
 		if _, ok := tb.(*testing.B); ok && !testing.Verbose() {
 			level = LogLevelError
 		}
-		p.dev = NewDevice(p.tun.TUN(), binds[i], NewLogger(level, fmt.Sprintf("dev%d: ", i)))
+		p.dev = NewDeviceSized(p.tun.TUN(), binds[i], NewLogger(level, fmt.Sprintf("dev%d: ", i)), bufSize)
 		if err := p.dev.IpcSet(cfg[i]); err != nil {
 			tb.Errorf("failed to configure device %d: %v", i, err)
 			p.dev.Close()

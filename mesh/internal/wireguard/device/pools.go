@@ -56,7 +56,8 @@ func (device *Device) PopulatePools() {
 		return &QueueOutboundElementsContainer{elems: s}
 	})
 	device.pool.messageBuffers = NewWaitPool(PreallocatedBuffersPerPool, func() any {
-		return new([MaxMessageSize]byte)
+		b := make([]byte, device.bufSize)
+		return &b
 	})
 	device.pool.inboundElements = NewWaitPool(PreallocatedBuffersPerPool, func() any {
 		return new(QueueInboundElement)
@@ -94,11 +95,13 @@ func (device *Device) PutOutboundElementsContainer(c *QueueOutboundElementsConta
 	device.pool.outboundElementsContainer.Put(c)
 }
 
-func (device *Device) GetMessageBuffer() *[MaxMessageSize]byte {
-	return device.pool.messageBuffers.Get().(*[MaxMessageSize]byte)
+// GetMessageBuffer returns a buffer of the device's message buffer size
+// (MaxMessageSize unless the device was made by NewDeviceSized).
+func (device *Device) GetMessageBuffer() *[]byte {
+	return device.pool.messageBuffers.Get().(*[]byte)
 }
 
-func (device *Device) PutMessageBuffer(msg *[MaxMessageSize]byte) {
+func (device *Device) PutMessageBuffer(msg *[]byte) {
 	device.pool.messageBuffers.Put(msg)
 }
 

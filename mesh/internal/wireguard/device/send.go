@@ -45,7 +45,7 @@ import (
  */
 
 type QueueOutboundElement struct {
-	buffer  *[MaxMessageSize]byte // slice holding the packet data
+	buffer  *[]byte // slice holding the packet data
 	packet  []byte                // slice of "buffer" (always!)
 	nonce   uint64                // nonce for encryption
 	keypair *Keypair              // keypair for encryption
@@ -225,7 +225,7 @@ func (device *Device) RoutineReadFromTUN() {
 
 	for i := range elems {
 		elems[i] = device.NewOutboundElement()
-		bufs[i] = elems[i].buffer[:]
+		bufs[i] = *elems[i].buffer
 	}
 
 	defer func() {
@@ -279,7 +279,7 @@ func (device *Device) RoutineReadFromTUN() {
 			}
 			elemsForPeer.elems = append(elemsForPeer.elems, elem)
 			elems[i] = device.NewOutboundElement()
-			bufs[i] = elems[i].buffer[:]
+			bufs[i] = *elems[i].buffer
 		}
 
 		for peer, elemsForPeer := range elemsByPeer {
@@ -446,7 +446,7 @@ func (device *Device) RoutineEncryption(id int) {
 	for elemsContainer := range device.queue.encryption.c {
 		for _, elem := range elemsContainer.elems {
 			// populate header fields
-			header := elem.buffer[:MessageTransportHeaderSize]
+			header := (*elem.buffer)[:MessageTransportHeaderSize]
 
 			fieldType := header[0:4]
 			fieldReceiver := header[4:8]
