@@ -53,10 +53,12 @@ const DefaultMTU = 1420
 // A WireGuard device keeps (1 + receive functions) × batch message buffers
 // for its life: 64 KiB each in upstream wireguard-go, which made this the
 // knob between idle memory and throughput (16 was the choice), and
-// MessageBufferSize (2 KiB at the default MTU) in the wiremesh fork, 64 KiB
-// at 16 with udpbind's single dual-stack socket; see tuning.go for the
-// measurements behind the value.
-const DefaultBatchSize = 16
+// MessageBufferSize (2 KiB at the default MTU) in the wiremesh fork, 96 KiB
+// at 24 with udpbind's single dual-stack socket. Through a member pair 24
+// and 32 used 3-8% less CPU per MiB than 16 in three interleaved runs, 48
+// and 64 a third more (docs/PERFORMANCE.md, "Levers measured"); 24 keeps
+// away from that edge.
+const DefaultBatchSize = 24
 
 const nicID tcpip.NICID = 1
 

@@ -150,10 +150,19 @@ type tuning struct {
 //	batch 32             0.96   0.89
 //
 // The largest GSO segment (64 KiB) stays: smaller ones only add trips
-// through the stack. Batch 16 stays: 8 loses a fifth of the rate, 32 saves
-// about a tenth of the CPU per MiB in one run (0.83–1.01 in three A/B rounds
-// of a member pair) but costs an idle member 2 MiB more of
-// wireguard-go buffers (see DefaultBatchSize).
+// through the stack. Batch 16 stayed then: 8 loses a fifth of the rate, 32
+// saved about a tenth of the CPU per MiB in one run (0.83–1.01 in three A/B
+// rounds of a member pair) but cost an idle member 2 MiB more of
+// wireguard-go buffers. Since the fork's buffers are sized for the MTU
+// (2 KiB instead of 64), a batch costs an idle member almost nothing, and
+// the batch is 24 (member pairs, compare children, 3-4 interleaved
+// rounds, load 1.5-2; CPU per MiB, medians):
+//
+//	batch 16   4.36  4.75  4.35
+//	batch 24   -     4.05  4.22
+//	batch 32   4.00  3.98  4.17
+//	batch 48   -     5.56  -
+//	batch 64   6.41  -     -
 //
 // Since the pacing of wireguard-go's pipeline (pace.go), smaller buffers
 // no longer save CPU (BenchmarkTCPTuningWarm, 5 warm pairs: 1 MiB limits
