@@ -199,7 +199,7 @@ const idlePingWindow = 20 * time.Second
 //   - zone_size=100/trim=off: the same zone (a full mesh, each member has
 //     99 peers) without trimming, measured once every member
 //     has completed a handshake with every peer (the steady state: a
-//     keepalive staged for a handshake in progress holds a 64 KiB buffer).
+//     keepalive staged for a handshake in progress holds a message buffer).
 //     The baseline, and what an idle full mesh costs in its first minutes.
 //   - zone_size=2: 50 zones of 2 members (one peer each), with handshakes.
 func BenchmarkIdleMember(b *testing.B) {

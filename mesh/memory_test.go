@@ -30,7 +30,8 @@ const (
 	// stands for the start and for the end: the live heap after one
 	// transfer varies by up to ~3 MiB with what wireguard-go's goroutines
 	// happen to hold at that moment (a batch of 16 64 KiB message buffers
-	// is 1 MiB), while a leak raises the floor.
+	// was 1 MiB before the fork's MTU-sized buffers, a batch of 24 2 KiB
+	// ones is 48 KiB), while a leak raises the floor.
 	memWindow = 5
 	// memMargin is how far the end's floor may sit above the start's.
 	// Closed connections stay in TIME_WAIT for gVisor's 60 s with about
@@ -159,7 +160,7 @@ func (p *memPair) transfer(tb testing.TB, size int) {
 // memLiveHeap returns the bytes of live heap objects after two GCs (the
 // second frees what the first's finalizers released), the lowest of three
 // readings 20 ms apart: the last packets of a transfer may still be in
-// wireguard-go's queues, each holding a 64 KiB buffer.
+// wireguard-go's queues, each holding a message buffer.
 func memLiveHeap() uint64 {
 	var low uint64
 	for i := range 3 {

@@ -299,9 +299,10 @@ func (r *relayClient) send(k api.Key, bufs [][]byte) bool {
 
 // Delivery. Relayed datagrams reach wireguard-go through the UDP socket's
 // receive function (see Conn.wrapReceive), not a receive function of
-// their own: wireguard-go keeps BatchSize message buffers of 64 KiB for
-// every receive function for the device's life, 1 MiB per device at the
-// default batch, for a relay most members never use. The socket's
+// their own: wireguard-go keeps BatchSize message buffers for every
+// receive function for the device's life (64 KiB each upstream, 1 MiB per
+// device at batch 16; 2 KiB each in userspace with the wiremesh fork), for
+// a relay most members never use. The socket's
 // receive function returns queued relay messages first and blocks on the
 // socket only when the queue is empty; a message queued meanwhile wakes
 // it (udpbind.Bind.Wake). No wake-up is lost: the writer queues, then

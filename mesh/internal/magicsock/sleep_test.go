@@ -301,7 +301,7 @@ func TestAsleepPeerWokenOnlyByInitiation(t *testing.T) {
 
 // TestWokenInitiationsBoundedAndDelivered: a peer waking keeps at most
 // maxWakeQueue initiations, each in a buffer of its own size (not a
-// pooled 64 KiB one), and delivers them even when the receive function's
+// pooled message buffer), and delivers them even when the receive function's
 // queue is full at that moment (waiting for room, not dropping them).
 func TestWokenInitiationsBoundedAndDelivered(t *testing.T) {
 	bPriv, bPub := newTestKeys()

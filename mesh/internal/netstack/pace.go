@@ -14,7 +14,8 @@ import (
 // wireguard-go reads the tun device and its UDP socket as fast as it can
 // and queues what it reads (up to 1024 batches per queue) until its
 // encryption or decryption workers and the peer's sequential sender or
-// receiver get to it, each packet in a 64 KiB message buffer of its own.
+// receiver get to it, each packet in a message buffer of its own (64 KiB
+// upstream, when this was written; MessageBufferSize now).
 // TCP over a path that loses nothing grows its window to the buffer limit
 // (8 MiB), so a bulk transfer between two members parked thousands of
 // packets in those queues, on the sending and on the receiving member:

@@ -83,8 +83,8 @@ var ErrBindOpen = errors.New("udpbind: already open")
 // Open implements conn.Bind: it listens on port (0 = any) on IPv4 and, when
 // the host has IPv6, on the same port on IPv6. On Linux one dual-stack
 // socket serves both families: wireguard-go keeps BatchSize message buffers
-// (64 KiB each) per receive function, so a second socket would cost an idle
-// device BatchSize × 64 KiB more (1 MiB at the default batch).
+// per receive function, so a second socket would cost an idle device
+// BatchSize more (64 KiB each upstream: 1 MiB at batch 16).
 func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -142,8 +142,7 @@ var ErrWoken = errors.New("udpbind: receive woken")
 //
 // It sets the socket's read deadline to the past (the receive function
 // clears it before returning ErrWoken): no syscall, and no second
-// receive function whose batch wireguard-go would keep 64 KiB buffers
-// for.
+// receive function whose batch wireguard-go would keep buffers for.
 func (b *Bind) Wake() {
 	b.mu.Lock()
 	s := b.v4 // serves the first receive function (the only one when dual-stack)

@@ -45,11 +45,11 @@ import (
  */
 
 type QueueOutboundElement struct {
-	buffer  *[]byte // slice holding the packet data
-	packet  []byte                // slice of "buffer" (always!)
-	nonce   uint64                // nonce for encryption
-	keypair *Keypair              // keypair for encryption
-	peer    *Peer                 // related peer
+	buffer  *[]byte  // slice holding the packet data
+	packet  []byte   // slice of "buffer" (always!)
+	nonce   uint64   // nonce for encryption
+	keypair *Keypair // keypair for encryption
+	peer    *Peer    // related peer
 }
 
 type QueueOutboundElementsContainer struct {
