@@ -290,21 +290,30 @@ func (e *linkEndpoint) fill(bufs [][]byte, sizes []int, offset int) int {
 // traffic comes through here. It runs on the reader's goroutine, where no
 // stack lock is held.
 func (e *linkEndpoint) loopback(bufs [][]byte, sizes []int, offset, n int) int {
+	for i := 0; i < n; i++ {
+		if p := bufs[i][offset : offset+sizes[i]]; e.isLocal(dstAddr(p)) {
+			e.rd.local = append(e.rd.local, p)
+		}
+	}
+	if len(e.rd.local) == 0 {
+		return n
+	}
+	// deliver copies each packet into the stack, so the buffers can be
+	// compacted after it. They are compacted by copying, never swapped:
+	// the caller (wireguard-go) ties bufs[i] to its i-th element.
+	e.deliver(e.rd.local, 0, false)
+	clear(e.rd.local)
+	e.rd.local = e.rd.local[:0]
 	k := 0
 	for i := 0; i < n; i++ {
 		p := bufs[i][offset : offset+sizes[i]]
 		if e.isLocal(dstAddr(p)) {
-			e.rd.local = append(e.rd.local, p)
 			continue
 		}
-		bufs[i], bufs[k] = bufs[k], bufs[i]
-		sizes[k] = sizes[i]
+		if k != i {
+			sizes[k] = copy(bufs[k][offset:], p)
+		}
 		k++
-	}
-	if len(e.rd.local) > 0 {
-		e.deliver(e.rd.local, 0, false)
-		clear(e.rd.local)
-		e.rd.local = e.rd.local[:0]
 	}
 	return k
 }
