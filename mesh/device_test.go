@@ -14,6 +14,7 @@ import (
 	"github.com/wiremesh/wiremesh/control/api"
 	"github.com/wiremesh/wiremesh/mesh/internal/magicsock"
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 )
 
 // testDev is a device with hand-made configuration, for data plane tests
@@ -254,4 +255,24 @@ func TestHoldAnsweredByPeer(t *testing.T) {
 		st, err := a.stats()
 		return err == nil && st.peers[b.pub].endpoint.IsValid()
 	}, 10*time.Second, 10*time.Millisecond, "endpoint learnt from b's packets")
+}
+
+// TestUserspaceDeviceBufferSize: a userspace device, trimming or not, gets
+// message buffers sized by its netstack (the fork's NewDeviceSized), not
+// upstream's 64 KiB: the activity wrapper that trimming puts in front of
+// the netstack must not hide it.
+func TestUserspaceDeviceBufferSize(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Minute} {
+		for _, mtu := range []int{1280, DefaultMTU, 9000} {
+			priv, err := newPrivateKey()
+			require.NoError(t, err)
+			v4 := netip.AddrFrom4([4]byte{100, 64, 0, 1})
+			d, tnet, err := newNetstackDevice(priv, []netip.Addr{v4}, 0, mtu, idle, slog.New(slog.DiscardHandler), magicsock.Config{PrivateKey: priv})
+			require.NoError(t, err)
+			got, want := d.dev.BufferSize(), tnet.MessageBufferSize()
+			d.close()
+			require.Equal(t, want, got, "idle timeout %v, MTU %d", idle, mtu)
+			require.Less(t, got, device.MaxMessageSize, "idle timeout %v, MTU %d", idle, mtu)
+		}
+	}
 }

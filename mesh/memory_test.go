@@ -37,7 +37,10 @@ const (
 	// Closed connections stay in TIME_WAIT for gVisor's 60 s with about
 	// 8 KiB each (endpoint, sender, port reservation): ~0.4 MiB after 50
 	// transfers, bounded by the connection rate, not by their number. A
-	// leak of one 64 KiB buffer per transfer would add 3 MiB.
+	// leak of one 64 KiB write buffer per transfer (what the netstack's
+	// TCP connections once kept, tcpconn.go) would add 3 MiB; of one of
+	// wireguard-go's message buffers (2 KiB since the fork) only 100 KiB,
+	// which this margin does not see.
 	memMargin = 2 << 20
 )
 

@@ -182,6 +182,13 @@ func WithEndpoints(eps ...netip.AddrPort) Option {
 }
 
 // WithMTU sets the tunnel MTU. Default DefaultMTU (1420).
+//
+// Give every member of a zone the same MTU. A userspace member keeps
+// message buffers sized for its own MTU (at least 2 KiB): it does not hear
+// packets from a peer whose MTU is larger than about 2000 bytes and
+// larger than its own, when those packets exceed its buffers (TCP is not
+// affected, its segments fit both ends' MSS; large UDP datagrams and
+// pings are dropped, without an error on either side).
 func WithMTU(mtu int) Option {
 	return func(c *config) {
 		if mtu < 1280 || mtu > 65535 {

@@ -66,7 +66,9 @@ const nicID tcpip.NICID = 1
 type Config struct {
 	// Addrs are the tunnel addresses (IPv4 and/or IPv6) the stack owns.
 	Addrs []netip.Addr
-	// MTU of the tunnel; 0 means DefaultMTU. At least 1280.
+	// MTU of the tunnel; 0 means DefaultMTU. At least 1280. A WireGuard
+	// device over the Net sizes its buffers by it (MessageBufferSize): give
+	// the peers the same MTU.
 	MTU int
 	// BatchSize is the number of packets a tun Read or Write moves at most;
 	// 0 means DefaultBatchSize. Give the conn.Bind the same value.
@@ -293,17 +295,25 @@ func (n *Net) BatchSize() int { return n.batchSize }
 const transportOverhead = 16 + 15 + 16
 
 // MessageBufferSize is the message buffer a WireGuard device over n needs
-// (the wiremesh fork's device.NewDeviceSized): Read returns packets of at
-// most the MTU, one per buffer (segments are cut to the MTU here), and
-// Write copies packets into the stack, so a buffer holds one sealed
-// packet of the MTU. At least 2 KiB, so that a peer configured with an
-// MTU somewhat larger than ours (up to ~2000) is still heard; a
-// datagram larger than the buffer is dropped by the bind. Upstream's
-// buffers are 64 KiB each, and an idle device keeps
-// (1 + receive functions) x BatchSize of them.
+// (the wiremesh fork's device.NewDeviceSized): Read returns one packet per
+// buffer (segments are cut to the MTU here; a packet larger than the
+// buffer is dropped) and Write copies packets into the stack, so a buffer
+// holds one sealed packet of the MTU. At least 2 KiB, so that a peer
+// configured with an MTU somewhat larger than ours (up to ~2000) is still
+// heard; a datagram larger than the buffer is dropped by the bind. At most
+// the largest UDP datagram (what the device accepts). Upstream's buffers
+// are 64 KiB each, and an idle device keeps (1 + receive functions) x
+// BatchSize of them.
+//
+// A packet larger than the MTU but within the buffer (the stack's answer
+// to an echo request from a peer with a larger MTU) is still sealed and
+// sent: wireguard-go then seals it into a larger buffer of its own.
 func (n *Net) MessageBufferSize() int {
-	return max(2048, (n.mtu+transportOverhead+63)&^63)
+	return min(max(2048, (n.mtu+transportOverhead+63)&^63), maxDatagram)
 }
+
+// maxDatagram is the largest UDP payload: wireguard-go's MaxMessageSize.
+const maxDatagram = 1<<16 - 1
 
 // Close stops the stack: connections and listeners fail, Read returns
 // os.ErrClosed, forwarding handlers are waited for. It is idempotent (the

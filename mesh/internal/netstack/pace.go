@@ -189,7 +189,7 @@ func (x *indexes) count(bufs [][]byte, sizes []int) int {
 // maxInFlight data packets they returned have not reached tun Write yet:
 // the backlog then waits in the socket's buffer (and beyond it the kernel
 // drops, a loss TCP sees and backs off from) instead of in wireguard-go's
-// queues, one 64 KiB buffer per packet.
+// queues, one message buffer per packet.
 func (b *pacedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)
 	if err != nil || b.rx.limit == 0 {

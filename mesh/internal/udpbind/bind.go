@@ -9,7 +9,8 @@
 // IPv6 from one dual-stack socket (one receive function): at batch 16
 // that is 2 MiB with upstream's buffers, 64 KiB with the wiremesh fork's
 // buffers sized for the MTU (mesh/internal/wireguard). A datagram larger
-// than the buffer it would go to is dropped, never delivered cut.
+// than the buffer it would go to is dropped, never delivered cut (on
+// Linux; elsewhere the cut datagram fails WireGuard's authentication).
 // It keeps the standard bind's speed-ups on Linux: sendmmsg/recvmmsg, UDP
 // segmentation offload (UDP_SEGMENT) when sending and UDP GRO when
 // receiving. It resends an unanswered handshake initiation within

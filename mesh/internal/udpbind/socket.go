@@ -79,7 +79,9 @@ func (s *socket) endpoint(addr net.Addr) *Endpoint {
 // receive implements conn.ReceiveFunc. A datagram larger than the buffer it
 // would go to is dropped, not cut: wireguard-go's buffers may be sized for
 // the tunnel MTU (the fork's device.NewDeviceSized), and a peer whose MTU
-// is larger than that sends nothing a buffer could hold whole.
+// is larger than that sends nothing a buffer could hold whole. Off Linux
+// truncation is not detected (msgTrunc is 0): the cut datagram is
+// delivered and fails WireGuard's authentication.
 func (s *socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	var n int
 	var err error

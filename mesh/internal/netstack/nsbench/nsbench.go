@@ -25,6 +25,8 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
+
+	wmdevice "github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 )
 
 // Result is one timed transfer.
@@ -87,12 +89,24 @@ func Raw(tb testing.TB, size int) Result {
 // Device is a wireguard-go device listening on a random UDP port with a
 // fresh key, configured by hand through UAPI.
 type Device struct {
-	Dev  *device.Device
+	Dev  WG
 	Pub  string // public key, hex
 	Port uint16 // UDP listen port
 }
 
-// NewDevice creates and brings up a device over tdev and bind.
+// WG is what Device uses of a wireguard-go device: stock wireguard-go's or
+// the wiremesh fork's.
+type WG interface {
+	IpcSet(string) error
+	IpcGet() (string, error)
+	Up() error
+	Close()
+}
+
+// NewDevice creates and brings up a device over tdev and bind: the wiremesh
+// fork with the message buffers tdev asks for when it says
+// (netstack.Net.MessageBufferSize, as in the library), stock wireguard-go
+// otherwise (the stock baselines).
 func NewDevice(tb testing.TB, tdev tun.Device, bind conn.Bind) *Device {
 	tb.Helper()
 	var priv [32]byte
@@ -102,7 +116,12 @@ func NewDevice(tb testing.TB, tdev tun.Device, bind conn.Bind) *Device {
 	priv[31] = (priv[31] & 127) | 64
 	pub, err := curve25519.X25519(priv[:], curve25519.Basepoint)
 	require.NoError(tb, err)
-	dev := device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
+	var dev WG
+	if s, ok := tdev.(interface{ MessageBufferSize() int }); ok {
+		dev = wmdevice.NewDeviceSized(tdev, bind, wmdevice.NewLogger(wmdevice.LogLevelSilent, ""), s.MessageBufferSize())
+	} else {
+		dev = device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
+	}
 	require.NoError(tb, dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\n", hex.EncodeToString(priv[:]))))
 	require.NoError(tb, dev.Up())
 	conf, err := dev.IpcGet()
