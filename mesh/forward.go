@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-
 	"github.com/wiremesh/wiremesh/mesh/internal/netstack"
 )
 
@@ -275,7 +273,7 @@ func (f *forwarder) serveTCP(req *netstack.TCPRequest) {
 // serveUDP runs in a netstack handler goroutine for the first datagram of
 // each new UDP flow to a matched destination; conn is connected to src and
 // sends from dst.
-func (f *forwarder) serveUDP(conn *gonet.UDPConn, src, dst netip.AddrPort) {
+func (f *forwarder) serveUDP(conn *netstack.UDPConn, src, dst netip.AddrPort) {
 	h := f.handlerFor(dst.Addr())
 	if h != nil && refusesUDP(h) {
 		conn.Close()

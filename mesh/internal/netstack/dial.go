@@ -12,6 +12,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // ErrNotIPLiteral is returned (wrapped in a *net.OpError) by DialContext
@@ -48,7 +50,7 @@ func (n *Net) ListenTCPAddrPort(addr netip.AddrPort) (*gonet.TCPListener, error)
 
 // DialUDPAddrPort opens a UDP socket bound to laddr (if valid or with a port)
 // and connected to raddr (if valid or with a port).
-func (n *Net) DialUDPAddrPort(laddr, raddr netip.AddrPort) (*gonet.UDPConn, error) {
+func (n *Net) DialUDPAddrPort(laddr, raddr netip.AddrPort) (*UDPConn, error) {
 	var lfa, rfa *tcpip.FullAddress
 	var proto tcpip.NetworkProtocolNumber
 	if laddr.IsValid() || laddr.Port() > 0 {
@@ -61,11 +63,38 @@ func (n *Net) DialUDPAddrPort(laddr, raddr netip.AddrPort) (*gonet.UDPConn, erro
 		a, proto = fullAddr(raddr)
 		rfa = &a
 	}
-	return gonet.DialUDP(n.stack, lfa, rfa, proto)
+	return n.dialUDP(lfa, rfa, proto)
+}
+
+// dialUDP is gonet.DialUDP returning a UDPConn.
+func (n *Net) dialUDP(laddr, raddr *tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*UDPConn, error) {
+	var wq waiter.Queue
+	ep, err := n.stack.NewEndpoint(udp.ProtocolNumber, proto, &wq)
+	if err != nil {
+		return nil, errors.New(err.String())
+	}
+	if laddr != nil {
+		if err := ep.Bind(*laddr); err != nil {
+			ep.Close()
+			return nil, &net.OpError{Op: "bind", Net: "udp", Addr: udpAddr(*laddr), Err: errors.New(err.String())}
+		}
+	}
+	if raddr != nil {
+		if err := ep.Connect(*raddr); err != nil {
+			ep.Close()
+			return nil, &net.OpError{Op: "connect", Net: "udp", Addr: udpAddr(*raddr), Err: errors.New(err.String())}
+		}
+	}
+	return newUDPConn(&wq, ep), nil
+}
+
+// udpAddr converts a as gonet does.
+func udpAddr(a tcpip.FullAddress) *net.UDPAddr {
+	return &net.UDPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
 }
 
 // ListenUDPAddrPort opens an unconnected UDP socket bound to laddr.
-func (n *Net) ListenUDPAddrPort(laddr netip.AddrPort) (*gonet.UDPConn, error) {
+func (n *Net) ListenUDPAddrPort(laddr netip.AddrPort) (*UDPConn, error) {
 	return n.DialUDPAddrPort(laddr, netip.AddrPort{})
 }
 

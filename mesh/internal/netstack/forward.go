@@ -41,7 +41,7 @@ type Forwarding struct {
 	// handler owns conn and must close it (e.g. after an idle timeout);
 	// later datagrams of the flow go to conn until then. nil drops
 	// datagrams to matched destinations.
-	UDP func(conn *gonet.UDPConn, src, dst netip.AddrPort)
+	UDP func(conn *UDPConn, src, dst netip.AddrPort)
 
 	// Ping decides whether an ICMP echo request to a matched destination
 	// gets a reply (from dst). It runs in a goroutine of its own, at most
@@ -199,7 +199,7 @@ func (n *Net) handleUDP(fr *udp.ForwarderRequest) {
 		n.log.Debug("forward UDP: create endpoint", "src", src, "dst", dst, "err", terr.String())
 		return
 	}
-	conn := gonet.NewUDPConn(&wq, ep)
+	conn := newUDPConn(&wq, ep)
 	if !n.goHandler(func() { cfg.UDP(conn, src, dst) }) {
 		conn.Close()
 	}

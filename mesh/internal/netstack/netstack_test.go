@@ -382,7 +382,7 @@ func TestForwardUDP(t *testing.T) {
 	defer p.close()
 	require.NoError(t, p.b.SetForwarding(Forwarding{
 		Match: childPrefix.Contains,
-		UDP: func(c *gonet.UDPConn, src, dst netip.AddrPort) {
+		UDP: func(c *UDPConn, src, dst netip.AddrPort) {
 			defer c.Close()
 			buf := make([]byte, 2048)
 			for {
