@@ -55,9 +55,10 @@ const DefaultMTU = 1420
 // knob between idle memory and throughput (16 was the choice), and
 // MessageBufferSize (2 KiB at the default MTU) in the wiremesh fork, 96 KiB
 // at 24 with udpbind's single dual-stack socket. Through a member pair 24
-// and 32 used 3-8% less CPU per MiB than 16 in three interleaved runs, 48
-// and 64 a third more (docs/PERFORMANCE.md, "Levers measured"); 24 keeps
-// away from that edge.
+// and 32 used 3-8% less CPU per MiB than 16 in three interleaved runs. 48
+// and 64 used a third more until udpbind stopped coalescing 46 datagrams
+// into a UDP_SEGMENT message the kernel had to cut in software; since, they
+// measure as 24 does (docs/PERFORMANCE.md, "Levers measured").
 const DefaultBatchSize = 24
 
 const nicID tcpip.NICID = 1

@@ -40,6 +40,17 @@ const (
 	maxSegments = 64
 	// maxDatagram is the largest UDP payload (and GRO read) size.
 	maxDatagram = 1<<16 - 1
+
+	// gsoMaxBytes and linkHeaderRoom bound what one UDP_SEGMENT message
+	// carries (see coalesce). Linux segments a GSO packet in software,
+	// before the device, when its length counted from the link-layer
+	// header reaches the device's gso_max_size: 65536 by default, on
+	// loopback and most NICs. Over loopback (two members on one host) the
+	// receiver then gets each datagram in a recvmsg of its own instead of
+	// one UDP GRO read for the lot. linkHeaderRoom covers an Ethernet
+	// header (14 bytes, loopback's too) with two VLAN tags and spare.
+	gsoMaxBytes    = 1 << 16
+	linkHeaderRoom = 32
 )
 
 // Bind is a conn.Bind over one IPv4 and (when available) one IPv6 UDP socket.
