@@ -49,6 +49,10 @@ import (
 // which the count is forgotten: a busy machine that delays the pipeline
 // that long only loosens the bound, and dropped packets cost at most one
 // paceWait per maxInFlight of them.
+//
+// maxInFlight is eight batches: 128 packets at batch 16, where the limit
+// was measured (64 and 256 were worse, docs/PERFORMANCE.md), 192 since
+// batch 24 (whose measurements include it).
 const (
 	maxInFlight = 8 * DefaultBatchSize
 	paceWait    = 5 * time.Millisecond

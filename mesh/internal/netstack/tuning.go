@@ -121,7 +121,8 @@ type tuning struct {
 // mode uses the host's TCP and is not affected.
 //
 // The limits are 8 MiB again since the pacing of wireguard-go's pipeline
-// (pace.go): at most 128 packets each way wait inside wireguard-go, the
+// (pace.go): at most 8 batches (128 packets then, at batch 16) each way
+// wait inside wireguard-go, the
 // rest of a full window waits in TCP's send buffer and the socket's
 // receive buffer, so a large window no longer means 64 KiB buffers per
 // packet, and long paths get their window back. Measured against 1 MiB
