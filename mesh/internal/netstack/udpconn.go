@@ -61,7 +61,7 @@ func (c *UDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	var opts tcpip.WriteOptions
 	if addr != nil {
 		ua, ok := addr.(*net.UDPAddr)
-		if !ok || (len(ua.IP) != 4 && len(ua.IP) != 16) {
+		if !ok || ua == nil || (len(ua.IP) != 4 && len(ua.IP) != 16) {
 			return 0, c.opError(addr, errors.New("netstack: not a UDP address with an IP"))
 		}
 		// As gonet converts it.
@@ -87,6 +87,8 @@ func (c *UDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		case nil:
 			return int(n), nil
 		case *tcpip.ErrWouldBlock:
+		case *tcpip.ErrClosedForSend, *tcpip.ErrInvalidEndpointState:
+			return int(n), c.opError(addr, net.ErrClosed) // callers end their loops on it
 		default:
 			return int(n), c.opError(addr, errors.New(err.String()))
 		}

@@ -219,9 +219,12 @@ func TestUDPConnWriteTo(t *testing.T) {
 
 	_, err = b.WriteTo([]byte("hi"), &net.TCPAddr{IP: net.IP(testAddrA.AsSlice()), Port: 7000})
 	require.Error(t, err)
+	var nilAddr *net.UDPAddr
+	_, err = b.WriteTo([]byte("hi"), nilAddr)
+	require.Error(t, err, "a nil *net.UDPAddr is an error, not a panic")
 	_, err = b.Write([]byte("hi"))
 	require.Error(t, err, "unconnected")
 	require.NoError(t, b.Close())
 	_, err = b.WriteTo([]byte("hi"), a.LocalAddr())
-	require.Error(t, err, "closed")
+	require.ErrorIs(t, err, net.ErrClosed, "closed")
 }
