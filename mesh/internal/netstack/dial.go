@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -36,14 +35,14 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 }
 
 // DialContextTCPAddrPort opens a TCP connection to addr through the tunnel.
-func (n *Net) DialContextTCPAddrPort(ctx context.Context, addr netip.AddrPort) (*gonet.TCPConn, error) {
+func (n *Net) DialContextTCPAddrPort(ctx context.Context, addr netip.AddrPort) (*TCPConn, error) {
 	fa, proto := fullAddr(addr)
 	return n.dialTCP(ctx, fa, proto)
 }
 
 // ListenTCPAddrPort listens for TCP connections on addr (an own address, or
 // the unspecified address with an optional port).
-func (n *Net) ListenTCPAddrPort(addr netip.AddrPort) (*gonet.TCPListener, error) {
+func (n *Net) ListenTCPAddrPort(addr netip.AddrPort) (*TCPListener, error) {
 	fa, proto := fullAddr(addr)
 	return n.listenTCP(fa, proto)
 }

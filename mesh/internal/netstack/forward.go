@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -78,7 +77,7 @@ var ErrRequestDone = errors.New("netstack: TCP request already accepted or rejec
 
 // Accept completes the handshake and returns the connection, which sends from
 // Dst. It may be called once, and not after Reject.
-func (r *TCPRequest) Accept() (*gonet.TCPConn, error) {
+func (r *TCPRequest) Accept() (*TCPConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done {
@@ -92,7 +91,7 @@ func (r *TCPRequest) Accept() (*gonet.TCPConn, error) {
 		return nil, fmt.Errorf("netstack: accept forwarded %s -> %s: %s", r.Src, r.Dst, terr)
 	}
 	r.fr.Complete(false)
-	return gonet.NewTCPConn(&wq, unpinnedEndpoint{ep}), nil
+	return newTCPConn(&wq, unpinnedEndpoint{ep}), nil
 }
 
 // Reject refuses the connection with a reset. It is a no-op after Accept or

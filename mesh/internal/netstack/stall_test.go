@@ -22,7 +22,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.zx2c4.com/wireguard/conn"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -261,7 +260,7 @@ func stallExchange(c *progressConn, chunk, up, down int) error {
 	go func() {
 		err := writeN(c, up, chunk)
 		if err == nil {
-			err = c.Conn.(*gonet.TCPConn).CloseWrite()
+			err = c.Conn.(interface{ CloseWrite() error }).CloseWrite()
 		}
 		werr <- err
 	}()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -67,7 +68,7 @@ func (e unpinnedEndpoint) Accept(peerAddr *tcpip.FullAddress) (tcpip.Endpoint, *
 }
 
 // dialTCP is gonet.DialContextTCP with an unpinnedEndpoint.
-func (n *Net) dialTCP(ctx context.Context, addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*gonet.TCPConn, error) {
+func (n *Net) dialTCP(ctx context.Context, addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPConn, error) {
 	var wq waiter.Queue
 	ep, terr := n.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
@@ -94,11 +95,11 @@ func (n *Net) dialTCP(ctx context.Context, addr tcpip.FullAddress, proto tcpip.N
 		ep.Close()
 		return nil, &net.OpError{Op: "connect", Net: "tcp", Addr: tcpAddr(addr), Err: errors.New(terr.String())}
 	}
-	return gonet.NewTCPConn(&wq, unpinnedEndpoint{ep}), nil
+	return newTCPConn(&wq, unpinnedEndpoint{ep}), nil
 }
 
 // listenTCP is gonet.ListenTCP with an unpinnedEndpoint.
-func (n *Net) listenTCP(addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*gonet.TCPListener, error) {
+func (n *Net) listenTCP(addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPListener, error) {
 	var wq waiter.Queue
 	ep, terr := n.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
@@ -112,10 +113,77 @@ func (n *Net) listenTCP(addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumbe
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: tcpAddr(addr), Err: errors.New(terr.String())}
 	}
-	return gonet.NewTCPListener(n.stack, &wq, unpinnedEndpoint{ep}), nil
+	return &TCPListener{gonet.NewTCPListener(n.stack, &wq, unpinnedEndpoint{ep})}, nil
 }
 
 func tcpAddr(a tcpip.FullAddress) *net.TCPAddr {
 	ip, _ := netip.AddrFromSlice(a.Addr.AsSlice())
 	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, a.Port))
+}
+
+// TCPConn is a TCP connection of the stack: a gonet.TCPConn whose deadline
+// errors wrap os.ErrDeadlineExceeded, as net.Conn requires. gonet reports an
+// expired deadline with an error of its own ("i/o timeout", Timeout true)
+// that does not, so errors.Is(err, os.ErrDeadlineExceeded) failed on a
+// mesh connection where it holds on a net.Dial one.
+type TCPConn struct {
+	*gonet.TCPConn
+}
+
+var _ net.Conn = (*TCPConn)(nil)
+
+func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
+	return &TCPConn{gonet.NewTCPConn(wq, ep)}
+}
+
+// Read implements net.Conn.Read.
+func (c *TCPConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	if err != nil {
+		err = deadlineError(err)
+	}
+	return n, err
+}
+
+// Write implements net.Conn.Write.
+func (c *TCPConn) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	if err != nil {
+		err = deadlineError(err)
+	}
+	return n, err
+}
+
+// TCPListener is a gonet.TCPListener whose Accept returns a *TCPConn (as a
+// net.Conn). gonet's listener has no deadline, so Accept has no timeout.
+type TCPListener struct {
+	*gonet.TCPListener
+}
+
+var _ net.Listener = (*TCPListener)(nil)
+
+// Accept implements net.Listener.Accept.
+func (l *TCPListener) Accept() (net.Conn, error) {
+	c, err := l.TCPListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*gonet.TCPConn); ok {
+		return &TCPConn{tc}, nil
+	}
+	return c, nil
+}
+
+// deadlineError returns err, or for gonet's timeout error a *net.OpError
+// like it whose Err is os.ErrDeadlineExceeded: its message ("i/o timeout")
+// and Timeout() are the same.
+func deadlineError(err error) error {
+	oe, ok := err.(*net.OpError)
+	if !ok {
+		return err
+	}
+	if t, ok := oe.Err.(interface{ Timeout() bool }); !ok || !t.Timeout() || errors.Is(oe.Err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return &net.OpError{Op: oe.Op, Net: oe.Net, Source: oe.Source, Addr: oe.Addr, Err: os.ErrDeadlineExceeded}
 }

@@ -28,8 +28,9 @@ import (
 // again before they wait, as gonet.TCPConn.Write does.
 //
 // gonet keeps its write deadline unexported, so SetDeadline and
-// SetWriteDeadline are overridden too; reads, Close and the addresses are
-// gonet's.
+// SetWriteDeadline are overridden too. Reads are gonet's, with its timeout
+// error replaced by one wrapping os.ErrDeadlineExceeded (see TCPConn);
+// Close and the addresses are gonet's.
 type UDPConn struct {
 	*gonet.UDPConn
 	ep tcpip.Endpoint
@@ -47,6 +48,21 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 	c := &UDPConn{UDPConn: gonet.NewUDPConn(wq, ep), ep: ep, wq: wq}
 	c.wd.init()
 	return c
+}
+
+// Read implements net.Conn.Read.
+func (c *UDPConn) Read(b []byte) (int, error) {
+	n, _, err := c.ReadFrom(b)
+	return n, err
+}
+
+// ReadFrom implements net.PacketConn.ReadFrom.
+func (c *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := c.UDPConn.ReadFrom(b)
+	if err != nil {
+		err = deadlineError(err)
+	}
+	return n, addr, err
 }
 
 // Write implements net.Conn.Write: it sends b to the connected peer.
