@@ -116,3 +116,52 @@ func TestUDPReadDeadlineExceeded(t *testing.T) {
 	_, err = c.Read(make([]byte, 16))
 	requireDeadlineExceeded(t, err)
 }
+
+// TestPingReadDeadline: a ping socket's read deadline (the deadline type it
+// shares with UDPConn's writes) ends a read when it passes, when it is
+// moved closer while the read waits, and at once when it is in the past;
+// a cleared deadline lets the read wait until Close.
+func TestPingReadDeadline(t *testing.T) {
+	n, err := New(Config{Addrs: []netip.Addr{testAddrA}})
+	require.NoError(t, err)
+	defer n.Close()
+	c, err := n.DialPingAddr(netip.Addr{}, testAddrB) // nobody answers
+	require.NoError(t, err)
+	defer c.Close()
+	buf := make([]byte, 64)
+
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	_, err = c.Read(buf)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Hour)))
+	done := make(chan error, 1)
+	go func() { _, err := c.Read(buf); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded, "moved closer while waiting")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read did not end at the moved deadline")
+	}
+
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(-time.Second)))
+	_, err = c.Read(buf)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "in the past")
+
+	require.NoError(t, c.SetReadDeadline(time.Time{}))
+	go func() { _, err := c.Read(buf); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("a read without deadline ended: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	require.NoError(t, c.Close())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, net.ErrClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the read")
+	}
+}

@@ -44,6 +44,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/wiremesh/wiremesh/mesh/internal/wireguard/device"
 )
 
 // DefaultMTU is the tunnel MTU used when Config.MTU is zero.
@@ -292,8 +294,8 @@ func (n *Net) Events() <-chan tun.Event { return n.events }
 func (n *Net) BatchSize() int { return n.batchSize }
 
 // transportOverhead is what WireGuard adds to a packet: its 16-byte
-// transport header, up to 15 bytes of padding and the 16-byte tag.
-const transportOverhead = 16 + 15 + 16
+// transport header and 16-byte tag, and up to 15 bytes of padding.
+const transportOverhead = device.MessageTransportSize + device.PaddingMultiple - 1
 
 // MessageBufferSize is the message buffer a WireGuard device over n needs
 // (the wiremesh fork's device.NewDeviceSized): Read returns one packet per
@@ -310,11 +312,8 @@ const transportOverhead = 16 + 15 + 16
 // to an echo request from a peer with a larger MTU) is still sealed and
 // sent: wireguard-go then seals it into a larger buffer of its own.
 func (n *Net) MessageBufferSize() int {
-	return min(max(2048, (n.mtu+transportOverhead+63)&^63), maxDatagram)
+	return min(max(2048, (n.mtu+transportOverhead+63)&^63), device.MaxMessageSize)
 }
-
-// maxDatagram is the largest UDP payload: wireguard-go's MaxMessageSize.
-const maxDatagram = 1<<16 - 1
 
 // Close stops the stack: connections and listeners fail, Read returns
 // os.ErrClosed, forwarding handlers are waited for. It is idempotent (the

@@ -45,13 +45,7 @@ type PingConn struct {
 	wq    waiter.Queue
 	ep    tcpip.Endpoint
 
-	// dl guards the read deadline.
-	dl struct {
-		sync.Mutex
-		timer   *time.Timer
-		expired chan struct{} // closed when the deadline passes
-		changed chan struct{} // closed (and replaced) when the deadline changes
-	}
+	dl        deadline // the read deadline
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -75,8 +69,7 @@ func (n *Net) DialPingAddr(laddr, raddr netip.Addr) (*PingConn, error) {
 		tp, np = icmp.ProtocolNumber6, ipv6.ProtocolNumber
 	}
 	pc := &PingConn{laddr: PingAddr{laddr}, raddr: PingAddr{raddr}, closed: make(chan struct{})}
-	pc.dl.expired = make(chan struct{})
-	pc.dl.changed = make(chan struct{})
+	pc.dl.init()
 	ep, terr := n.stack.NewEndpoint(tp, np, &pc.wq)
 	if terr != nil {
 		return nil, fmt.Errorf("netstack: ping endpoint: %s", terr)
@@ -114,11 +107,7 @@ func (pc *PingConn) Close() error {
 	pc.closeOnce.Do(func() {
 		close(pc.closed)
 		pc.ep.Close()
-		pc.dl.Lock()
-		if pc.dl.timer != nil {
-			pc.dl.timer.Stop()
-		}
-		pc.dl.Unlock()
+		pc.dl.stop()
 	})
 	return nil
 }
@@ -171,13 +160,9 @@ func (pc *PingConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			}
 			return 0, nil, fmt.Errorf("netstack: ping read: %s", terr)
 		}
-		pc.dl.Lock()
-		expired, changed := pc.dl.expired, pc.dl.changed
-		pc.dl.Unlock()
 		select {
 		case <-ch:
-		case <-changed:
-		case <-expired:
+		case <-pc.dl.done():
 			return 0, nil, os.ErrDeadlineExceeded
 		case <-pc.closed:
 			return 0, nil, net.ErrClosed
@@ -193,26 +178,7 @@ func (pc *PingConn) Read(p []byte) (int, error) {
 
 // SetReadDeadline sets the read deadline; the zero time means none.
 func (pc *PingConn) SetReadDeadline(t time.Time) error {
-	pc.dl.Lock()
-	defer pc.dl.Unlock()
-	if pc.dl.timer != nil {
-		pc.dl.timer.Stop()
-		pc.dl.timer = nil
-	}
-	// A fresh channel each time: a stopped timer may still be closing the old one.
-	pc.dl.expired = make(chan struct{})
-	close(pc.dl.changed)
-	pc.dl.changed = make(chan struct{})
-	if t.IsZero() {
-		return nil
-	}
-	expired := pc.dl.expired
-	d := time.Until(t)
-	if d <= 0 {
-		close(expired)
-		return nil
-	}
-	pc.dl.timer = time.AfterFunc(d, func() { close(expired) })
+	pc.dl.set(t)
 	return nil
 }
 

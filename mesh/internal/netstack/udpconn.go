@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -138,48 +137,4 @@ func (c *UDPConn) SetWriteDeadline(t time.Time) error {
 
 func (c *UDPConn) opError(addr net.Addr, err error) *net.OpError {
 	return &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: addr, Err: err}
-}
-
-// deadline is a write deadline: a channel closed when it passes.
-type deadline struct {
-	mu    sync.Mutex
-	timer *time.Timer
-	ch    chan struct{} // closed when the deadline has passed
-}
-
-func (d *deadline) init() { d.ch = make(chan struct{}) }
-
-// done returns the channel of the deadline in force: a write that waits on
-// it ends when that deadline passes, or when a later set moves it into the
-// past.
-func (d *deadline) done() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ch
-}
-
-// set replaces the deadline; the zero time means none.
-func (d *deadline) set(t time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		// The timer fired (its func closes or closed d.ch).
-		d.ch = make(chan struct{})
-	}
-	d.timer = nil
-	select {
-	case <-d.ch: // closed by an earlier set to the past
-		d.ch = make(chan struct{})
-	default:
-	}
-	if t.IsZero() {
-		return
-	}
-	wait := time.Until(t)
-	if wait <= 0 {
-		close(d.ch)
-		return
-	}
-	ch := d.ch
-	d.timer = time.AfterFunc(wait, func() { close(ch) })
 }

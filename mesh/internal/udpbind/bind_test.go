@@ -118,14 +118,9 @@ func receiveAllSized(t *testing.T, fns []conn.ReceiveFunc, batch, bufSize int) (
 func TestSendReceive(t *testing.T) {
 	for _, batch := range []int{1, 16, 128} {
 		t.Run(fmt.Sprint(batch), func(t *testing.T) {
-			a, b := New(batch), New(batch)
-			_, _, err := a.Open(0)
-			require.NoError(t, err)
-			defer a.Close()
-			fns, port, err := b.Open(0)
-			require.NoError(t, err)
-			defer b.Close()
-			_, _, err = b.Open(0)
+			a, _, _ := openBind(t, batch)
+			b, fns, port := openBind(t, batch)
+			_, _, err := b.Open(0)
 			require.ErrorIs(t, err, ErrBindOpen)
 
 			ep, err := a.ParseEndpoint(fmt.Sprintf("127.0.0.1:%d", port))
@@ -163,13 +158,8 @@ func TestSendReceive(t *testing.T) {
 // TestBothFamilies: one bind receives from and sends to IPv4 and IPv6 peers
 // (on Linux through one dual-stack socket, so one receive function).
 func TestBothFamilies(t *testing.T) {
-	a, b := New(4), New(4)
-	fnsA, portA, err := a.Open(0)
-	require.NoError(t, err)
-	defer a.Close()
-	fnsB, portB, err := b.Open(0)
-	require.NoError(t, err)
-	defer b.Close()
+	a, fnsA, portA := openBind(t, 4)
+	b, fnsB, portB := openBind(t, 4)
 	if a.v6 == nil {
 		t.Skip("no IPv6 on this host")
 	}
@@ -231,13 +221,8 @@ func receiveOne(t *testing.T, fns []conn.ReceiveFunc) (conn.Endpoint, []byte) {
 func TestOversizeDropped(t *testing.T) {
 	for _, gro := range []bool{true, false} {
 		t.Run(fmt.Sprintf("gro=%v", gro), func(t *testing.T) {
-			a, b := New(8), New(8)
-			_, _, err := a.Open(0)
-			require.NoError(t, err)
-			defer a.Close()
-			fns, port, err := b.Open(0)
-			require.NoError(t, err)
-			defer b.Close()
+			a, _, _ := openBind(t, 8)
+			b, fns, port := openBind(t, 8)
 			if !gro {
 				b.v4.rxOffload = false // before the first receive
 			}
@@ -262,4 +247,15 @@ func TestOversizeDropped(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openBind opens a Bind of the batch on a random port, closed when the
+// test ends (Close may also be called before).
+func openBind(t *testing.T, batch int) (*Bind, []conn.ReceiveFunc, uint16) {
+	t.Helper()
+	b := New(batch)
+	fns, port, err := b.Open(0)
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close() })
+	return b, fns, port
 }

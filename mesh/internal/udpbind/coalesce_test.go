@@ -122,13 +122,8 @@ func TestGSOArrivesWhole(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
 			const batch = 64
-			a, b := New(batch), New(batch)
-			_, _, err := a.Open(0)
-			require.NoError(t, err)
-			defer a.Close()
-			fns, port, err := b.Open(0)
-			require.NoError(t, err)
-			defer b.Close()
+			a, _, _ := openBind(t, batch)
+			b, fns, port := openBind(t, batch)
 			s, fn := b.v4, fns[0]
 			if host == "::1" {
 				if b.v6 == nil {

@@ -138,13 +138,8 @@ func TestResendBudget(t *testing.T) {
 // times; once a response comes back, the copies stop.
 func TestResendOverSockets(t *testing.T) {
 	withFastResends(t)
-	a, b := New(0), New(0)
-	fnsA, portA, err := a.Open(0)
-	require.NoError(t, err)
-	defer a.Close()
-	fnsB, portB, err := b.Open(0)
-	require.NoError(t, err)
-	defer b.Close()
+	a, fnsA, portA := openBind(t, 0)
+	b, fnsB, portB := openBind(t, 0)
 	waitA, _ := receiveAll(t, fnsA, 16)
 	waitB, _ := receiveAll(t, fnsB, 16)
 
